@@ -1,0 +1,39 @@
+"""The embedded task: a toy language with a program as gold reward, so that SFT, RM, DPO, PPO and
+RTO can be trained and compared end to end on a CPU in minutes."""
+
+from rto.task.dataset import EmbeddedTask, label_agreement
+from rto.task.generator import GeneratorConfig, sample_response
+from rto.task.gold import (
+    GoldParts,
+    gold_parts,
+    gold_reward,
+    gold_rewards,
+    gold_token_rewards,
+    optimal_response,
+)
+from rto.task.language import BOS, EOS, PAD, UNK, build_tokenizer, vocabulary
+from rto.task.prompts import PromptSpec, all_prompts, is_eval_prompt, parse, split_prompts
+
+__all__ = [
+    "BOS",
+    "EOS",
+    "PAD",
+    "UNK",
+    "EmbeddedTask",
+    "GeneratorConfig",
+    "GoldParts",
+    "PromptSpec",
+    "all_prompts",
+    "build_tokenizer",
+    "gold_parts",
+    "gold_reward",
+    "gold_rewards",
+    "gold_token_rewards",
+    "is_eval_prompt",
+    "label_agreement",
+    "optimal_response",
+    "parse",
+    "sample_response",
+    "split_prompts",
+    "vocabulary",
+]

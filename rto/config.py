@@ -1,0 +1,116 @@
+"""Config checks that run before any training.
+
+Hydra already rejects unknown keys (struct mode) and unknown group options
+(`reward=foo`); this module rejects values that are the right key but out of range,
+with a message that names the key, so a typo costs seconds, not a training run.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
+REWARDS = ("sentence", "token", "ddpo", "semi", "shaping")
+KL_ESTIMATORS = ("k1", "k3")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def _number(pred: Callable[[float], bool], what: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, Real) and not isinstance(v, bool) and pred(float(v))), what
+
+
+def _integer(pred: Callable[[int], bool], what: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and pred(v)), what
+
+
+def _one_of(options: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in options), f"one of {', '.join(options)}"
+
+
+def _optional(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
+    check, what = rule
+    return (lambda v: v is None or check(v)), f"null or {what}"
+
+
+POSITIVE = _number(lambda v: v > 0, "a number > 0")
+NON_NEGATIVE = _number(lambda v: v >= 0, "a number >= 0")
+UNIT = _number(lambda v: 0 <= v <= 1, "a number in [0, 1]")
+OPEN_UNIT = _number(lambda v: 0 < v < 1, "a number in (0, 1)")
+COUNT = _integer(lambda v: v >= 1, "an integer >= 1")
+
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "stage": _one_of(STAGES),
+    "beta": POSITIVE,
+    "seed": _integer(lambda v: v >= 0, "an integer >= 0"),
+    "threads": _optional(COUNT),
+    "reward.name": _one_of(REWARDS),
+    "reward.rm_scale": NON_NEGATIVE,
+    "reward.dpo_scale": NON_NEGATIVE,
+    "reward.dpo_clip": _optional(POSITIVE),
+    "reward.score_clip": _optional(POSITIVE),
+    "model.dtype": _one_of(DTYPES),
+    "model.hidden_size": COUNT,
+    "model.num_layers": COUNT,
+    "model.num_heads": COUNT,
+    "data.max_prompt_tokens": COUNT,
+    "data.max_response_tokens": COUNT,
+    "data.val_fraction": _number(lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "sft.epochs": COUNT,
+    "sft.batch_size": COUNT,
+    "rm.epochs": COUNT,
+    "rm.batch_size": COUNT,
+    "dpo.beta": POSITIVE,
+    "dpo.epochs": COUNT,
+    "dpo.batch_size": COUNT,
+    "ppo.iterations": COUNT,
+    "ppo.rollout_batch_size": COUNT,
+    "ppo.minibatch_size": COUNT,
+    "ppo.ppo_epochs": COUNT,
+    "ppo.max_new_tokens": COUNT,
+    "ppo.temperature": POSITIVE,
+    "ppo.clip_range": POSITIVE,
+    "ppo.value_clip_range": _optional(POSITIVE),
+    "ppo.gamma": UNIT,
+    "ppo.lam": UNIT,
+    "ppo.kl_estimator": _one_of(KL_ESTIMATORS),
+    "ppo.max_grad_norm": _optional(POSITIVE),
+    "ppo.target_kl": _optional(POSITIVE),
+    "eval.n_prompts": COUNT,
+    "eval.batch_size": COUNT,
+    "eval.temperature": POSITIVE,
+    "eval.max_new_tokens": COUNT,
+}
+
+# learning rates live in `_partial_` optimizer nodes
+LR_KEYS = ("sft.optimizer.lr", "rm.optimizer.lr", "dpo.optimizer.lr",
+           "ppo.actor_optimizer.lr", "ppo.critic_optimizer.lr")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first value that is out of range, naming its key."""
+    problems = []
+    rules = dict(RULES, **{key: POSITIVE for key in LR_KEYS})
+    for key, (check, what) in rules.items():
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=True, throw_on_resolution_failure=True)
+        except Exception as err:  # noqa: BLE001 - surface the resolver's message with the key
+            problems.append(f"{key}: cannot be resolved ({err})")
+            continue
+        if value is None and OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            continue  # optional group key not present in this preset
+        if not check(value):
+            problems.append(f"{key} must be {what}, got {value!r}")
+    ppo = cfg.get("ppo")
+    if ppo is not None and not problems and ppo.minibatch_size > ppo.rollout_batch_size:
+        problems.append(
+            f"ppo.minibatch_size ({ppo.minibatch_size}) must not exceed "
+            f"ppo.rollout_batch_size ({ppo.rollout_batch_size})")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -1,0 +1,106 @@
+"""Rows of text -> `prompt (left-padded) + response (right-padded)` tensors.
+
+Every stage uses this one layout: `prompt_ids/prompt_mask [B, P]`, `response_ids/response_mask [B, R]`.
+Prompts longer than `max_prompt_tokens` keep their last tokens (the instruction's end is what
+the model answers); responses longer than `max_response_tokens` are cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, :len(seq)] = torch.tensor(seq)
+            mask[row, :len(seq)] = 1
+    return ids, mask
+
+
+@dataclass
+class Encoder:
+    """Tokenizes prompts and responses with the limits and special tokens of one run."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_prompt_tokens: int
+    max_response_tokens: int
+    # real data gets an EOS appended; the embedded task writes `<eos>` itself (or omits it on purpose)
+    append_eos: bool = False
+
+    def prompt(self, text: str) -> list[int]:
+        ids = _ids(self.tokenizer, text)
+        if self.tokenizer.bos_token_id is not None:
+            ids = [self.tokenizer.bos_token_id] + ids
+        return ids[-self.max_prompt_tokens:]
+
+    def response(self, text: str) -> list[int]:
+        ids = _ids(self.tokenizer, text)
+        eos = self.tokenizer.eos_token_id
+        if self.append_eos and (not ids or ids[-1] != eos):
+            ids = ids + [eos]
+        return ids[:self.max_response_tokens]
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+def encode_prompts(encoder: Encoder, prompts: list[str]) -> dict[str, torch.Tensor]:
+    ids, mask = _left_pad([encoder.prompt(p) for p in prompts], encoder.pad_id)
+    return {"prompt_ids": ids, "prompt_mask": mask}
+
+
+class SFTCollator:
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = encode_prompts(self.encoder, [r["prompt"] for r in rows])
+        ids, mask = _right_pad([self.encoder.response(r["response"]) for r in rows], self.encoder.pad_id)
+        return {**batch, "response_ids": ids, "response_mask": mask}
+
+
+class PairCollator:
+    """Chosen rows first, then rejected rows: `[2B, ...]` so one forward scores both."""
+
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        prompts = [r["prompt"] for r in rows] * 2
+        responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+        batch = encode_prompts(self.encoder, prompts)
+        ids, mask = _right_pad([self.encoder.response(t) for t in responses], self.encoder.pad_id)
+        return {**batch, "response_ids": ids, "response_mask": mask}
+
+
+class PromptCollator:
+    """Prompts for rollouts; the text travels along so the gold judge can read it."""
+
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
+
+    def __call__(self, prompts: list[str]) -> dict:
+        return {**encode_prompts(self.encoder, prompts), "prompt_text": list(prompts)}

@@ -1,0 +1,71 @@
+"""Where the rows come from. `data=embedded` generates the task with a gold reward;
+other sources (files, the hub) give the same row schemas without a gold judge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+from omegaconf import DictConfig
+from transformers import PreTrainedTokenizerBase
+
+from rto.data.collate import Encoder
+
+# a gold judge scores (prompt, response) texts; None where the data has no known reward
+GoldJudge = Callable[[list[str], list[str]], np.ndarray]
+
+
+@dataclass
+class DataBundle:
+    tokenizer: PreTrainedTokenizerBase
+    encoder: Encoder
+    sft_rows: list[dict]
+    train_pairs: list[dict]
+    val_pairs: list[dict]
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    gold: Optional[GoldJudge] = None
+
+
+def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = int(round(len(pairs) * val_fraction))
+    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
+
+
+def load_embedded(data_cfg: DictConfig) -> DataBundle:
+    from rto.task import EmbeddedTask, build_tokenizer, gold_rewards
+
+    task = EmbeddedTask(
+        seed=data_cfg.seed,
+        n_sft=data_cfg.n_sft,
+        n_pairs=data_cfg.n_pairs,
+        n_train_prompts=data_cfg.n_train_prompts,
+        n_eval_prompts=data_cfg.n_eval_prompts,
+        eval_fraction=data_cfg.eval_fraction,
+        bt_temperature=data_cfg.bt_temperature,
+        max_response_words=data_cfg.max_response_words,
+    )
+    tokenizer = build_tokenizer()
+    encoder = Encoder(tokenizer, data_cfg.max_prompt_tokens, data_cfg.max_response_tokens, append_eos=False)
+    train_pairs, val_pairs = split_pairs(task.preference_rows(), data_cfg.val_fraction, data_cfg.seed)
+    return DataBundle(
+        tokenizer=tokenizer,
+        encoder=encoder,
+        sft_rows=task.sft_rows(),
+        train_pairs=train_pairs,
+        val_pairs=val_pairs,
+        train_prompts=task.train_prompts(),
+        eval_prompts=task.eval_prompts(),
+        gold=lambda prompts, responses: np.asarray(gold_rewards(prompts, responses), dtype=float),
+    )
+
+
+SOURCES: dict[str, Callable[[DictConfig], DataBundle]] = {"embedded": load_embedded}
+
+
+def load_data(data_cfg: DictConfig) -> DataBundle:
+    if data_cfg.name not in SOURCES:
+        raise ValueError(f"data.name={data_cfg.name!r} is not a known source ({', '.join(SOURCES)})")
+    return SOURCES[data_cfg.name](data_cfg)

@@ -1,0 +1,28 @@
+"""Entry point: `python -m rto.main reward=token beta=0.1` (add `-m` and comma lists to sweep)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from rto.config import validate
+from rto.pipeline import run
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> Optional[float]:
+    validate(cfg)
+    if cfg.print_config:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+    metrics = run(cfg)
+    # the value a sweeper (Optuna, ...) optimises
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""A transformer backbone with a scalar head: the reward model and the PPO critic.
+
+The sentence score is the head's output at the last *real* token, found from the mask
+(never by comparing ids with the pad id, which breaks when pad == eos).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import AutoModel, PreTrainedModel
+
+from rto.models.forward import sequence_inputs
+
+HEAD_FILE = "scalar_head.safetensors"
+
+
+class ScalarHeadModel(nn.Module):
+    def __init__(self, backbone: PreTrainedModel):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.hidden_size, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / (backbone.config.hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_causal_lm(cls, lm: PreTrainedModel) -> "ScalarHeadModel":
+        """Backbone copied from a causal LM (the SFT policy), fresh head."""
+        return cls(copy.deepcopy(lm.base_model))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids, use_cache=False).last_hidden_state
+        return self.head(hidden).squeeze(-1).float()
+
+    def response_values(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
+                        response_mask: Tensor) -> Tensor:
+        """Per-token values `[B, R]`: the value of the state *before* each response token."""
+        inputs = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+        values = self(**inputs)
+        prompt_len = prompt_ids.shape[1]
+        return values[:, prompt_len - 1:-1]
+
+    def score(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
+              response_mask: Tensor) -> Tensor:
+        """Sentence score `[B]`: the head's output at the last real token of the response."""
+        inputs = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+        values = self(**inputs)
+        mask = inputs["attention_mask"]
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask.bool(), positions, -1).max(dim=1).values
+        return values.gather(1, last.unsqueeze(1)).squeeze(1)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.backbone.save_pretrained(folder, safe_serialization=True)
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(folder / HEAD_FILE))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **kwargs) -> "ScalarHeadModel":
+        folder = Path(folder)
+        if not (folder / HEAD_FILE).exists():
+            raise FileNotFoundError(f"no scalar-head model in {folder}: {HEAD_FILE} is missing")
+        model = cls(AutoModel.from_pretrained(str(folder), **kwargs))
+        model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+        return model

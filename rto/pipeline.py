@@ -1,0 +1,245 @@
+"""The experiment: SFT -> reward model -> DPO -> PPO (sentence or token reward) -> evaluation.
+
+Each stage writes a `save_pretrained` folder under `<run>/checkpoints/<stage>`; a stage whose
+folder exists (or whose `<stage>.checkpoint` path is set) is loaded instead of trained, so
+`stage=ppo` or a re-run after a crash reuses what is done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, RandomSampler
+
+from rto.data import DataBundle, PairCollator, PromptCollator, SFTCollator, load_data
+from rto.evaluation import evaluate, format_table
+from rto.models import ScalarHeadModel, build_policy, load_policy, save_policy
+from rto.stages import DPOModule, PPOModule, RewardModelModule, SFTModule
+
+log = logging.getLogger(__name__)
+
+STAGES = ("sft", "rm", "dpo", "ppo")
+POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)"}
+
+
+class MissingStageError(FileNotFoundError):
+    """A stage needs an earlier stage's checkpoint that is neither in the run folder nor configured."""
+
+
+class Run:
+    """One job's stages, sharing the data, the loggers and the run folder."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.paths.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.data: DataBundle = load_data(cfg.data)
+        self.loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
+        self.metrics: dict[str, float] = {}
+
+    # ---- plumbing -------------------------------------------------------------------------
+    def trainer(self, **overrides) -> L.Trainer:
+        return instantiate(self.cfg.trainer, logger=self.loggers or False, default_root_dir=str(self.out),
+                           **overrides)
+
+    def loader(self, rows, collate, batch_size: int, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+
+    def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        tok = self.data.tokenizer
+        return [tok.decode(row[m.bool()].tolist(), skip_special_tokens=False) for row, m in zip(ids, mask)]
+
+    def wants(self, stage: str) -> bool:
+        return self.cfg.stage in ("all", stage)
+
+    def checkpoint_path(self, stage: str) -> Optional[Path]:
+        configured = self.cfg[stage].get("checkpoint")
+        if configured:
+            if not Path(configured).is_dir():
+                raise MissingStageError(f"{stage}.checkpoint={configured} is not a folder")
+            return Path(configured)
+        path = self.ckpt_dir / stage
+        return path if path.is_dir() else None
+
+    def save(self, stage: str, model) -> None:
+        """Write to a temporary folder, then rename: a crash never leaves a half checkpoint."""
+        final = self.ckpt_dir / stage
+        tmp = self.ckpt_dir / f".{stage}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if isinstance(model, ScalarHeadModel):
+            model.save_pretrained(tmp)
+            self.data.tokenizer.save_pretrained(tmp)
+        else:
+            save_policy(model, self.data.tokenizer, tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+    def obtain(self, stage: str, load: Callable, train: Callable):
+        path = self.checkpoint_path(stage)
+        if path is not None:
+            log.info("%s: loading %s", stage, path)
+            return load(path)
+        if not self.wants(stage):
+            raise MissingStageError(
+                f"stage={self.cfg.stage} needs the {stage} checkpoint, but {self.ckpt_dir / stage} does not exist; "
+                f"run stage={stage} (or stage=all) in this run folder first, or set {stage}.checkpoint=<folder>")
+        log.info("%s: training", stage)
+        model = train()
+        self.save(stage, model)
+        return model
+
+    # ---- stages ---------------------------------------------------------------------------
+    def sft(self):
+        def train():
+            cfg = self.cfg.sft
+            policy = build_policy(self.cfg.model, self.data.tokenizer)
+            collate = SFTCollator(self.data.encoder)
+            self.trainer(max_epochs=cfg.epochs).fit(
+                SFTModule(policy, instantiate(cfg.optimizer)),
+                self.loader(self.data.sft_rows, collate, cfg.batch_size, shuffle=True))
+            return policy
+        return self.obtain("sft", lambda p: load_policy(p, self.cfg.model), train)
+
+    def reward_model(self, sft):
+        cfg = self.cfg.rm
+        val = self.loader(self.data.val_pairs, PairCollator(self.data.encoder), cfg.batch_size, shuffle=False) \
+            if self.data.val_pairs else None
+
+        def train():
+            model = ScalarHeadModel.from_causal_lm(sft)
+            self.trainer(max_epochs=cfg.epochs).fit(
+                RewardModelModule(model, instantiate(cfg.optimizer)),
+                self.loader(self.data.train_pairs, PairCollator(self.data.encoder), cfg.batch_size, shuffle=True))
+            return model
+
+        model = self.obtain("rm", ScalarHeadModel.from_pretrained, train)
+        if val is not None:  # held-out preference accuracy, reported whether trained now or loaded
+            result = self.trainer().validate(RewardModelModule(model, instantiate(cfg.optimizer)), val, verbose=False)
+            self.metrics["rm/val_accuracy"] = float(result[0]["rm/val_accuracy"])
+            log.info("reward model held-out preference accuracy: %.3f", self.metrics["rm/val_accuracy"])
+        return model
+
+    def dpo(self, sft):
+        def train():
+            cfg = self.cfg.dpo
+            policy = load_policy(self.saved_path("sft"), self.cfg.model)
+            collate = PairCollator(self.data.encoder)
+            val = self.loader(self.data.val_pairs, collate, cfg.batch_size, shuffle=False) if self.data.val_pairs else None
+            self.trainer(max_epochs=cfg.epochs).fit(
+                DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer)),
+                self.loader(self.data.train_pairs, collate, cfg.batch_size, shuffle=True), val)
+            return policy
+        return self.obtain("dpo", lambda p: load_policy(p, self.cfg.model), train)
+
+    def ppo(self, sft, rm, dpo):
+        def train():
+            cfg = self.cfg.ppo
+            actor = load_policy(self.saved_path("sft"), self.cfg.model)  # PPO starts from SFT, not DPO
+            critic = ScalarHeadModel.from_pretrained(self.saved_path("rm"))  # critic from the RM
+            tok = self.data.tokenizer
+            module = PPOModule(
+                actor, critic, sft, rm, dpo if self.cfg.reward.name != "sentence" else None,
+                ppo_cfg=cfg, reward_cfg=self.cfg.reward, beta=self.cfg.beta,
+                actor_optimizer=instantiate(cfg.actor_optimizer), critic_optimizer=instantiate(cfg.critic_optimizer),
+                eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=self.decode, gold=self.data.gold)
+            sampler = RandomSampler(self.data.train_prompts, replacement=True,
+                                    num_samples=cfg.iterations * cfg.rollout_batch_size,
+                                    generator=torch.Generator().manual_seed(self.cfg.seed))
+            prompts = DataLoader(self.data.train_prompts, batch_size=cfg.rollout_batch_size, sampler=sampler,
+                                 collate_fn=PromptCollator(self.data.encoder), drop_last=True)
+            self.trainer(max_epochs=1).fit(module, prompts)
+            return actor
+        return self.obtain("ppo", lambda p: load_policy(p, self.cfg.model), train)
+
+    def saved_path(self, stage: str) -> Path:
+        """A fresh copy of a finished stage is loaded from disk rather than deep-copied in memory."""
+        path = self.checkpoint_path(stage)
+        if path is None:
+            raise MissingStageError(f"{stage} must be saved before it is reused")
+        return path
+
+    def evaluate(self, sft, rm, dpo, policy) -> dict[str, float]:
+        cfg = self.cfg.eval
+        prompts = self.data.eval_prompts[:cfg.n_prompts]
+        policies = {"sft": sft, "dpo": dpo, "policy": policy}
+        results, samples = evaluate(policies, sft, rm, prompts, self.data.encoder, cfg, self.decode, self.data.gold)
+        labels = {"sft": "SFT", "dpo": "DPO",
+                  "policy": POLICY_LABELS.get(self.cfg.reward.name, f"PPO ({self.cfg.reward.name})")}
+        table = format_table(results, labels)
+        for name, result in results.items():
+            self.metrics.update({f"eval/{name}/{k}": v for k, v in result.items()})
+        self.write_outputs(table, samples)
+        print(f"\n{table}\n")
+        return self.metrics
+
+    def write_outputs(self, table: str, samples) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "eval_table.md").write_text(table + "\n")
+        (self.out / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
+        n = self.cfg.eval.n_samples_saved
+        rows = [{"policy": name, "prompt": p, "response": r,
+                 "gold": None if s.gold is None else float(s.gold[i])}
+                for name, s in samples.items() for i, (p, r) in enumerate(zip(s.prompts[:n], s.responses[:n]))]
+        with open(self.out / "samples.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        for logger in self.loggers:
+            logger.log_metrics(self.metrics)
+            if hasattr(logger, "log_table") and rows:
+                logger.log_table("eval/samples", columns=list(rows[0]), data=[list(r.values()) for r in rows])
+            logger.save()
+
+    def finish(self) -> None:
+        for logger in self.loggers:
+            logger.finalize("success")
+        if any(type(lg).__name__ == "WandbLogger" for lg in self.loggers):
+            import wandb
+            wandb.finish()
+
+
+def configure_torch(cfg: DictConfig) -> None:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Run the stages `cfg.stage` asks for; return the evaluation metrics (empty if no eval ran)."""
+    configure_torch(cfg)
+    run_ = Run(cfg)
+    try:
+        if run_.loggers:
+            for logger in run_.loggers:
+                logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        stage = cfg.stage
+        sft = run_.sft()
+        if stage == "sft":
+            return run_.metrics
+        rm = run_.reward_model(sft) if stage != "dpo" else None
+        if stage == "rm":
+            return run_.metrics
+        # classic PPO never reads the DPO model; only the table needs it
+        needs_dpo = stage != "ppo" or cfg.reward.name != "sentence"
+        dpo = run_.dpo(sft) if needs_dpo else None
+        if stage == "dpo":
+            return run_.metrics
+        policy = run_.ppo(sft, rm, dpo)
+        if stage == "ppo":
+            return run_.metrics
+        return run_.evaluate(sft, rm, dpo, policy)
+    finally:
+        run_.finish()

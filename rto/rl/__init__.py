@@ -1,0 +1,1 @@
+"""RL machinery outside Lightning: sampling rollouts and turning them into PPO experience."""

@@ -1,0 +1,46 @@
+"""DPO from pi_ref: -log sigmoid(beta * [log pi/pi_ref (y_w) - log pi/pi_ref (y_l)])."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+import torch
+
+from rto.algos.losses import dpo_loss
+from rto.algos.masked import masked_sum
+from rto.models.forward import policy_logprobs
+
+
+def sequence_logps(model, batch) -> torch.Tensor:
+    logprobs, _ = policy_logprobs(model, batch)
+    return masked_sum(logprobs, batch["response_mask"], dim=1)
+
+
+class DPOModule(L.LightningModule):
+    def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, beta: float, optimizer: Callable):
+        super().__init__()
+        self.policy = policy
+        self.reference = reference.eval().requires_grad_(False)
+        self.beta = beta
+        self.optimizer_factory = optimizer
+
+    def _step(self, batch, prefix: str):
+        chosen, rejected = sequence_logps(self.policy, batch).chunk(2)
+        with torch.no_grad():
+            ref_chosen, ref_rejected = sequence_logps(self.reference, batch).chunk(2)
+        loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+        n = chosen.shape[0]
+        self.log(f"dpo/{prefix}loss", loss, prog_bar=True, batch_size=n)
+        self.log(f"dpo/{prefix}reward_accuracy", (chosen_rewards > rejected_rewards).float().mean(), batch_size=n)
+        self.log(f"dpo/{prefix}reward_margin", (chosen_rewards - rejected_rewards).mean(), batch_size=n)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val_")
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.policy.parameters())

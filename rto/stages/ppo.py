@@ -1,0 +1,126 @@
+"""PPO with a sentence or token reward (CleanRL-style: the update reads top to bottom).
+
+One `training_step` is one PPO iteration: sample a rollout, score it once (`make_experience`),
+then `ppo_epochs` passes of clipped policy and value updates over minibatches. Optimisation is
+manual because an iteration makes many optimizer steps on two optimizers (actor and critic).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from rto.algos.advantages import RunningMoments
+from rto.algos.logprobs import entropy_from_logits
+from rto.algos.losses import explained_variance, ppo_policy_loss, value_loss
+from rto.algos.masked import masked_mean, masked_sum
+from rto.algos.rewards import kl_penalty
+from rto.models.forward import policy_logprobs
+from rto.models.scalar_head import ScalarHeadModel
+from rto.rl.experience import Experience, make_experience
+from rto.rl.rollout import Rollout, sample_responses
+
+
+def _frozen(module: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
+    return None if module is None else module.eval().requires_grad_(False)
+
+
+class PPOModule(L.LightningModule):
+    def __init__(self, actor, critic: ScalarHeadModel, reference, reward_model: ScalarHeadModel,
+                 dpo_policy, *, ppo_cfg: DictConfig, reward_cfg: DictConfig, beta: float,
+                 actor_optimizer: Callable, critic_optimizer: Callable, eos_id: int, pad_id: int,
+                 decode: Callable, gold: Optional[Callable] = None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.actor, self.critic = actor, critic
+        self.reference = _frozen(reference)
+        self.reward_model = _frozen(reward_model)
+        self.dpo_policy = _frozen(dpo_policy)
+        self.ppo_cfg, self.reward_cfg, self.beta = ppo_cfg, reward_cfg, beta
+        self.optimizer_factories = (actor_optimizer, critic_optimizer)
+        self.eos_id, self.pad_id = eos_id, pad_id
+        self.decode, self.gold = decode, gold
+        self.score_moments = RunningMoments() if ppo_cfg.normalize_rewards else None
+
+    def configure_optimizers(self):
+        actor_optimizer, critic_optimizer = self.optimizer_factories
+        return [actor_optimizer(self.actor.parameters()), critic_optimizer(self.critic.parameters())]
+
+    def rollout(self, batch: dict) -> Rollout:
+        response_ids, response_mask = sample_responses(
+            self.actor, batch["prompt_ids"], batch["prompt_mask"], self.ppo_cfg.max_new_tokens,
+            self.eos_id, self.pad_id, self.ppo_cfg.temperature)
+        return Rollout(batch["prompt_ids"], batch["prompt_mask"], response_ids, response_mask,
+                       batch.get("prompt_text", []))
+
+    def training_step(self, batch, batch_idx):
+        start = time.perf_counter()
+        rollout = self.rollout(batch)
+        experience = make_experience(
+            rollout, actor=self.actor, critic=self.critic, reference=self.reference,
+            reward_model=self.reward_model, dpo_policy=self.dpo_policy, reward_cfg=self.reward_cfg,
+            beta=self.beta, ppo_cfg=self.ppo_cfg, score_moments=self.score_moments)
+        rollout_seconds = time.perf_counter() - start
+        update_stats = self.update(experience)
+        metrics = {**self.rollout_metrics(rollout, experience), **update_stats}
+        metrics["ppo/iteration"] = float(batch_idx + 1)
+        metrics["ppo/rollout_seconds"] = rollout_seconds
+        metrics["ppo/samples_per_second"] = rollout.response_ids.shape[0] / (time.perf_counter() - start)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.response_ids.shape[0])
+
+    def update(self, exp: Experience) -> dict[str, float]:
+        cfg = self.ppo_cfg
+        actor_opt, critic_opt = self.optimizers()
+        n = exp.response_ids.shape[0]
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.ppo_epochs):
+            epoch_kl = []
+            for index in torch.randperm(n, device=exp.response_ids.device).split(cfg.minibatch_size):
+                mb = exp.minibatch(index)
+                mask = mb.response_mask
+                logprobs, logits = policy_logprobs(self.actor, mb.batch())
+                values = self.critic.response_values(**mb.batch())
+                pg_loss, pg_stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range)
+                vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mask, cfg.value_clip_range)
+                actor_opt.zero_grad()
+                critic_opt.zero_grad()
+                self.manual_backward(pg_loss + cfg.value_loss_coef * vf_loss)
+                if cfg.max_grad_norm is not None:
+                    self.clip_gradients(actor_opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+                    self.clip_gradients(critic_opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+                actor_opt.step()
+                critic_opt.step()
+                with torch.no_grad():
+                    entropy = masked_mean(entropy_from_logits(logits), mask)
+                for key, value in {"policy_loss": pg_loss, "value_loss": vf_loss, "entropy": entropy,
+                                   **pg_stats, **vf_stats}.items():
+                    stats.setdefault(key, []).append(float(value.detach()))
+                epoch_kl.append(float(pg_stats["approx_kl_k3"]))
+            if cfg.target_kl is not None and np.mean(epoch_kl) > cfg.target_kl:
+                break  # CleanRL's early stop: the policy moved far enough from the rollout's
+        return {f"ppo/{key}": float(np.mean(values)) for key, values in stats.items()}
+
+    @torch.no_grad()
+    def rollout_metrics(self, rollout: Rollout, exp: Experience) -> dict[str, float]:
+        mask = exp.response_mask
+        metrics = {
+            "ppo/score": float(exp.score.mean()),
+            "ppo/reward_total": float(masked_sum(exp.rewards, mask, dim=1).mean()),
+            "ppo/kl_k1": float(masked_sum(kl_penalty(exp.logprobs, exp.ref_logprobs, mask, "k1"), mask, dim=1).mean()),
+            "ppo/kl_k3": float(masked_sum(kl_penalty(exp.logprobs, exp.ref_logprobs, mask, "k3"), mask, dim=1).mean()),
+            "ppo/response_length": float(mask.sum(1).float().mean()),
+            "ppo/eos_rate": float((exp.response_ids == self.eos_id).logical_and(mask.bool()).any(1).float().mean()),
+            "ppo/explained_variance": float(explained_variance(exp.values, exp.returns, mask)),
+            "ppo/advantage_mean": float(masked_mean(exp.advantages, mask)),
+        }
+        if exp.dpo_rewards is not None:
+            metrics["ppo/dpo_reward"] = float(masked_sum(exp.dpo_rewards, mask, dim=1).mean())
+        if self.gold is not None and rollout.prompt_text:
+            responses = self.decode(rollout.response_ids, rollout.response_mask)
+            metrics["ppo/gold_reward"] = float(np.mean(self.gold(rollout.prompt_text, responses)))
+        return metrics

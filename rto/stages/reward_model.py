@@ -1,0 +1,36 @@
+"""Bradley-Terry reward model: -log sigmoid(r(x, y_w) - r(x, y_l)), score at the last real token."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+
+from rto.algos.losses import bradley_terry_loss
+from rto.models.scalar_head import ScalarHeadModel
+
+
+class RewardModelModule(L.LightningModule):
+    def __init__(self, model: ScalarHeadModel, optimizer: Callable):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+
+    def _step(self, batch, prefix: str):
+        scores = self.model.score(batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
+                                  batch["response_mask"])
+        chosen, rejected = scores.chunk(2)
+        loss, accuracy = bradley_terry_loss(chosen, rejected)
+        n = chosen.shape[0]
+        self.log(f"rm/{prefix}loss", loss, prog_bar=True, batch_size=n)
+        self.log(f"rm/{prefix}accuracy", accuracy, batch_size=n)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val_")
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.model.parameters())

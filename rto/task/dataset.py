@@ -1,0 +1,120 @@
+"""The embedded task's data: SFT demonstrations, preference pairs and held-out eval prompts.
+
+Rows have the schemas real data uses (`{"prompt", "response"}` and `{"prompt", "chosen",
+"rejected"}`), so the pipeline cannot tell this task from UltraFeedback-style files. Preference
+labels are drawn from Bradley-Terry on the gold reward, P(y1 > y2) = sigmoid((r*(y1) - r*(y2)) / T):
+noisy, as human labels are, and exactly the model DPO and the reward model assume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rto.task.generator import GeneratorConfig, sample_response
+from rto.task.gold import gold_reward
+from rto.task.prompts import PromptSpec, split_prompts
+
+# One independent random stream per product, so that asking for one never shifts another, and the
+# eval prompts stay the same whatever the training sizes.
+_TRAIN_PROMPTS_STREAM, _SFT_STREAM, _PAIRS_STREAM, _EVAL_PROMPTS_STREAM = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class EmbeddedTask:
+    """The task for one seed and size; identical parameters give identical data."""
+
+    seed: int = 0
+    n_sft: int = 2000
+    n_pairs: int = 2000
+    n_train_prompts: int = 512
+    n_eval_prompts: int = 64
+    eval_fraction: float = 0.2
+    bt_temperature: float = 2.0  # labels agree with the gold ranking ~85% of the time
+    max_response_words: int = 16  # including <eos>
+
+    def __post_init__(self) -> None:
+        for name in ("n_sft", "n_pairs", "n_train_prompts", "n_eval_prompts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.bt_temperature <= 0:
+            raise ValueError(f"bt_temperature must be > 0, got {self.bt_temperature}")
+        train_pool, eval_pool = split_prompts(self.eval_fraction)
+        for name, n, pool in (("n_train_prompts", self.n_train_prompts, train_pool),
+                              ("n_eval_prompts", self.n_eval_prompts, eval_pool)):
+            if n > len(pool):
+                raise ValueError(f"{name}={n} exceeds the {len(pool)} prompts of its split "
+                                 f"at eval_fraction={self.eval_fraction}")
+
+    @property
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(max_response_words=self.max_response_words)
+
+    def _rng(self, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream])
+
+    def _prompt_specs(self) -> tuple[list[PromptSpec], list[PromptSpec]]:
+        train_pool, eval_pool = split_prompts(self.eval_fraction)
+        train = self._rng(_TRAIN_PROMPTS_STREAM).choice(
+            len(train_pool), size=self.n_train_prompts, replace=False)
+        held_out = self._rng(_EVAL_PROMPTS_STREAM).choice(
+            len(eval_pool), size=self.n_eval_prompts, replace=False)
+        return [train_pool[i] for i in train], [eval_pool[i] for i in held_out]
+
+    def _training_specs(self, n_rows: int, name: str) -> list[PromptSpec]:
+        specs = self._prompt_specs()[0]
+        if n_rows and not specs:
+            raise ValueError(f"{name}={n_rows} needs n_train_prompts > 0")
+        return specs
+
+    def train_prompts(self) -> list[str]:
+        return [spec.text for spec in self._prompt_specs()[0]]
+
+    def eval_prompts(self) -> list[str]:
+        """Held-out prompts: no training row ever uses one of them."""
+        return [spec.text for spec in self._prompt_specs()[1]]
+
+    def sft_rows(self) -> list[dict[str, str]]:
+        """`n_sft` base-generator demonstrations on training prompts."""
+        specs = self._training_specs(self.n_sft, "n_sft")
+        rng = self._rng(_SFT_STREAM)
+        rows = []
+        for _ in range(self.n_sft):
+            spec = specs[int(rng.integers(len(specs)))]
+            rows.append({"prompt": spec.text,
+                         "response": sample_response(spec, rng, self.generator_config)})
+        return rows
+
+    def preference_rows(self) -> list[dict[str, str]]:
+        """`n_pairs` pairs of distinct base samples, the winner drawn from Bradley-Terry on r*."""
+        specs = self._training_specs(self.n_pairs, "n_pairs")
+        rng = self._rng(_PAIRS_STREAM)
+        rows: list[dict[str, str]] = []
+        while len(rows) < self.n_pairs:
+            spec = specs[int(rng.integers(len(specs)))]
+            first = sample_response(spec, rng, self.generator_config)
+            second = sample_response(spec, rng, self.generator_config)
+            if first == second:  # no preference to express
+                continue
+            margin = gold_reward(spec.text, first) - gold_reward(spec.text, second)
+            p_first = 1.0 / (1.0 + np.exp(-margin / self.bt_temperature))
+            chosen, rejected = (first, second) if rng.random() < p_first else (second, first)
+            rows.append({"prompt": spec.text, "chosen": chosen, "rejected": rejected})
+        return rows
+
+    def label_agreement(self) -> float:
+        """Fraction of pairs whose label agrees with the gold ranking, gold ties left out."""
+        return label_agreement(self.preference_rows())
+
+
+def label_agreement(rows: list[dict[str, str]]) -> float:
+    """Fraction of `{"prompt", "chosen", "rejected"}` rows with r*(chosen) > r*(rejected), ties
+    left out: how noisy the labels are, hence the best accuracy a reward model can reach."""
+    margins = np.array(
+        [gold_reward(r["prompt"], r["chosen"]) - gold_reward(r["prompt"], r["rejected"]) for r in rows]
+    )
+    decided = margins != 0
+    if not decided.any():
+        raise ValueError("no pair with a gold preference: agreement is undefined")
+    return float((margins[decided] > 0).mean())

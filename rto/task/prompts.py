@@ -1,0 +1,75 @@
+"""Prompts of the embedded task and their train / eval split.
+
+A prompt asks for a topic, a length and a keyword: `write about <topic> in <N> words mentioning
+<keyword> :`. The split is a stable hash of the prompt text, so an eval prompt is never a training
+prompt, whatever the seed, the sizes or the order in which prompts were drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from rto.task.language import MAX_LENGTH, MIN_LENGTH, TOPICS
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """What a prompt asks for: `length` words about `topic`, one of them `keyword`."""
+
+    topic: str
+    length: int
+    keyword: str
+
+    def __post_init__(self) -> None:
+        if self.topic not in TOPICS:
+            raise ValueError(f"unknown topic {self.topic!r}; expected one of {sorted(TOPICS)}")
+        if not MIN_LENGTH <= self.length <= MAX_LENGTH:
+            raise ValueError(f"length {self.length} outside [{MIN_LENGTH}, {MAX_LENGTH}]")
+        if self.keyword not in TOPICS[self.topic]:
+            raise ValueError(f"keyword {self.keyword!r} is not a word of topic {self.topic!r}")
+
+    @property
+    def text(self) -> str:
+        return f"write about {self.topic} in {self.length} words mentioning {self.keyword} :"
+
+
+def parse(text: str) -> PromptSpec:
+    """The `PromptSpec` a prompt text states; ValueError naming the problem if it is malformed."""
+    words = text.split()
+    template = ["write", "about", None, "in", None, "words", "mentioning", None, ":"]
+    if len(words) != len(template):
+        raise ValueError(f"prompt has {len(words)} words, expected {len(template)}: {text!r}")
+    for i, (word, expected) in enumerate(zip(words, template)):
+        if expected is not None and word != expected:
+            raise ValueError(f"prompt word {i} is {word!r}, expected {expected!r}: {text!r}")
+    topic, length, keyword = words[2], words[4], words[7]
+    if not length.isdigit():
+        raise ValueError(f"prompt length {length!r} is not a number: {text!r}")
+    return PromptSpec(topic=topic, length=int(length), keyword=keyword)
+
+
+def all_prompts() -> list[PromptSpec]:
+    """Every prompt the language can state, in a fixed order."""
+    return [
+        PromptSpec(topic, length, keyword)
+        for topic, keywords in TOPICS.items()
+        for length in range(MIN_LENGTH, MAX_LENGTH + 1)
+        for keyword in keywords
+    ]
+
+
+def is_eval_prompt(text: str, eval_fraction: float) -> bool:
+    """Whether `text` is held out for evaluation: a hash, so the answer depends on nothing else."""
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < eval_fraction
+
+
+def split_prompts(eval_fraction: float) -> tuple[list[PromptSpec], list[PromptSpec]]:
+    """(train, eval) pools: disjoint, and together every prompt."""
+    train, held_out = [], []
+    for spec in all_prompts():
+        (held_out if is_eval_prompt(spec.text, eval_fraction) else train).append(spec)
+    return train, held_out
