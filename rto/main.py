@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import hydra
@@ -11,17 +10,19 @@ from omegaconf import DictConfig, OmegaConf
 from rto.config import validate
 from rto.pipeline import run
 
-log = logging.getLogger(__name__)
 
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> Optional[float]:
+def train(cfg: DictConfig) -> Optional[float]:
+    """Check the config, run the stages it asks for, return the metric a sweeper optimises."""
     validate(cfg)
     if cfg.print_config:
         print(OmegaConf.to_yaml(cfg, resolve=True))
     metrics = run(cfg)
-    # the value a sweeper (Optuna, ...) optimises
     return metrics.get(cfg.optimized_metric)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> Optional[float]:
+    return train(cfg)
 
 
 if __name__ == "__main__":

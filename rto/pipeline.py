@@ -160,7 +160,8 @@ class Run:
                                     generator=torch.Generator().manual_seed(self.cfg.seed))
             prompts = DataLoader(self.data.train_prompts, batch_size=cfg.rollout_batch_size, sampler=sampler,
                                  collate_fn=PromptCollator(self.data.encoder), drop_last=True)
-            self.trainer(max_epochs=1).fit(module, prompts)
+            # every PPO iteration is expensive and worth a log line
+            self.trainer(max_epochs=1, log_every_n_steps=1).fit(module, prompts)
             return actor
         return self.obtain("ppo", lambda p: load_policy(p, self.cfg.model), train)
 
