@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
@@ -97,7 +98,9 @@ class Run:
                 f"stage={self.cfg.stage} needs the {stage} checkpoint, but {self.ckpt_dir / stage} does not exist; "
                 f"run stage={stage} (or stage=all) in this run folder first, or set {stage}.checkpoint=<folder>")
         log.info("%s: training", stage)
+        start = time.perf_counter()
         model = train()
+        self.metrics[f"time/{stage}_seconds"] = time.perf_counter() - start
         self.save(stage, model)
         return model
 
@@ -176,7 +179,9 @@ class Run:
         cfg = self.cfg.eval
         prompts = self.data.eval_prompts[:cfg.n_prompts]
         policies = {"sft": sft, "dpo": dpo, "policy": policy}
+        start = time.perf_counter()
         results, samples = evaluate(policies, sft, rm, prompts, self.data.encoder, cfg, self.decode, self.data.gold)
+        self.metrics["time/eval_seconds"] = time.perf_counter() - start
         labels = {"sft": "SFT", "dpo": "DPO",
                   "policy": POLICY_LABELS.get(self.cfg.reward.name, f"PPO ({self.cfg.reward.name})")}
         table = format_table(results, labels)
