@@ -77,6 +77,13 @@ def stage_key(cfg: DictConfig, stage: str, code: Optional[str] = None) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def cacheable(cfg: DictConfig, stage: str) -> bool:
+    """False when an upstream stage comes from `<upstream>.checkpoint`: the config does not describe
+    those weights, so what is trained on them must not be published under a config key."""
+    return stage in CACHED_STAGES and not any(
+        cfg[upstream].get("checkpoint") or not cacheable(cfg, upstream) for upstream in UPSTREAM[stage])
+
+
 class StageCache:
     """Checkpoint folders keyed by `stage_key`, safe for concurrent jobs on one filesystem."""
 

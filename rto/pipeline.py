@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
-from rto.cache import CACHED_STAGES, StageCache, stage_inputs, stage_key
+from rto.cache import StageCache, cacheable, stage_inputs, stage_key
 from rto.data import DataBundle, PairCollator, PromptCollator, SFTCollator, load_data
 from rto.evaluation import evaluate, format_table
 from rto.models import ScalarHeadModel, build_policy, load_policy, save_policy
@@ -97,7 +97,7 @@ class Run:
         if path is not None:
             log.info("%s: loading %s", stage, path)
             return load(path)
-        key = stage_key(self.cfg, stage) if self.cache and stage in CACHED_STAGES else None
+        key = stage_key(self.cfg, stage) if self.cache and cacheable(self.cfg, stage) else None
         if key is None:
             self.require(stage)
             return self.train_and_save(stage, train)

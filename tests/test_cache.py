@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rto.cache import StageCache, main as cache_main, stage_key
+from rto.cache import StageCache, cacheable, main as cache_main, stage_key
 from tests.conftest import compose_config
 
 
@@ -35,6 +35,13 @@ def test_keys_change_with_what_determines_the_stage(tmp_path):
         assert all(changed[s] != base[s] for s in changed), overrides  # upstream keys propagate
     cfg = compose_config(output_dir=tmp_path)
     assert stage_key(cfg, "sft", code="a") != stage_key(cfg, "sft", code="b")  # edited training code
+
+
+def test_stages_built_on_a_given_checkpoint_are_not_cached(tmp_path):
+    cfg = compose_config("sft.checkpoint=/some/sft", output_dir=tmp_path)
+    assert not cacheable(cfg, "rm") and not cacheable(cfg, "dpo") and not cacheable(cfg, "ppo")
+    cfg = compose_config("rm.checkpoint=/some/rm", output_dir=tmp_path)
+    assert cacheable(cfg, "sft") and cacheable(cfg, "dpo")
 
 
 def _train_once(root: str, out: str, counter: str) -> None:
