@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
+from rto.cache import StageCache, cacheable, stage_inputs, stage_key
 from rto.data import DataBundle, PairCollator, PromptCollator, SFTCollator, load_data
 from rto.evaluation import evaluate, format_table
 from rto.models import ScalarHeadModel, build_policy, load_policy, save_policy
@@ -47,6 +48,7 @@ class Run:
         self.data: DataBundle = load_data(cfg.data)
         self.loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
         self.metrics: dict[str, float] = {}
+        self.cache = StageCache.from_config(cfg)
 
     # ---- plumbing -------------------------------------------------------------------------
     def trainer(self, **overrides) -> L.Trainer:
@@ -84,7 +86,9 @@ class Run:
             self.data.tokenizer.save_pretrained(tmp)
         else:
             save_policy(model, self.data.tokenizer, tmp)
-        if final.exists():
+        if final.is_symlink():  # a link to a cache entry that is gone
+            final.unlink()
+        elif final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
 
@@ -93,16 +97,44 @@ class Run:
         if path is not None:
             log.info("%s: loading %s", stage, path)
             return load(path)
+        key = stage_key(self.cfg, stage) if self.cache and cacheable(self.cfg, stage) else None
+        if key is None:
+            self.require(stage)
+            return self.train_and_save(stage, train)
+        with self.cache.lock(stage, key):  # a concurrent job with the same key waits, then hits
+            cached = self.cache.lookup(stage, key)
+            self.metrics[f"cache/{stage}_hit"] = float(cached is not None)
+            if cached is not None:
+                log.info("%s: cache hit %s (%s)", stage, key, cached)
+                self.link(stage, cached)
+                return load(cached)
+            self.require(stage)
+            log.info("%s: cache miss %s", stage, key)
+            model = self.train_and_save(stage, train)
+            self.cache.publish(stage, key, self.ckpt_dir / stage, stage_inputs(self.cfg, stage))
+            return model
+
+    def require(self, stage: str) -> None:
         if not self.wants(stage):
             raise MissingStageError(
                 f"stage={self.cfg.stage} needs the {stage} checkpoint, but {self.ckpt_dir / stage} does not exist; "
                 f"run stage={stage} (or stage=all) in this run folder first, or set {stage}.checkpoint=<folder>")
+
+    def train_and_save(self, stage: str, train: Callable):
         log.info("%s: training", stage)
+        L.seed_everything(self.cfg.seed, workers=True, verbose=False)  # same weights whatever ran before
         start = time.perf_counter()
         model = train()
         self.metrics[f"time/{stage}_seconds"] = time.perf_counter() - start
         self.save(stage, model)
         return model
+
+    def link(self, stage: str, cached: Path) -> None:
+        """The run folder points at the cached stage, so `stage=...` re-runs in it find it too."""
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if (self.ckpt_dir / stage).is_symlink():
+            (self.ckpt_dir / stage).unlink()
+        (self.ckpt_dir / stage).symlink_to(cached.resolve(), target_is_directory=True)
 
     # ---- stages ---------------------------------------------------------------------------
     def sft(self):

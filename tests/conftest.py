@@ -21,6 +21,7 @@ def compose_config(*overrides: str, output_dir: Path, debug: str = "tiny") -> Di
         cfg = compose("config", overrides=[f"debug={debug}", *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
+        cfg.paths.cache_dir = str(Path(output_dir) / "cache")  # tests train their stages, not a stale cache's
     return cfg
 
 

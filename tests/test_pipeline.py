@@ -94,7 +94,7 @@ def test_cli_runs_the_default_entry_point(tmp_path):
     """`python -m rto.main` as a user types it, on the tiny preset."""
     result = subprocess.run(
         [sys.executable, "-m", "rto.main", "debug=tiny", "reward=token", "beta=0.1",
-         f"hydra.run.dir={tmp_path}"],
+         f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| RTO (token) |" in result.stdout

@@ -1,0 +1,191 @@
+"""Stage cache: SFT, reward-model and DPO checkpoints shared by every run and sweep job that needs them.
+
+A stage's key is a hash of everything that determines its weights: its own config, the keys of the
+stages it starts from, the data config, the seed, the trainer settings that change numerics, and a
+fingerprint of the training code. A sweep over PPO-only keys (`reward`, `ppo.*`) therefore trains
+each upstream stage once per distinct upstream config. `dpo.beta` defaults to `beta`, so a `beta`
+sweep trains one DPO model per beta (correct: they are different models).
+
+Layout: `<cache_dir>/<stage>/<key>/` (a `save_pretrained` folder plus `manifest.json` naming the
+config that produced it) and `<cache_dir>/<stage>/<key>.lock`. Concurrent jobs take the key's file
+lock before training, so a second job waits and then loads instead of training the same stage
+again; an entry is built in a temporary folder and renamed into place, so it is complete or absent.
+
+    python -m rto.cache list [--stage sft]      # what is cached, with the config that made it
+    python -m rto.cache clear [--stage dpo]     # delete entries (all stages if no --stage)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+
+CACHED_STAGES = ("sft", "rm", "dpo")
+# what each stage starts from (their keys enter its key) and the config sections that shape it
+UPSTREAM = {"sft": (), "rm": ("sft",), "dpo": ("sft",)}
+OWN_SECTIONS = {"sft": ("data", "model", "sft", "seed"), "rm": ("rm",), "dpo": ("dpo",)}
+# keys that never change the weights: where to find a checkpoint, and what the trainer prints
+IGNORED = {"checkpoint"}
+TRAINER_COSMETIC = {"enable_progress_bar", "enable_model_summary", "enable_checkpointing",
+                    "log_every_n_steps", "default_root_dir", "logger"}
+# the code a stage's result depends on; an edit there gives new keys instead of stale weights
+CODE_DIRS = ("algos", "data", "models", "stages", "task")
+CODE_FILES = ("pipeline.py",)
+MANIFEST = "manifest.json"
+
+
+def _strip(node: Any, ignored: set[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip(v, ignored) for k, v in node.items() if k not in ignored}
+    return node
+
+
+def code_fingerprint() -> str:
+    root = Path(__file__).resolve().parent
+    files = sorted(p for d in CODE_DIRS for p in (root / d).rglob("*.py")) + [root / f for f in CODE_FILES]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stage_inputs(cfg: DictConfig, stage: str, code: Optional[str] = None) -> dict[str, Any]:
+    """The resolved config that determines `stage`'s weights (what its key hashes)."""
+    resolved = {name: OmegaConf.to_container(cfg[name], resolve=True) if isinstance(cfg[name], DictConfig)
+                else cfg[name] for name in OWN_SECTIONS[stage]}
+    inputs: dict[str, Any] = {"stage": stage, **_strip(resolved, IGNORED)}
+    for upstream in UPSTREAM[stage]:
+        inputs[f"{upstream}_key"] = stage_key(cfg, upstream, code)
+    if not UPSTREAM[stage]:  # the root stage carries what every stage shares
+        inputs["trainer"] = _strip(OmegaConf.to_container(cfg.trainer, resolve=True), TRAINER_COSMETIC)
+        inputs["code"] = code or code_fingerprint()
+    return inputs
+
+
+def stage_key(cfg: DictConfig, stage: str, code: Optional[str] = None) -> str:
+    payload = json.dumps(stage_inputs(cfg, stage, code), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def cacheable(cfg: DictConfig, stage: str) -> bool:
+    """False when an upstream stage comes from `<upstream>.checkpoint`: the config does not describe
+    those weights, so what is trained on them must not be published under a config key."""
+    return stage in CACHED_STAGES and not any(
+        cfg[upstream].get("checkpoint") or not cacheable(cfg, upstream) for upstream in UPSTREAM[stage])
+
+
+class StageCache:
+    """Checkpoint folders keyed by `stage_key`, safe for concurrent jobs on one filesystem."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Optional["StageCache"]:
+        cache_cfg = cfg.get("cache")
+        if not cache_cfg or not cache_cfg.enabled:
+            return None
+        return cls(cfg.paths.cache_dir)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def lookup(self, stage: str, key: str) -> Optional[Path]:
+        path = self.path(stage, key)
+        return path if (path / MANIFEST).is_file() else None  # the manifest is written last
+
+    def lock(self, stage: str, key: str) -> FileLock:
+        (self.root / stage).mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / stage / f"{key}.lock"))
+
+    def publish(self, stage: str, key: str, source: Path, inputs: dict[str, Any]) -> Path:
+        """Copy a finished checkpoint folder into the cache (hard links where the filesystem allows)."""
+        final = self.path(stage, key)
+        tmp = final.with_name(f".{key}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            shutil.copytree(source, tmp, copy_function=os.link)
+        except OSError:  # another filesystem: plain copy
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source, tmp)
+        manifest = {"stage": stage, "key": key, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "source": str(source), "inputs": inputs}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return final
+
+    def entries(self, stage: Optional[str] = None) -> Iterator[dict[str, Any]]:
+        for name in (stage,) if stage else CACHED_STAGES:
+            folder = self.root / name
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.iterdir()):
+                if path.is_dir() and (path / MANIFEST).is_file():
+                    manifest = json.loads((path / MANIFEST).read_text())
+                    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                    yield {**manifest, "path": path, "bytes": size}
+
+    def clear(self, stage: Optional[str] = None) -> int:
+        removed = 0
+        for name in (stage,) if stage else CACHED_STAGES:
+            folder = self.root / name
+            if folder.is_dir():
+                removed += sum(1 for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+                shutil.rmtree(folder)
+        return removed
+
+
+def _describe(inputs: dict[str, Any]) -> str:
+    """The few inputs a person tells entries apart by."""
+    parts = []
+    for key in ("seed", "model", "beta", "epochs", "sft_key"):
+        value = inputs.get(key)
+        if key == "model" and isinstance(value, dict):
+            value = value.get("pretrained") or value.get("name")
+        if value is not None:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def default_cache_dir() -> str:
+    """`paths.cache_dir` of the real config (so the CLI and the runs agree on one default)."""
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config")
+    return str(cfg.paths.cache_dir)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rto.cache", description="List or clear the stage cache.")
+    parser.add_argument("command", choices=("list", "clear"))
+    parser.add_argument("--stage", choices=CACHED_STAGES, help="only this stage (default: all)")
+    parser.add_argument("--dir", help="cache folder (default: paths.cache_dir of the config)")
+    args = parser.parse_args(argv)
+    cache = StageCache(args.dir or default_cache_dir())
+    if args.command == "clear":
+        print(f"removed {cache.clear(args.stage)} entries from {cache.root}")
+        return
+    rows = list(cache.entries(args.stage))
+    print(f"{len(rows)} entries in {cache.root}")
+    if rows:
+        print("| stage | key | created | MiB | inputs |\n|---|---|---|---|---|")
+        for row in rows:
+            inputs = row["inputs"]
+            described = _describe({**inputs, **inputs.get(row["stage"], {})})
+            print(f"| {row['stage']} | {row['key']} | {row['created']} | {row['bytes'] / 2**20:.1f} | {described} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Stage cache keys, concurrency and CLI (no training)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import pytest
+
+from rto.cache import StageCache, cacheable, main as cache_main, stage_key
+from tests.conftest import compose_config
+
+
+def keys(tmp_path, *overrides) -> dict[str, str]:
+    cfg = compose_config(*overrides, output_dir=tmp_path)
+    return {stage: stage_key(cfg, stage, code="fixed") for stage in ("sft", "rm", "dpo")}
+
+
+def test_ppo_only_keys_share_every_upstream_stage(tmp_path):
+    base = keys(tmp_path, "reward=token", "beta=0.1")
+    for overrides in (["reward=sentence"], ["ppo.iterations=7", "reward.dpo_scale=0.3"], ["sft.checkpoint=/x"],
+                      ["logger=none"], ["trainer.enable_progress_bar=true"], ["print_config=true"], ["threads=1"]):
+        assert keys(tmp_path, "reward=token", "beta=0.1", *overrides) == base, overrides
+
+
+def test_keys_change_with_what_determines_the_stage(tmp_path):
+    base = keys(tmp_path)
+    beta = keys(tmp_path, "beta=0.2")  # dpo.beta follows beta: one DPO per beta, SFT and RM shared
+    assert (beta["sft"], beta["rm"]) == (base["sft"], base["rm"]) and beta["dpo"] != base["dpo"]
+    rm_only = keys(tmp_path, "rm.epochs=3")
+    assert rm_only["sft"] == base["sft"] and rm_only["rm"] != base["rm"] and rm_only["dpo"] == base["dpo"]
+    for overrides in (["seed=1"], ["model=small"], ["data.n_sft=64"], ["sft.optimizer.lr=0.01"]):
+        changed = keys(tmp_path, *overrides)
+        assert all(changed[s] != base[s] for s in changed), overrides  # upstream keys propagate
+    cfg = compose_config(output_dir=tmp_path)
+    assert stage_key(cfg, "sft", code="a") != stage_key(cfg, "sft", code="b")  # edited training code
+
+
+def test_stages_built_on_a_given_checkpoint_are_not_cached(tmp_path):
+    cfg = compose_config("sft.checkpoint=/some/sft", output_dir=tmp_path)
+    assert not cacheable(cfg, "rm") and not cacheable(cfg, "dpo") and not cacheable(cfg, "ppo")
+    cfg = compose_config("rm.checkpoint=/some/rm", output_dir=tmp_path)
+    assert cacheable(cfg, "sft") and cacheable(cfg, "dpo")
+
+
+def _train_once(root: str, out: str, counter: str) -> None:
+    """What `Run.obtain` does on one key: lock, look up, else train, publish."""
+    cache = StageCache(root)
+    with cache.lock("sft", "k"):
+        if cache.lookup("sft", "k") is None:
+            with open(counter, "a") as f:
+                f.write("trained\n")
+            time.sleep(0.5)  # long enough for the other process to be waiting on the lock
+            src = Path(out)
+            src.mkdir(parents=True, exist_ok=True)
+            (src / "model.safetensors").write_bytes(b"weights")
+            cache.publish("sft", "k", src, {"stage": "sft"})
+
+
+def test_concurrent_jobs_train_a_key_once(tmp_path):
+    counter = tmp_path / "count.txt"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_train_once, args=(str(tmp_path / "cache"), str(tmp_path / f"run{i}"), str(counter)))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert counter.read_text().splitlines() == ["trained"]
+    entry = StageCache(tmp_path / "cache").lookup("sft", "k")
+    assert (entry / "model.safetensors").read_bytes() == b"weights"
+    assert not list((tmp_path / "cache" / "sft").glob(".*tmp*"))  # no temporary folder left behind
+
+
+def test_cli_lists_and_clears(tmp_path, capsys):
+    cache = StageCache(tmp_path)
+    for stage in ("sft", "dpo"):
+        src = tmp_path / f"src-{stage}"
+        src.mkdir()
+        (src / "config.json").write_text("{}")
+        cache.publish(stage, f"{stage}key", src, {"stage": stage, "seed": 3, stage: {"epochs": 2}})
+    cache_main(["list", "--dir", str(tmp_path)])
+    listing = capsys.readouterr().out
+    assert "2 entries" in listing and "| sft | sftkey |" in listing and "seed=3" in listing
+    cache_main(["clear", "--stage", "dpo", "--dir", str(tmp_path)])
+    assert "removed 1 entries" in capsys.readouterr().out
+    assert [e["stage"] for e in cache.entries()] == ["sft"]
+    cache_main(["clear", "--dir", str(tmp_path)])
+    assert list(cache.entries()) == []
+
+
+def test_cache_can_be_disabled(tmp_path):
+    assert StageCache.from_config(compose_config("cache.enabled=false", output_dir=tmp_path)) is None
+    cache = StageCache.from_config(compose_config(output_dir=tmp_path))
+    assert cache is not None and cache.root == tmp_path / "cache"
+
+
+@pytest.mark.parametrize("bad", ["--stage=ppo", "--stage=all"])
+def test_cli_rejects_an_uncached_stage(tmp_path, bad):
+    with pytest.raises(SystemExit):
+        cache_main(["list", bad, "--dir", str(tmp_path)])
