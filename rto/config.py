@@ -110,6 +110,25 @@ LR_KEYS = ("sft.optimizer.lr", "rm.optimizer.lr", "dpo.optimizer.lr",
            "ppo.actor_optimizer.lr", "ppo.critic_optimizer.lr")
 
 
+def lora_problems(cfg: DictConfig) -> list[str]:
+    """`model.lora` / `reward_model.lora`: null, or a node with r >= 1, alpha > 0, dropout in [0, 1)."""
+    problems = []
+    for key in ("model.lora", "reward_model.lora"):
+        node = OmegaConf.select(cfg, key, default=None)
+        if node is None:
+            continue
+        if not OmegaConf.is_dict(node):
+            problems.append(f"{key} must be null or a node {{r, alpha, dropout, target_modules}}, got {node!r}")
+            continue
+        for sub, (check, what) in {"r": COUNT, "alpha": POSITIVE,
+                                   "dropout": _number(lambda v: 0 <= v < 1, "a number in [0, 1)")}.items():
+            if sub not in node and sub == "dropout":
+                continue
+            if not check(node.get(sub)):
+                problems.append(f"{key}.{sub} must be {what}, got {node.get(sub)!r}")
+    return problems
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value that is out of range, naming its key."""
     problems = []
@@ -124,6 +143,7 @@ def validate(cfg: DictConfig) -> None:
             continue  # optional group key not present in this preset
         if not check(value):
             problems.append(f"{key} must be {what}, got {value!r}")
+    problems += lora_problems(cfg)
     ppo = cfg.get("ppo")
     if ppo is not None and not problems and ppo.minibatch_size > ppo.rollout_batch_size:
         problems.append(
