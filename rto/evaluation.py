@@ -4,6 +4,8 @@ same random stream for each, so differences come from the policies alone.
 Per policy: mean gold reward ± standard error, reward-model score, KL to pi_ref per response
 (sum over tokens of log pi - log pi_ref on the policy's own samples, an unbiased estimate of
 KL(pi || pi_ref)), and the gold win rate against the SFT policy's sample for the same prompt.
+Real data has no gold reward: there a held-out reward model (`eval.judge`) scores the samples and
+judges the win rate instead.
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ class Samples:
     rm_score: np.ndarray
     length: np.ndarray
     gold: Optional[np.ndarray]
+    judge: Optional[np.ndarray] = None
 
 
 @torch.no_grad()
 def sample_policy(policy, reference, reward_model, prompts: list[str], encoder: Encoder, *, batch_size: int,
                   max_new_tokens: int, temperature: float, seed: int, decode: Callable,
-                  gold: Optional[Callable]) -> Samples:
+                  gold: Optional[Callable], judge=None) -> Samples:
     generator = torch.Generator().manual_seed(seed)
-    responses, kls, scores, lengths = [], [], [], []
+    responses, kls, scores, lengths, judged = [], [], [], [], []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         batch = encode_prompts(encoder, chunk)
@@ -49,12 +52,14 @@ def sample_policy(policy, reference, reward_model, prompts: list[str], encoder: 
         logp, _ = policy_logprobs(policy, batch)
         ref_logp, _ = policy_logprobs(reference, batch)
         kls.append(masked_sum(logp - ref_logp, mask, dim=1).numpy())
-        scores.append(reward_model.score(**batch).numpy())
+        scores.append(reward_model.score(**batch, prompt_text=chunk).cpu().numpy())
+        if judge is not None:
+            judged.append(judge.score(**batch, prompt_text=chunk).cpu().numpy())
         lengths.append(mask.sum(1).numpy())
         responses.extend(decode(ids, mask))
     gold_scores = None if gold is None else np.asarray(gold(prompts, responses), dtype=float)
     return Samples(list(prompts), responses, np.concatenate(kls), np.concatenate(scores),
-                   np.concatenate(lengths), gold_scores)
+                   np.concatenate(lengths), gold_scores, np.concatenate(judged) if judged else None)
 
 
 def summarize(samples: Samples, baseline: Samples) -> dict[str, float]:
@@ -67,16 +72,20 @@ def summarize(samples: Samples, baseline: Samples) -> dict[str, float]:
         wins = (samples.gold > baseline.gold) + 0.5 * (samples.gold == baseline.gold)
         out.update(gold_reward=float(samples.gold.mean()), gold_reward_stderr=stderr(samples.gold),
                    win_rate=float(wins.mean()), win_rate_stderr=stderr(wins))
+    if samples.judge is not None:
+        wins = (samples.judge > baseline.judge) + 0.5 * (samples.judge == baseline.judge)
+        out.update(judge_score=float(samples.judge.mean()), judge_win_rate=float(wins.mean()),
+                   judge_win_rate_stderr=stderr(wins))
     return out
 
 
 def evaluate(policies: dict, reference, reward_model, prompts: list[str], encoder: Encoder, eval_cfg,
-             decode: Callable, gold: Optional[Callable]) -> tuple[dict[str, dict[str, float]], dict[str, Samples]]:
+             decode: Callable, gold: Optional[Callable], judge=None) -> tuple[dict[str, dict[str, float]], dict[str, Samples]]:
     """`policies` maps a row name to a model; the one named "sft" is the win-rate baseline."""
     samples = {
         name: sample_policy(model, reference, reward_model, prompts, encoder, batch_size=eval_cfg.batch_size,
                             max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature,
-                            seed=eval_cfg.seed, decode=decode, gold=gold)
+                            seed=eval_cfg.seed, decode=decode, gold=gold, judge=judge)
         for name, model in policies.items()
     }
     baseline = samples["sft"]
@@ -84,17 +93,24 @@ def evaluate(policies: dict, reference, reward_model, prompts: list[str], encode
 
 
 def format_table(results: dict[str, dict[str, float]], labels: dict[str, str]) -> str:
-    """A Markdown table: one row per policy."""
+    """A Markdown table: one row per policy (gold columns on the embedded task, judge columns when
+    a held-out reward model judged)."""
     has_gold = all("gold_reward" in r for r in results.values())
+    has_judge = all("judge_win_rate" in r for r in results.values())
     header = "| policy | gold reward | KL to ref | win rate vs SFT | RM score |" if has_gold \
         else "| policy | RM score | KL to ref |"
+    if has_judge:
+        header += " judge win rate vs SFT | judge score |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name, r in results.items():
         if has_gold:
-            lines.append(f"| {labels.get(name, name)} | {r['gold_reward']:.3f} ± {r['gold_reward_stderr']:.3f} "
-                         f"| {r['kl']:.3f} ± {r['kl_stderr']:.3f} | {r['win_rate']:.3f} ± {r['win_rate_stderr']:.3f} "
-                         f"| {r['rm_score']:.3f} |")
+            line = (f"| {labels.get(name, name)} | {r['gold_reward']:.3f} ± {r['gold_reward_stderr']:.3f} "
+                    f"| {r['kl']:.3f} ± {r['kl_stderr']:.3f} | {r['win_rate']:.3f} ± {r['win_rate_stderr']:.3f} "
+                    f"| {r['rm_score']:.3f} |")
         else:
-            lines.append(f"| {labels.get(name, name)} | {r['rm_score']:.3f} ± {r['rm_score_stderr']:.3f} "
-                         f"| {r['kl']:.3f} ± {r['kl_stderr']:.3f} |")
+            line = (f"| {labels.get(name, name)} | {r['rm_score']:.3f} ± {r['rm_score_stderr']:.3f} "
+                    f"| {r['kl']:.3f} ± {r['kl_stderr']:.3f} |")
+        if has_judge:
+            line += f" {r['judge_win_rate']:.3f} ± {r['judge_win_rate_stderr']:.3f} | {r['judge_score']:.3f} |"
+        lines.append(line)
     return "\n".join(lines)

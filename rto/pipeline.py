@@ -7,6 +7,7 @@ folder exists (or whose `<stage>.checkpoint` path is set) is loaded instead of t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,8 +25,12 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from rto.cache import StageCache, cacheable, stage_inputs, stage_key
 from rto.data import DataBundle, PairCollator, PromptCollator, SFTCollator, load_data
+from rto.data.preference_formats import chat_prompt
 from rto.evaluation import evaluate, format_table
 from rto.models import ScalarHeadModel, build_policy, load_policy, save_policy
+from rto.models.factory import policy_tokenizer
+from rto.models.retokenize import RewardScorer, check_same_tokenizer
+from rto.models.reward import judge_scorer, new_critic, new_reward_model, reward_tokenizer
 from rto.stages import DPOModule, PPOModule, RewardModelModule, SFTModule
 
 log = logging.getLogger(__name__)
@@ -45,7 +50,14 @@ class Run:
         self.cfg = cfg
         self.out = Path(cfg.paths.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        self.data: DataBundle = load_data(cfg.data)
+        tokenizer = policy_tokenizer(cfg.model)  # a pretrained model brings its tokenizer; None otherwise
+        self.data: DataBundle = load_data(cfg.data, tokenizer)
+        if tokenizer is not None:
+            check_same_tokenizer(tokenizer, self.data.tokenizer, f"model.pretrained={cfg.model.pretrained}",
+                                 f"data={cfg.data.name}")
+        # the reward model may have its own tokenizer (reward_model=pretrained): its own encoder too
+        self.rm_tokenizer = reward_tokenizer(cfg.reward_model, self.data.tokenizer)
+        self.rm_encoder = dataclasses.replace(self.data.encoder, tokenizer=self.rm_tokenizer)
         self.loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
         self.metrics: dict[str, float] = {}
         self.cache = StageCache.from_config(cfg)
@@ -83,7 +95,7 @@ class Run:
         tmp.mkdir(parents=True)
         if isinstance(model, ScalarHeadModel):
             model.save_pretrained(tmp)
-            self.data.tokenizer.save_pretrained(tmp)
+            self.rm_tokenizer.save_pretrained(tmp)
         else:
             save_policy(model, self.data.tokenizer, tmp)
         if final.is_symlink():  # a link to a cache entry that is gone
@@ -150,14 +162,14 @@ class Run:
 
     def reward_model(self, sft):
         cfg = self.cfg.rm
-        val = self.loader(self.data.val_pairs, PairCollator(self.data.encoder), cfg.batch_size, shuffle=False) \
+        val = self.loader(self.data.val_pairs, PairCollator(self.rm_encoder), cfg.batch_size, shuffle=False) \
             if self.data.val_pairs else None
 
         def train():
-            model = ScalarHeadModel.from_causal_lm(sft)
+            model = new_reward_model(self.cfg.reward_model, self.cfg.model, sft)
             self.trainer(max_epochs=cfg.epochs).fit(
                 RewardModelModule(model, instantiate(cfg.optimizer)),
-                self.loader(self.data.train_pairs, PairCollator(self.data.encoder), cfg.batch_size, shuffle=True))
+                self.loader(self.data.train_pairs, PairCollator(self.rm_encoder), cfg.batch_size, shuffle=True))
             return model
 
         model = self.obtain("rm", ScalarHeadModel.from_pretrained, train)
@@ -183,10 +195,11 @@ class Run:
         def train():
             cfg = self.cfg.ppo
             actor = load_policy(self.saved_path("sft"), self.cfg.model)  # PPO starts from SFT, not DPO
-            critic = ScalarHeadModel.from_pretrained(self.saved_path("rm"))  # critic from the RM
             tok = self.data.tokenizer
+            critic = new_critic(self.cfg.reward_model, self.cfg.model, self.saved_path("rm"), self.saved_path("sft"),
+                                tok, self.rm_tokenizer)
             module = PPOModule(
-                actor, critic, sft, rm, dpo if self.cfg.reward.name != "sentence" else None,
+                actor, critic, sft, self.scorer(rm), dpo if self.cfg.reward.name != "sentence" else None,
                 ppo_cfg=cfg, reward_cfg=self.cfg.reward, beta=self.cfg.beta,
                 actor_optimizer=instantiate(cfg.actor_optimizer), critic_optimizer=instantiate(cfg.critic_optimizer),
                 eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=self.decode, gold=self.data.gold)
@@ -200,6 +213,10 @@ class Run:
             return actor
         return self.obtain("ppo", lambda p: load_policy(p, self.cfg.model), train)
 
+    def scorer(self, rm: ScalarHeadModel) -> RewardScorer:
+        """The reward model as the policy's samples see it (re-tokenized if its tokenizer differs)."""
+        return RewardScorer(rm, self.rm_encoder, self.data.tokenizer)
+
     def saved_path(self, stage: str) -> Path:
         """A fresh copy of a finished stage is loaded from disk rather than deep-copied in memory."""
         path = self.checkpoint_path(stage)
@@ -212,7 +229,9 @@ class Run:
         prompts = self.data.eval_prompts[:cfg.n_prompts]
         policies = {"sft": sft, "dpo": dpo, "policy": policy}
         start = time.perf_counter()
-        results, samples = evaluate(policies, sft, rm, prompts, self.data.encoder, cfg, self.decode, self.data.gold)
+        judge = judge_scorer(cfg.get("judge"), self.data.encoder, self.data.tokenizer)
+        results, samples = evaluate(policies, sft, self.scorer(rm), prompts, self.data.encoder, cfg, self.decode,
+                                    self.data.gold, judge)
         self.metrics["time/eval_seconds"] = time.perf_counter() - start
         labels = {"sft": "SFT", "dpo": "DPO",
                   "policy": POLICY_LABELS.get(self.cfg.reward.name, f"PPO ({self.cfg.reward.name})")}
@@ -228,8 +247,9 @@ class Run:
         (self.out / "eval_table.md").write_text(table + "\n")
         (self.out / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
         n = self.cfg.eval.n_samples_saved
-        rows = [{"policy": name, "prompt": p, "response": r,
-                 "gold": None if s.gold is None else float(s.gold[i])}
+        rows = [{"policy": name, "prompt": self.prompt_text(p), "response": r,
+                 "gold": None if s.gold is None else float(s.gold[i]), "rm_score": float(s.rm_score[i]),
+                 "judge": None if s.judge is None else float(s.judge[i])}
                 for name, s in samples.items() for i, (p, r) in enumerate(zip(s.prompts[:n], s.responses[:n]))]
         with open(self.out / "samples.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
@@ -238,6 +258,10 @@ class Run:
             if hasattr(logger, "log_table") and rows:
                 logger.log_table("eval/samples", columns=list(rows[0]), data=[list(r.values()) for r in rows])
             logger.save()
+
+    def prompt_text(self, prompt) -> str:
+        """A prompt as the policy saw it (chat template applied to a message list)."""
+        return chat_prompt(self.data.tokenizer, prompt, self.data.encoder.chat_template)
 
     def finish(self) -> None:
         for logger in self.loggers:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rto.data.preference_formats import Prompt, chat_prompt
+
 
 def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -28,7 +30,7 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(1, max(len(s) for s in seqs))
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -49,11 +51,22 @@ class Encoder:
     # real data gets an EOS appended; the embedded task writes `<eos>` itself (or omits it on purpose)
     append_eos: bool = False
 
-    def prompt(self, text: str) -> list[int]:
-        ids = _ids(self.tokenizer, text)
-        if self.tokenizer.bos_token_id is not None:
-            ids = [self.tokenizer.bos_token_id] + ids
-        return ids[-self.max_prompt_tokens:]
+    # real data: a message-list prompt (or a string, as one user turn) goes through the chat template
+    chat_template: bool = False
+
+    def full_prompt(self, prompt: Prompt) -> list[int]:
+        """Every token of the prompt, BOS first (once: a chat template may already write it)."""
+        ids = _ids(self.tokenizer, chat_prompt(self.tokenizer, prompt, self.chat_template))
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
+
+    def prompt_length(self, prompt: Prompt) -> int:
+        return len(self.full_prompt(prompt))
+
+    def prompt(self, prompt: Prompt) -> list[int]:
+        return self.full_prompt(prompt)[-self.max_prompt_tokens:]
 
     def response(self, text: str) -> list[int]:
         ids = _ids(self.tokenizer, text)
@@ -67,7 +80,7 @@ class Encoder:
         return self.tokenizer.pad_token_id
 
 
-def encode_prompts(encoder: Encoder, prompts: list[str]) -> dict[str, torch.Tensor]:
+def encode_prompts(encoder: Encoder, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
     ids, mask = _left_pad([encoder.prompt(p) for p in prompts], encoder.pad_id)
     return {"prompt_ids": ids, "prompt_mask": mask}
 
@@ -78,7 +91,7 @@ class SFTCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = encode_prompts(self.encoder, [r["prompt"] for r in rows])
-        ids, mask = _right_pad([self.encoder.response(r["response"]) for r in rows], self.encoder.pad_id)
+        ids, mask = right_pad([self.encoder.response(r["response"]) for r in rows], self.encoder.pad_id)
         return {**batch, "response_ids": ids, "response_mask": mask}
 
 
@@ -92,7 +105,7 @@ class PairCollator:
         prompts = [r["prompt"] for r in rows] * 2
         responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
         batch = encode_prompts(self.encoder, prompts)
-        ids, mask = _right_pad([self.encoder.response(t) for t in responses], self.encoder.pad_id)
+        ids, mask = right_pad([self.encoder.response(t) for t in responses], self.encoder.pad_id)
         return {**batch, "response_ids": ids, "response_mask": mask}
 
 
@@ -102,5 +115,5 @@ class PromptCollator:
     def __init__(self, encoder: Encoder):
         self.encoder = encoder
 
-    def __call__(self, prompts: list[str]) -> dict:
+    def __call__(self, prompts: list[Prompt]) -> dict:
         return {**encode_prompts(self.encoder, prompts), "prompt_text": list(prompts)}

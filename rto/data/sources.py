@@ -62,10 +62,20 @@ def load_embedded(data_cfg: DictConfig) -> DataBundle:
     )
 
 
-SOURCES: dict[str, Callable[[DictConfig], DataBundle]] = {"embedded": load_embedded}
+def load_preferences(data_cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]) -> DataBundle:
+    from rto.data.preference_data import load_preference_data
+    return load_preference_data(data_cfg, tokenizer)
 
 
-def load_data(data_cfg: DictConfig) -> DataBundle:
-    if data_cfg.name not in SOURCES:
-        raise ValueError(f"data.name={data_cfg.name!r} is not a known source ({', '.join(SOURCES)})")
-    return SOURCES[data_cfg.name](data_cfg)
+# each source gets the data config and the pretrained model's tokenizer (None for a model built from scratch)
+SOURCES: dict[str, Callable[[DictConfig, Optional[PreTrainedTokenizerBase]], DataBundle]] = {
+    "embedded": lambda data_cfg, tokenizer: load_embedded(data_cfg),  # the task brings its own tokenizer
+    "preferences": load_preferences,
+}
+
+
+def load_data(data_cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> DataBundle:
+    source = data_cfg.get("source") or data_cfg.name
+    if source not in SOURCES:
+        raise ValueError(f"data.source={source!r} is not a known source ({', '.join(SOURCES)})")
+    return SOURCES[source](data_cfg, tokenizer)

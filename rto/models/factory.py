@@ -2,26 +2,81 @@
 
 A preset either names `pretrained` (a hub id or local folder, optionally a `gguf_file`
 in it) or gives the shape of a transformers architecture that SFT trains from scratch.
+Options every preset has: `dtype`, `gradient_checkpointing`, `lora` (null or r / alpha /
+dropout / target_modules) and `trust_remote_code` (off unless the user sets it).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel,
+                          PreTrainedTokenizerBase)
+
+from rto.models.lora import add_lora, is_adapter_folder, load_adapter
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def pretrained_kwargs(model_cfg: DictConfig) -> dict:
+    """`from_pretrained` keyword arguments shared by the model and its tokenizer."""
+    kwargs = {"trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
+    if model_cfg.get("gguf_file"):
+        kwargs["gguf_file"] = model_cfg.gguf_file
+    return kwargs
+
+
+def load_tokenizer(model_cfg: DictConfig, path: Optional[str | Path] = None) -> PreTrainedTokenizerBase:
+    """The pretrained model's own tokenizer. A missing pad token becomes EOS: every position and
+    score in the pipeline is found from attention masks, so pad == eos is safe."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path or model_cfg.pretrained), **pretrained_kwargs(model_cfg))
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer of {path or model_cfg.pretrained} has no EOS token: responses could "
+                         f"never end; pick a model whose tokenizer defines one")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # the pipeline pads by hand; this only matters to users of `generate`
+    return tokenizer
+
+
+def policy_tokenizer(model_cfg: DictConfig) -> Optional[PreTrainedTokenizerBase]:
+    """The tokenizer of a pretrained policy; None for a model built from scratch (the data brings one)."""
+    return load_tokenizer(model_cfg) if model_cfg.get("pretrained") else None
+
+
+def _finish(model: PreTrainedModel, model_cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase],
+            trainable: bool) -> PreTrainedModel:
+    """Shared by fresh and pretrained models: pad id, gradient checkpointing, LoRA."""
+    if tokenizer is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if trainable and model_cfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if trainable and model_cfg.get("lora"):
+        if model_cfg.get("gradient_checkpointing"):
+            model.enable_input_require_grads()  # frozen embeddings + checkpointing need a grad path
+        model = add_lora(model, model_cfg.lora)
+    return model
 
 
 def build_policy(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """A fresh or pretrained causal LM whose special-token ids agree with `tokenizer`."""
+    """The policy SFT trains: pretrained (with LoRA when configured) or fresh from the preset's shape,
+    with special-token ids that agree with `tokenizer`."""
     if model_cfg.pretrained:
-        return load_policy(model_cfg.pretrained, model_cfg)
+        model = AutoModelForCausalLM.from_pretrained(str(model_cfg.pretrained), dtype=DTYPES[model_cfg.dtype],
+                                                     **pretrained_kwargs(model_cfg))
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            raise ValueError(f"{model_cfg.pretrained}: its embedding has {model.get_input_embeddings().num_embeddings}"
+                             f" rows but its tokenizer {len(tokenizer)} tokens")
+        log.info("loaded %s: %.2fM parameters", model_cfg.pretrained, model.num_parameters() / 1e6)
+        return _finish(model, model_cfg, tokenizer, trainable=True)
     config = AutoConfig.for_model(
         model_cfg.arch,
         vocab_size=len(tokenizer),
@@ -39,24 +94,36 @@ def build_policy(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> P
     model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[model_cfg.dtype])
     log.info("built %s from config: %.2fM parameters", model_cfg.arch,
              sum(p.numel() for p in model.parameters()) / 1e6)
-    return model
+    return _finish(model, model_cfg, tokenizer, trainable=True)
 
 
-def load_policy(path: str | Path, model_cfg: DictConfig | None = None) -> PreTrainedModel:
-    """Load a causal LM from a folder (or hub id) written by `save_pretrained`."""
+def load_policy(path: str | Path, model_cfg: DictConfig | None = None, trainable: bool = True) -> PreTrainedModel:
+    """Load a causal LM from a folder written by `save_policy` (full weights, or a LoRA adapter on
+    `model.pretrained`), or from a hub id."""
+    folder = Path(path)
     kwargs = {}
     if model_cfg is not None:
         kwargs["dtype"] = DTYPES[model_cfg.dtype]
-        kwargs["trust_remote_code"] = bool(model_cfg.trust_remote_code)
-        if model_cfg.get("gguf_file"):
-            kwargs["gguf_file"] = model_cfg.gguf_file
-    folder = Path(path)
-    if folder.is_dir() and not kwargs.get("gguf_file") and not (folder / "config.json").exists():
+        kwargs["trust_remote_code"] = bool(model_cfg.get("trust_remote_code", False))
+    if is_adapter_folder(folder):
+        if model_cfg is None or not model_cfg.pretrained:
+            raise ValueError(f"{folder} holds a LoRA adapter: loading it needs model.pretrained (its base model)")
+        base = AutoModelForCausalLM.from_pretrained(str(model_cfg.pretrained), dtype=kwargs["dtype"],
+                                                    **pretrained_kwargs(model_cfg))
+        if trainable and model_cfg.get("gradient_checkpointing"):
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.enable_input_require_grads()
+        return load_adapter(base, folder)
+    if folder.is_dir() and not (folder / "config.json").exists():
         raise FileNotFoundError(f"no model in {folder}: config.json is missing")
-    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if model_cfg is not None and trainable and model_cfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
+    """Full weights, or only the adapter for a LoRA policy (a PeftModel saves just that)."""
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from peft import PeftModel
 from torch import Tensor, nn
 from transformers import AutoModel, PreTrainedModel
 
@@ -29,13 +30,15 @@ class ScalarHeadModel(nn.Module):
 
     @classmethod
     def from_causal_lm(cls, lm: PreTrainedModel) -> "ScalarHeadModel":
-        """Backbone copied from a causal LM (the SFT policy), fresh head."""
+        """Backbone copied from a causal LM (the SFT policy, its LoRA folded in), fresh head."""
+        if isinstance(lm, PeftModel):
+            return cls(copy.deepcopy(lm).merge_and_unload().base_model)
         return cls(copy.deepcopy(lm.base_model))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids, use_cache=False).last_hidden_state
-        return self.head(hidden).squeeze(-1).float()
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()  # the head stays fp32
 
     def response_values(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
                         response_mask: Tensor) -> Tensor:
@@ -56,7 +59,11 @@ class ScalarHeadModel(nn.Module):
         return values.gather(1, last.unsqueeze(1)).squeeze(1)
 
     def save_pretrained(self, folder: str | Path) -> None:
+        """Full backbone weights: a LoRA backbone is merged first (in place: a saved reward model is
+        frozen from then on), so that `from_pretrained` needs no base model."""
         folder = Path(folder)
+        if isinstance(self.backbone, PeftModel):
+            self.backbone = self.backbone.merge_and_unload()
         self.backbone.save_pretrained(folder, safe_serialization=True)
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(folder / HEAD_FILE))
 

@@ -57,7 +57,7 @@ def make_experience(rollout: Rollout, *, actor, critic, reference, reward_model,
     logprobs, _ = policy_logprobs(actor, batch)
     ref_logprobs, _ = policy_logprobs(reference, batch)
     values = critic.response_values(**batch)
-    score = reward_model.score(**batch)
+    score = reward_model.score(**batch, prompt_text=rollout.prompt_text)  # a RewardScorer: re-tokenizes if needed
     if score_moments is not None:
         score_moments.update(score)
         score = score_moments.normalize(score)

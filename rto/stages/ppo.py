@@ -21,6 +21,7 @@ from rto.algos.losses import explained_variance, ppo_policy_loss, value_loss
 from rto.algos.masked import masked_mean, masked_sum
 from rto.algos.rewards import kl_penalty
 from rto.models.forward import policy_logprobs
+from rto.models.retokenize import RewardScorer
 from rto.models.scalar_head import ScalarHeadModel
 from rto.rl.experience import Experience, make_experience
 from rto.rl.rollout import Rollout, sample_responses
@@ -31,7 +32,7 @@ def _frozen(module: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
 
 
 class PPOModule(L.LightningModule):
-    def __init__(self, actor, critic: ScalarHeadModel, reference, reward_model: ScalarHeadModel,
+    def __init__(self, actor, critic: ScalarHeadModel, reference, reward_model: RewardScorer,
                  dpo_policy, *, ppo_cfg: DictConfig, reward_cfg: DictConfig, beta: float,
                  actor_optimizer: Callable, critic_optimizer: Callable, eos_id: int, pad_id: int,
                  decode: Callable, gold: Optional[Callable] = None):

