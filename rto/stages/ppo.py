@@ -52,11 +52,11 @@ class PPOModule(L.LightningModule):
         return [actor_optimizer(self.actor.parameters()), critic_optimizer(self.critic.parameters())]
 
     def rollout(self, batch: dict) -> Rollout:
-        response_ids, response_mask = sample_responses(
+        response_ids, response_mask, logprobs = sample_responses(
             self.actor, batch["prompt_ids"], batch["prompt_mask"], self.ppo_cfg.max_new_tokens,
-            self.eos_id, self.pad_id, self.ppo_cfg.temperature)
+            self.eos_id, self.pad_id, self.ppo_cfg.temperature, return_logprobs=True)
         return Rollout(batch["prompt_ids"], batch["prompt_mask"], response_ids, response_mask,
-                       batch.get("prompt_text", []))
+                       batch.get("prompt_text", []), logprobs=logprobs)
 
     def training_step(self, batch, batch_idx):
         start = time.perf_counter()
