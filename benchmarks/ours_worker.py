@@ -1,6 +1,6 @@
 """Our side of `vs_trl.py`: the real `PPOModule` / `DPOModule` under a Lightning Trainer.
 
-    python benchmarks/ours_worker.py ppo_sentence|ppo_token|dpo SPEC.json   (driven by vs_trl.py)
+    python benchmarks/ours_worker.py ppo_sentence|ppo_token|dpo SPEC.json [HYDRA OVERRIDES]   (driven by vs_trl.py)
 
 Config comes from the project's own `conf/` (hydra.compose), so the defaults measured are the
 defaults users run; only the shapes are set to the benchmark's.
@@ -19,12 +19,14 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import AutoModel, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this checkout's rto first (a venv may hold another checkout's editable install)
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from step_clock import StepClock  # noqa: E402
 
 from rto.data.collate import Encoder, PairCollator, PromptCollator  # noqa: E402
 from rto.models import ScalarHeadModel, load_policy  # noqa: E402
 from rto.stages import DPOModule, PPOModule  # noqa: E402
+from rto.stages.dpo import with_reference_logps  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -62,8 +64,10 @@ def main() -> None:
     clock = StepClock()
     if work == "dpo":
         pairs = json.loads(Path(spec["pairs"]).read_text())
-        module = DPOModule(load_policy(spec["model"]), load_policy(spec["model"]), cfg.dpo.beta,
-                           instantiate(cfg.dpo.optimizer))
+        reference = load_policy(spec["model"])
+        if cfg.dpo.precompute_ref:  # once per dataset, before training: not part of a step (as in TRL)
+            pairs = with_reference_logps(reference, pairs, PairCollator(encoder), spec["dpo_pairs"])
+        module = DPOModule(load_policy(spec["model"]), reference, cfg.dpo.beta, instantiate(cfg.dpo.optimizer))
         sampler = RandomSampler(pairs, replacement=True, num_samples=steps * spec["dpo_pairs"])
         loader = DataLoader(pairs, batch_size=spec["dpo_pairs"], sampler=sampler, collate_fn=PairCollator(encoder))
     else:

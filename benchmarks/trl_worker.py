@@ -2,6 +2,7 @@
 
     benchmarks/.venv-trl/bin/python benchmarks/trl_worker.py ppo SPEC.json       # TRL 0.23.1 PPOTrainer
     benchmarks/.venv-trl-dpo/bin/python benchmarks/trl_worker.py dpo SPEC.json   # current TRL DPOTrainer
+    benchmarks/.venv-trl-dpo/bin/python benchmarks/trl_worker.py dpo_precomputed SPEC.json  # precompute_ref_log_probs
 
 Everything TRL lets us set to the benchmark's shapes is set; the rest stays at TRL's defaults.
 """
@@ -57,7 +58,7 @@ def ppo_trainer(spec: dict, tok, out: str, clock: StepClock):
                       value_model=scalar(), train_dataset=Dataset.from_list(rows * 4), callbacks=[Tick(clock)])
 
 
-def dpo_trainer(spec: dict, tok, out: str, clock: StepClock):
+def dpo_trainer(spec: dict, tok, out: str, clock: StepClock, precompute: bool):
     from trl import DPOConfig, DPOTrainer
 
     pairs = json.loads(Path(spec["pairs"]).read_text())
@@ -67,7 +68,7 @@ def dpo_trainer(spec: dict, tok, out: str, clock: StepClock):
     rows = (rows * (n_rows // len(rows) + 1))[:n_rows]
     args = DPOConfig(**common_args(spec, out), per_device_train_batch_size=spec["dpo_pairs"],
                      max_steps=spec["total_steps"], learning_rate=1e-3, beta=0.1, lr_scheduler_type="constant",
-                     weight_decay=0.0)
+                     weight_decay=0.0, precompute_ref_log_probs=precompute)
     return DPOTrainer(model=AutoModelForCausalLM.from_pretrained(spec["model"]),
                       ref_model=AutoModelForCausalLM.from_pretrained(spec["model"]), args=args,
                       train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[Tick(clock)])
@@ -81,7 +82,10 @@ def main() -> None:
     tok = PreTrainedTokenizerFast.from_pretrained(spec["model"], padding_side="left")
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
-        trainer = (ppo_trainer if work == "ppo" else dpo_trainer)(spec, tok, out, clock)
+        if work == "ppo":
+            trainer = ppo_trainer(spec, tok, out, clock)
+        else:
+            trainer = dpo_trainer(spec, tok, out, clock, precompute=work == "dpo_precomputed")
         print("@@READY", flush=True)
         clock.wait_for_command()
         trainer.train()

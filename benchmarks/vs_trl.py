@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# this checkout's rto first (a venv may hold another checkout's editable install)
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from shapes import write_fixtures  # noqa: E402
 from step_clock import TIMES_PREFIX  # noqa: E402
 
@@ -33,10 +34,13 @@ VENVS = {
     "ppo": (HERE / ".venv-trl", ["trl==0.23.1", "transformers<4.57"]),
     "dpo": (HERE / ".venv-trl-dpo", ["trl"]),
 }
-WORKS = {  # work -> (our worker args, TRL worker args, target ratio)
-    "ppo_sentence": ("ppo_sentence", "ppo", 1.5),
-    "ppo_token": ("ppo_token", "ppo", 1.2),  # ours does one more forward (the DPO model); TRL has no token reward
-    "dpo": ("dpo", "dpo", 1.3),
+WORKS = {  # work -> (our worker args, TRL worker's work, target ratio)
+    "ppo_sentence": (["ppo_sentence"], "ppo", 1.5),
+    "ppo_token": (["ppo_token"], "ppo", 1.2),  # ours does one more forward (the DPO model); TRL has no token reward
+    # both compute the reference log-probs in every step (TRL's default)
+    "dpo": (["dpo", "dpo.precompute_ref=false"], "dpo", 1.3),
+    # both compute them once before training (our default `dpo.precompute_ref=true`; TRL's precompute_ref_log_probs)
+    "dpo_precomputed": (["dpo", "dpo.precompute_ref=true"], "dpo_precomputed", 1.3),
 }
 
 
@@ -95,8 +99,9 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 def compare(work: str, spec_path: Path, spec: dict, args, logs: Path) -> dict:
     ours_arg, trl_arg, target = WORKS[work]
     trl_python = ensure_venv("ppo" if trl_arg == "ppo" else "dpo")
+    our_work, *our_overrides = ours_arg
     print(f"\n== {work}: starting workers", flush=True)
-    ours = Worker("ours", [sys.executable, str(HERE / "ours_worker.py"), ours_arg, str(spec_path), *args.ours],
+    ours = Worker("ours", [sys.executable, str(HERE / "ours_worker.py"), our_work, str(spec_path), *our_overrides, *args.ours],
                   logs / f"{work}_ours.log", spec["threads"])
     trl = Worker("trl", [str(trl_python), str(HERE / "trl_worker.py"), trl_arg, str(spec_path)],
                  logs / f"{work}_trl.log", spec["threads"])
