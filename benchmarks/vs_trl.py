@@ -1,7 +1,7 @@
 """Our PPO iteration and DPO step against Hugging Face TRL at equal work, side by side.
 
     python benchmarks/vs_trl.py            # full: PPO (sentence, token) vs TRL 0.23.1, DPO vs current TRL
-    python benchmarks/vs_trl.py --quick    # fewer repeats, under 2 minutes once the venvs exist
+    python benchmarks/vs_trl.py --quick    # 3 alternations of 1 step: meant for under 2 minutes on an idle 2-core CPU
     python benchmarks/vs_trl.py --only dpo --repeats 10
 
 Each side runs in its own process (ours in this venv, TRL's in `benchmarks/.venv-trl*`, which
@@ -138,7 +138,7 @@ def table(results: list[dict], spec: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 repeats of 1 step (under 2 min)")
+    parser.add_argument("--quick", action="store_true", help="3 alternations of 1 step per side")
     parser.add_argument("--only", choices=list(WORKS), nargs="*", default=list(WORKS))
     parser.add_argument("--repeats", type=int, default=8, help="alternations ours/TRL")
     parser.add_argument("--steps", type=int, default=2, help="steps per side per alternation")
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--ours", nargs="*", default=[], help="extra Hydra overrides for our side")
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.steps, args.warmup = 4, 1, 1
+        args.repeats, args.steps, args.warmup = 3, 1, 1
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

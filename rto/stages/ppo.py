@@ -61,6 +61,7 @@ class PPOModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         start = time.perf_counter()
         rollout = self.rollout(batch)
+        sampling_seconds = time.perf_counter() - start
         experience = make_experience(
             rollout, actor=self.actor, critic=self.critic, reference=self.reference,
             reward_model=self.reward_model, dpo_policy=self.dpo_policy, reward_cfg=self.reward_cfg,
@@ -70,6 +71,7 @@ class PPOModule(L.LightningModule):
         metrics = {**self.rollout_metrics(rollout, experience), **update_stats}
         metrics["ppo/iteration"] = float(batch_idx + 1)
         metrics["ppo/rollout_seconds"] = rollout_seconds
+        metrics["ppo/rollout_tokens_per_second"] = float(rollout.response_mask.sum()) / sampling_seconds
         metrics["ppo/samples_per_second"] = rollout.response_ids.shape[0] / (time.perf_counter() - start)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.response_ids.shape[0])
 
