@@ -1,7 +1,8 @@
 """End-to-end wall time and peak memory of `python -m rto.main` (default: the default run).
 
 Runs the real command in a subprocess `--repeats` times, reports the median wall time, the peak
-resident memory of the child (ru_maxrss) and the per-stage seconds the run logged.
+resident memory of the child (ru_maxrss), the per-stage seconds the run logged and the PPO
+sampler's rollout generation tokens per second (median over iterations).
 
     python benchmarks/pipeline_e2e.py                    # the default run, once
     python benchmarks/pipeline_e2e.py --repeats 3 -- reward=sentence
@@ -10,6 +11,7 @@ resident memory of the child (ru_maxrss) and the per-stage seconds the run logge
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -33,9 +35,19 @@ def run_once(overrides: list[str]) -> dict:
         seconds = time.perf_counter() - start
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+        tokens_per_second = rollout_tokens_per_second(Path(run_dir) / "csv" / "metrics.csv")
     return {"seconds": seconds, "peak_rss_mib": max(peak_kib, before) / 1024,
             "stage_seconds": {k: v for k, v in metrics.items() if k.startswith("time/")},
-            "gold_reward": metrics.get("eval/policy/gold_reward")}
+            "gold_reward": metrics.get("eval/policy/gold_reward"),
+            "rollout_tokens_per_second": tokens_per_second}
+
+
+def rollout_tokens_per_second(csv_path: Path) -> float | None:
+    """Median over PPO iterations of the sampler's generated tokens per second (logged by PPOModule)."""
+    with csv_path.open() as f:
+        rates = [float(row["ppo/rollout_tokens_per_second"]) for row in csv.DictReader(f)
+                 if row.get("ppo/rollout_tokens_per_second")]
+    return statistics.median(rates) if rates else None
 
 
 def main() -> None:
@@ -48,11 +60,13 @@ def main() -> None:
     result = {"overrides": args.overrides, "cpu_count": os.cpu_count(), "runs": runs,
               "median_seconds": statistics.median(r["seconds"] for r in runs),
               "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
-    print("| run | wall time (s) | peak RSS (MiB) | stages (s) |\n|---|---|---|---|")
+    print("| run | wall time (s) | peak RSS (MiB) | rollout tokens/s | stages (s) |\n|---|---|---|---|---|")
     for i, r in enumerate(runs):
         stages = ", ".join(f"{k.removeprefix('time/').removesuffix('_seconds')} {v:.0f}"
                            for k, v in r["stage_seconds"].items())
-        print(f"| {i} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | {stages} |")
+        rate = r["rollout_tokens_per_second"]
+        print(f"| {i} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | {'-' if rate is None else f'{rate:.0f}'} "
+              f"| {stages} |")
     print(f"\nmedian {result['median_seconds']:.1f} s, peak {result['peak_rss_mib']:.0f} MiB "
           f"(target: < 300 s on 2 CPU cores)")
     out = ROOT / args.json

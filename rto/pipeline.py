@@ -32,6 +32,7 @@ from rto.models.factory import policy_tokenizer
 from rto.models.retokenize import RewardScorer, check_same_tokenizer
 from rto.models.reward import judge_scorer, new_critic, new_reward_model, reward_tokenizer
 from rto.stages import DPOModule, PPOModule, RewardModelModule, SFTModule
+from rto.stages.dpo import with_reference_logps
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +185,13 @@ class Run:
             cfg = self.cfg.dpo
             policy = load_policy(self.saved_path("sft"), self.cfg.model)
             collate = PairCollator(self.data.encoder)
+            train_pairs = self.data.train_pairs
+            if cfg.precompute_ref:
+                train_pairs = with_reference_logps(sft, train_pairs, collate, cfg.batch_size)
             val = self.loader(self.data.val_pairs, collate, cfg.batch_size, shuffle=False) if self.data.val_pairs else None
             self.trainer(max_epochs=cfg.epochs).fit(
                 DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer)),
-                self.loader(self.data.train_pairs, collate, cfg.batch_size, shuffle=True), val)
+                self.loader(train_pairs, collate, cfg.batch_size, shuffle=True), val)
             return policy
         return self.obtain("dpo", lambda p: load_policy(p, self.cfg.model), train)
 

@@ -51,7 +51,7 @@ def test_loggers_receive_ppo_diagnostics(finished_run):
     with open(out / "csv" / "metrics.csv") as f:
         columns = set(next(csv.reader(f)))
     for key in ("sft/loss", "rm/loss", "dpo/loss", "ppo/kl_k1", "ppo/kl_k3", "ppo/clipfrac", "ppo/entropy",
-                "ppo/explained_variance", "ppo/response_length", "ppo/samples_per_second", "ppo/gold_reward",
+                "ppo/explained_variance", "ppo/response_length", "ppo/samples_per_second", "ppo/rollout_tokens_per_second", "ppo/gold_reward",
                 "ppo/dpo_reward", "eval/policy/gold_reward"):
         assert key in columns, key
     offline_runs = list((out / "wandb").glob("offline-run-*"))

@@ -106,7 +106,10 @@ class PairCollator:
         responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
         batch = encode_prompts(self.encoder, prompts)
         ids, mask = right_pad([self.encoder.response(t) for t in responses], self.encoder.pad_id)
-        return {**batch, "response_ids": ids, "response_mask": mask}
+        batch = {**batch, "response_ids": ids, "response_mask": mask}
+        if all("ref_logps" in r for r in rows):  # precomputed by DPO's `precompute_ref`
+            batch["ref_logps"] = torch.tensor([r["ref_logps"][0] for r in rows] + [r["ref_logps"][1] for r in rows])
+        return batch
 
 
 class PromptCollator:

@@ -91,6 +91,12 @@ def build_policy(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> P
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
+    if hasattr(config, "n_inner"):  # GPT-2-style configs name the MLP width n_inner (the rest is mapped)
+        config.n_inner = model_cfg.intermediate_size
+    for key, value in (model_cfg.get("config_overrides") or {}).items():
+        if not hasattr(config, key):
+            raise ValueError(f"model.config_overrides.{key}: {model_cfg.arch} configs have no such field")
+        setattr(config, key, value)
     model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[model_cfg.dtype])
     log.info("built %s from config: %.2fM parameters", model_cfg.arch,
              sum(p.numel() for p in model.parameters()) / 1e6)

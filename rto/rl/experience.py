@@ -54,7 +54,8 @@ def make_experience(rollout: Rollout, *, actor, critic, reference, reward_model,
     batch = {"prompt_ids": rollout.prompt_ids, "prompt_mask": rollout.prompt_mask,
              "response_ids": rollout.response_ids, "response_mask": rollout.response_mask}
     mask = rollout.response_mask
-    logprobs, _ = policy_logprobs(actor, batch)
+    # pi_old's log-probs come with the rollout when the sampler kept them (one forward fewer)
+    logprobs = rollout.logprobs if rollout.logprobs is not None else policy_logprobs(actor, batch)[0]
     ref_logprobs, _ = policy_logprobs(reference, batch)
     values = critic.response_values(**batch)
     score = reward_model.score(**batch, prompt_text=rollout.prompt_text)  # a RewardScorer: re-tokenizes if needed

@@ -22,6 +22,8 @@ class Rollout:
     response_ids: Tensor    # [B, R] right-padded
     response_mask: Tensor   # [B, R] 1 on real tokens, the first EOS included
     prompt_text: list[str] = field(default_factory=list)
+    # log pi(y_t) of the sampled tokens, from the sampling logits (masked slots 0); saves PPO a forward
+    logprobs: Optional[Tensor] = None
 
 
 def _cache_keyword(model) -> str:
@@ -43,9 +45,11 @@ def mask_after_eos(response_ids: Tensor, eos_id: int) -> Tensor:
 @torch.no_grad()
 def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos_id: int,
                      pad_id: int, temperature: float = 1.0,
-                     generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+                     generator: Optional[torch.Generator] = None, return_logprobs: bool = False):
     """Sample up to `max_new_tokens` tokens per prompt. Returns `(response_ids, response_mask)`,
-    trimmed to the longest response in the batch."""
+    trimmed to the longest response in the batch, and with `return_logprobs` also the `[B, R]`
+    log-probs of the sampled tokens under the untempered policy (masked slots 0): the same numbers
+    a forward over prompt + response gives, read off the logits the loop has anyway."""
     was_training = model.training
     model.eval()
     attention = prompt_mask.long()
@@ -57,10 +61,12 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tok
     next_position = attention.sum(dim=1, keepdim=True)
     finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     ones = torch.ones_like(finished, dtype=torch.long).unsqueeze(1)
-    tokens = []
+    tokens, logprobs = [], []
     for step in range(max_new_tokens):
         probs = torch.softmax(logits.float() / temperature, dim=-1)
         token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if return_logprobs:
+            logprobs.append(torch.log_softmax(logits.float(), dim=-1).gather(1, token.unsqueeze(1)).squeeze(1))
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         tokens.append(token)
         finished |= token == eos_id
@@ -73,4 +79,7 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tok
         next_position = next_position + 1
     model.train(was_training)
     response_ids = torch.stack(tokens, dim=1)
-    return response_ids, mask_after_eos(response_ids, eos_id)
+    response_mask = mask_after_eos(response_ids, eos_id)
+    if not return_logprobs:
+        return response_ids, response_mask
+    return response_ids, response_mask, torch.stack(logprobs, dim=1) * response_mask

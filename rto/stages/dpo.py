@@ -6,6 +6,7 @@ from typing import Callable
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
 from rto.algos.losses import dpo_loss
 from rto.algos.masked import masked_sum
@@ -15,6 +16,18 @@ from rto.models.forward import policy_logprobs
 def sequence_logps(model, batch) -> torch.Tensor:
     logprobs, _ = policy_logprobs(model, batch)
     return masked_sum(logprobs, batch["response_mask"], dim=1)
+
+
+@torch.no_grad()
+def with_reference_logps(reference, rows: list[dict], collate: Callable, batch_size: int) -> list[dict]:
+    """Rows with `ref_logps = (log pi_ref(chosen), log pi_ref(rejected))` attached: the reference is
+    frozen, so one pass over the data replaces a reference forward in every step of every epoch."""
+    reference.eval()
+    logps = []
+    for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
+        chosen, rejected = sequence_logps(reference, batch).chunk(2)
+        logps += zip(chosen.tolist(), rejected.tolist())
+    return [{**row, "ref_logps": pair} for row, pair in zip(rows, logps)]
 
 
 class DPOModule(L.LightningModule):
@@ -27,8 +40,11 @@ class DPOModule(L.LightningModule):
 
     def _step(self, batch, prefix: str):
         chosen, rejected = sequence_logps(self.policy, batch).chunk(2)
-        with torch.no_grad():
-            ref_chosen, ref_rejected = sequence_logps(self.reference, batch).chunk(2)
+        if "ref_logps" in batch:
+            ref_chosen, ref_rejected = batch["ref_logps"].to(chosen).chunk(2)
+        else:
+            with torch.no_grad():
+                ref_chosen, ref_rejected = sequence_logps(self.reference, batch).chunk(2)
         loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
         n = chosen.shape[0]
         self.log(f"dpo/{prefix}loss", loss, prog_bar=True, batch_size=n)

@@ -53,15 +53,16 @@ class PPOModule(L.LightningModule):
         return [actor_optimizer(self.actor.parameters()), critic_optimizer(self.critic.parameters())]
 
     def rollout(self, batch: dict) -> Rollout:
-        response_ids, response_mask = sample_responses(
+        response_ids, response_mask, logprobs = sample_responses(
             self.actor, batch["prompt_ids"], batch["prompt_mask"], self.ppo_cfg.max_new_tokens,
-            self.eos_id, self.pad_id, self.ppo_cfg.temperature)
+            self.eos_id, self.pad_id, self.ppo_cfg.temperature, return_logprobs=True)
         return Rollout(batch["prompt_ids"], batch["prompt_mask"], response_ids, response_mask,
-                       batch.get("prompt_text", []))
+                       batch.get("prompt_text", []), logprobs=logprobs)
 
     def training_step(self, batch, batch_idx):
         start = time.perf_counter()
         rollout = self.rollout(batch)
+        sampling_seconds = time.perf_counter() - start
         experience = make_experience(
             rollout, actor=self.actor, critic=self.critic, reference=self.reference,
             reward_model=self.reward_model, dpo_policy=self.dpo_policy, reward_cfg=self.reward_cfg,
@@ -71,6 +72,7 @@ class PPOModule(L.LightningModule):
         metrics = {**self.rollout_metrics(rollout, experience), **update_stats}
         metrics["ppo/iteration"] = float(batch_idx + 1)
         metrics["ppo/rollout_seconds"] = rollout_seconds
+        metrics["ppo/rollout_tokens_per_second"] = float(rollout.response_mask.sum()) / sampling_seconds
         metrics["ppo/samples_per_second"] = rollout.response_ids.shape[0] / (time.perf_counter() - start)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.response_ids.shape[0])
 

@@ -1,0 +1,95 @@
+"""TRL's side of `vs_trl.py`, run in TRL's own virtualenv (never imports rto).
+
+    benchmarks/.venv-trl/bin/python benchmarks/trl_worker.py ppo SPEC.json       # TRL 0.23.1 PPOTrainer
+    benchmarks/.venv-trl-dpo/bin/python benchmarks/trl_worker.py dpo SPEC.json   # current TRL DPOTrainer
+    benchmarks/.venv-trl-dpo/bin/python benchmarks/trl_worker.py dpo_precomputed SPEC.json  # precompute_ref_log_probs
+
+Everything TRL lets us set to the benchmark's shapes is set; the rest stays at TRL's defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerFast,
+                          TrainerCallback)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_clock import StepClock  # noqa: E402
+
+
+class Tick(TrainerCallback):
+    def __init__(self, clock: StepClock):
+        self.clock = clock
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.clock.tick()
+
+
+def common_args(spec: dict, out: str) -> dict:
+    return {"output_dir": out, "report_to": "none", "use_cpu": True, "seed": spec["seed"], "save_strategy": "no",
+            "logging_steps": 1, "dataloader_num_workers": 0, "disable_tqdm": True, "bf16": False, "fp16": False}
+
+
+def ppo_trainer(spec: dict, tok, out: str, clock: StepClock):
+    from trl import PPOConfig, PPOTrainer
+
+    prompts = json.loads(Path(spec["prompts"]).read_text())
+    # our collator prepends BOS to every prompt: the same tokens here
+    rows = [{"input_ids": [tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+    args = PPOConfig(
+        **common_args(spec, out),
+        per_device_train_batch_size=spec["rollout_batch_size"], gradient_accumulation_steps=1,
+        num_mini_batches=spec["rollout_batch_size"] // spec["minibatch_size"], num_ppo_epochs=spec["ppo_epochs"],
+        response_length=spec["max_new_tokens"], local_rollout_forward_batch_size=spec["rollout_batch_size"],
+        total_episodes=spec["total_steps"] * spec["rollout_batch_size"], num_sample_generations=0,
+        stop_token="eos", temperature=1.0, kl_coef=0.1, kl_estimator="k1", learning_rate=5e-4)
+
+    def scalar():
+        return AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=1)
+
+    return PPOTrainer(args=args, processing_class=tok, model=AutoModelForCausalLM.from_pretrained(spec["model"]),
+                      ref_model=AutoModelForCausalLM.from_pretrained(spec["model"]), reward_model=scalar(),
+                      value_model=scalar(), train_dataset=Dataset.from_list(rows * 4), callbacks=[Tick(clock)])
+
+
+def dpo_trainer(spec: dict, tok, out: str, clock: StepClock, precompute: bool):
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = json.loads(Path(spec["pairs"]).read_text())
+    # TRL appends EOS to chosen/rejected; we prepend BOS to prompts (our collator does): same tokens
+    rows = [{**p, "prompt": tok.bos_token + " " + p["prompt"]} for p in pairs]
+    n_rows = spec["total_steps"] * spec["dpo_pairs"]
+    rows = (rows * (n_rows // len(rows) + 1))[:n_rows]
+    args = DPOConfig(**common_args(spec, out), per_device_train_batch_size=spec["dpo_pairs"],
+                     max_steps=spec["total_steps"], learning_rate=1e-3, beta=0.1, lr_scheduler_type="constant",
+                     weight_decay=0.0, precompute_ref_log_probs=precompute)
+    return DPOTrainer(model=AutoModelForCausalLM.from_pretrained(spec["model"]),
+                      ref_model=AutoModelForCausalLM.from_pretrained(spec["model"]), args=args,
+                      train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[Tick(clock)])
+
+
+def main() -> None:
+    work, spec = sys.argv[1], json.loads(Path(sys.argv[2]).read_text())
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    # the folder was written by a newer transformers: load the tokenizer file by its plain class
+    tok = PreTrainedTokenizerFast.from_pretrained(spec["model"], padding_side="left")
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as out:
+        if work == "ppo":
+            trainer = ppo_trainer(spec, tok, out, clock)
+        else:
+            trainer = dpo_trainer(spec, tok, out, clock, precompute=work == "dpo_precomputed")
+        print("@@READY", flush=True)
+        clock.wait_for_command()
+        trainer.train()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Our PPO iteration and DPO step against Hugging Face TRL at equal work, side by side.
+
+    python benchmarks/vs_trl.py            # full: PPO (sentence, token) vs TRL 0.23.1, DPO vs current TRL
+    python benchmarks/vs_trl.py --quick    # 3 alternations of 1 step: meant for under 2 minutes on an idle 2-core CPU
+    python benchmarks/vs_trl.py --only dpo --repeats 10
+
+Each side runs in its own process (ours in this venv, TRL's in `benchmarks/.venv-trl*`, which
+this script creates on first use: TRL is not a dependency of the project) and keeps its trainer
+alive; the driver alternates them chunk by chunk (`--steps` steps each), after one warm-up chunk,
+and reports medians, the spread (25th-75th percentile) and the ratio TRL median / our median.
+Same files (tokenizer, GPT-2 checkpoint, prompts, pairs: `shapes.py`), same shapes, same threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# this checkout's rto first (a venv may hold another checkout's editable install)
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from shapes import write_fixtures  # noqa: E402
+from step_clock import TIMES_PREFIX  # noqa: E402
+
+# TRL 0.23.1 is the last release whose PPOTrainer is a regular trainer; it needs transformers<4.57
+VENVS = {
+    "ppo": (HERE / ".venv-trl", ["trl==0.23.1", "transformers<4.57"]),
+    "dpo": (HERE / ".venv-trl-dpo", ["trl"]),
+}
+WORKS = {  # work -> (our worker args, TRL worker's work, target ratio)
+    "ppo_sentence": (["ppo_sentence"], "ppo", 1.5),
+    "ppo_token": (["ppo_token"], "ppo", 1.2),  # ours does one more forward (the DPO model); TRL has no token reward
+    # both compute the reference log-probs in every step (TRL's default)
+    "dpo": (["dpo", "dpo.precompute_ref=false"], "dpo", 1.3),
+    # both compute them once before training (our default `dpo.precompute_ref=true`; TRL's precompute_ref_log_probs)
+    "dpo_precomputed": (["dpo", "dpo.precompute_ref=true"], "dpo_precomputed", 1.3),
+}
+
+
+def ensure_venv(kind: str) -> Path:
+    folder, packages = VENVS[kind]
+    python = folder / "bin" / "python"
+    if not python.exists():
+        print(f"creating {folder} (once) with {' '.join(packages)}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        # torch first, pinned: the CPU build, and the same torch as ours
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+    return python
+
+
+class Worker:
+    """A worker process paused between chunks of training steps (see step_clock.py)."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, threads: int):
+        self.name = name
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+               "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                     text=True, cwd=HERE.parent, env=env)
+        self._read_until("@@READY")
+
+    def _read_until(self, prefix: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix):]
+            self.log.write(line)
+        self.log.flush()
+        raise RuntimeError(f"{self.name} worker exited (code {self.proc.wait()}); see {self.log.name}")
+
+    def run(self, steps: int) -> list[float]:
+        self.proc.stdin.write(f"run {steps}\n")
+        self.proc.stdin.flush()
+        return json.loads(self._read_until(TIMES_PREFIX))
+
+    def stop(self) -> None:
+        try:
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return q[0], statistics.median(xs), q[2]
+
+
+def compare(work: str, spec_path: Path, spec: dict, args, logs: Path) -> dict:
+    ours_arg, trl_arg, target = WORKS[work]
+    trl_python = ensure_venv("ppo" if trl_arg == "ppo" else "dpo")
+    our_work, *our_overrides = ours_arg
+    print(f"\n== {work}: starting workers", flush=True)
+    ours = Worker("ours", [sys.executable, str(HERE / "ours_worker.py"), our_work, str(spec_path), *our_overrides, *args.ours],
+                  logs / f"{work}_ours.log", spec["threads"])
+    trl = Worker("trl", [str(trl_python), str(HERE / "trl_worker.py"), trl_arg, str(spec_path)],
+                 logs / f"{work}_trl.log", spec["threads"])
+    times = {"ours": [], "trl": []}
+    try:
+        for worker in (ours, trl):
+            worker.run(args.warmup)  # first steps pay for allocator warm-up and lazy init
+        for repeat in range(args.repeats):
+            pair = (ours, trl) if repeat % 2 == 0 else (trl, ours)
+            for worker in pair:
+                times[worker.name] += worker.run(args.steps)
+            print(f"  repeat {repeat + 1}/{args.repeats}: ours {statistics.median(times['ours']):.3f} s, "
+                  f"trl {statistics.median(times['trl']):.3f} s (medians so far)", flush=True)
+    finally:
+        ours.stop()
+        trl.stop()
+    summary = {side: dict(zip(("p25", "median", "p75"), quartiles(t)), n=len(t)) for side, t in times.items()}
+    ratio = summary["trl"]["median"] / summary["ours"]["median"]
+    # neighbours in time share the machine's load: their ratios cancel slow drift in a shared machine
+    paired = statistics.median(t / o for t, o in zip(times["trl"], times["ours"]))
+    return {"work": work, "ours": summary["ours"], "trl": summary["trl"], "speedup": ratio,
+            "paired_speedup": paired, "target": target, "met": ratio >= target, "times": times}
+
+
+def table(results: list[dict], spec: dict) -> str:
+    rows = ["| work | ours: median s/step (p25-p75) | TRL: median s/step (p25-p75) | speed-up (TRL / ours) "
+            "| median of paired ratios | target |", "|---|---|---|---|---|---|"]
+    for r in results:
+        fmt = lambda s: f"{s['median']:.3f} ({s['p25']:.3f}-{s['p75']:.3f})"  # noqa: E731
+        rows.append(f"| {r['work']} | {fmt(r['ours'])} | {fmt(r['trl'])} | **{r['speedup']:.2f}x** | "
+                    f"{r['paired_speedup']:.2f}x | "
+                    f">= {r['target']}x {'met' if r['met'] else 'NOT met'} |")
+    rows.append(f"\n{spec['threads']} torch thread(s) per side, {len(results[0]['times']['ours'])} timed steps per side, "
+                f"{spec['n_params'] / 1e6:.2f}M parameters per model")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 alternations of 1 step per side")
+    parser.add_argument("--only", choices=list(WORKS), nargs="*", default=list(WORKS))
+    parser.add_argument("--repeats", type=int, default=8, help="alternations ours/TRL")
+    parser.add_argument("--steps", type=int, default=2, help="steps per side per alternation")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--json", default="benchmarks/results/vs_trl.json")
+    parser.add_argument("--ours", nargs="*", default=[], help="extra Hydra overrides for our side")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.steps, args.warmup = 3, 1, 1
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        total = args.warmup + args.repeats * args.steps + 2
+        spec = {**write_fixtures(tmp / "fixtures", n_prompts=256), "threads": args.threads, "seed": 0,
+                "total_steps": total}
+        spec_path = tmp / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        logs = HERE / "results" / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        results = [compare(work, spec_path, spec, args, logs) for work in args.only]
+    md = table(results, spec)
+    print("\n" + md)
+    out = HERE.parent / args.json
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/vs_trl.py " + " ".join(sys.argv[1:])
+    out.write_text(json.dumps({"command": command.strip(), "seconds": time.perf_counter() - start,
+                               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+                               "spec": {k: v for k, v in spec.items() if k not in ("model", "prompts", "pairs")},
+                               "results": results}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(f"`{command.strip()}`\n\n{md}\n")
+    print(f"\n{time.perf_counter() - start:.0f} s; wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
