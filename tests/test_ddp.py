@@ -95,7 +95,6 @@ def test_ddp_dpo_matches_one_process(ddp_run, tmp_path):
     diffs = [abs(a - b) for a, b in zip(ddp_loss, single_loss)]
     assert max(diffs) < 1e-4
     assert max_weight_diff(ddp_run, single, "dpo") < 1e-4
-    assert max_weight_diff(ddp_run, single, "dpo") < max_weight_diff(ddp_run, single, "sft") + 1e-3
 
 
 @pytest.mark.slow
