@@ -149,5 +149,10 @@ def validate(cfg: DictConfig) -> None:
         problems.append(
             f"ppo.minibatch_size ({ppo.minibatch_size}) must not exceed "
             f"ppo.rollout_batch_size ({ppo.rollout_batch_size})")
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
+    if isinstance(strategy, str) and strategy.startswith("deepspeed") and cfg.get("stage") in ("all", "ppo"):
+        problems.append(
+            f"trainer.strategy={strategy} takes one optimizer, but PPO trains two (actor and critic): run "
+            "stage=sft, rm or dpo with it and PPO with trainer=ddp or fsdp")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from rto.cache import StageCache, cacheable, stage_inputs, stage_key
 from rto.data import DataBundle, PairCollator, PromptCollator, SFTCollator, load_data
@@ -62,15 +62,37 @@ class Run:
         self.loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
         self.metrics: dict[str, float] = {}
         self.cache = StageCache.from_config(cfg)
+        self.last_trainer: Optional[L.Trainer] = None
 
     # ---- plumbing -------------------------------------------------------------------------
     def trainer(self, **overrides) -> L.Trainer:
-        return instantiate(self.cfg.trainer, logger=self.loggers or False, default_root_dir=str(self.out),
-                           **overrides)
+        self.last_trainer = instantiate(self.cfg.trainer, logger=self.loggers or False,
+                                        default_root_dir=str(self.out), **overrides)
+        return self.last_trainer
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Rank 0 of a distributed run (or the only process) writes checkpoints and evaluates."""
+        return self.last_trainer is None or self.last_trainer.is_global_zero
+
+    def barrier(self) -> None:
+        if self.last_trainer is not None:
+            self.last_trainer.strategy.barrier()
 
     def loader(self, rows, collate, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.cfg.seed)
-        return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+        """Shuffled: a training loader. Not shuffled: an evaluation loader, which Lightning shards itself."""
+        if shuffle:
+            return self.training_loader(rows, collate, batch_size, shuffle=True)
+        return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+    def training_loader(self, rows, collate, batch_size: int, shuffle: bool) -> DataLoader:
+        """`batch_size` rows per rank. The order (one seeded permutation per epoch, or the rows' own)
+        is dealt to the ranks of the stage's trainer, rank r taking rows r, r + world, ...: each global
+        step sees the same rows whatever the number of ranks (Lightning's own sampler would shuffle)."""
+        trainer = self.last_trainer  # the stage's trainer, made just before its loaders
+        sampler = DistributedSampler(rows, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                     shuffle=shuffle, seed=self.cfg.seed)
+        return DataLoader(rows, batch_size=batch_size, sampler=sampler, collate_fn=collate)
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
         tok = self.data.tokenizer
@@ -89,6 +111,23 @@ class Run:
         return path if path.is_dir() else None
 
     def save(self, stage: str, model) -> None:
+        """Rank 0 writes (every rank holds the same weights after DDP); the others wait for the folder."""
+        self.check_ranks_agree(stage, model)
+        if self.is_global_zero:
+            self.write_checkpoint(stage, model)
+        self.barrier()
+
+    def check_ranks_agree(self, stage: str, model) -> None:
+        """Data-parallel ranks must end a stage with the same weights; if not, gradients were not synced."""
+        if self.last_trainer is None or self.last_trainer.world_size == 1:
+            return
+        with torch.no_grad():
+            checksum = torch.stack([p.double().sum() for p in model.parameters()]).sum()
+        checksums = self.last_trainer.strategy.all_gather(checksum.to(self.last_trainer.strategy.root_device))
+        if not torch.allclose(checksums, checksums[0], rtol=1e-9, atol=0):
+            raise RuntimeError(f"{stage}: the ranks' weights differ after training (checksums {checksums.tolist()})")
+
+    def write_checkpoint(self, stage: str, model) -> None:
         """Write to a temporary folder, then rename: a crash never leaves a half checkpoint."""
         final = self.ckpt_dir / stage
         tmp = self.ckpt_dir / f".{stage}.tmp-{os.getpid()}"
@@ -135,7 +174,9 @@ class Run:
 
     def train_and_save(self, stage: str, train: Callable):
         log.info("%s: training", stage)
-        L.seed_everything(self.cfg.seed, workers=True, verbose=False)  # same weights whatever ran before
+        # each stage starts from its own seed: its fresh weights do not depend on what earlier stages
+        # drew (or on whether they were loaded), and 1 or N data-parallel ranks draw alike
+        L.seed_everything(self.cfg.seed + STAGES.index(stage), workers=True, verbose=False)
         start = time.perf_counter()
         model = train()
         self.metrics[f"time/{stage}_seconds"] = time.perf_counter() - start
@@ -207,13 +248,16 @@ class Run:
                 ppo_cfg=cfg, reward_cfg=self.cfg.reward, beta=self.cfg.beta,
                 actor_optimizer=instantiate(cfg.actor_optimizer), critic_optimizer=instantiate(cfg.critic_optimizer),
                 eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=self.decode, gold=self.data.gold)
-            sampler = RandomSampler(self.data.train_prompts, replacement=True,
-                                    num_samples=cfg.iterations * cfg.rollout_batch_size,
-                                    generator=torch.Generator().manual_seed(self.cfg.seed))
-            prompts = DataLoader(self.data.train_prompts, batch_size=cfg.rollout_batch_size, sampler=sampler,
-                                 collate_fn=PromptCollator(self.data.encoder), drop_last=True)
             # every PPO iteration is expensive and worth a log line
-            self.trainer(max_epochs=1, log_every_n_steps=1).fit(module, prompts)
+            trainer = self.trainer(max_epochs=1, log_every_n_steps=1)
+            # prompts drawn with replacement for the global batch (rollout_batch_size per rank), dealt
+            # to the ranks: an iteration's rank batches are together the batch one process would draw
+            draws = cfg.iterations * cfg.rollout_batch_size * trainer.world_size
+            order = torch.randint(len(self.data.train_prompts), (draws,),
+                                  generator=torch.Generator().manual_seed(self.cfg.seed))
+            prompts = self.training_loader(Subset(self.data.train_prompts, order.tolist()),
+                                           PromptCollator(self.data.encoder), cfg.rollout_batch_size, shuffle=False)
+            trainer.fit(module, prompts)
             return actor
         return self.obtain("ppo", lambda p: load_policy(p, self.cfg.model), train)
 
@@ -304,7 +348,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if stage == "dpo":
             return run_.metrics
         policy = run_.ppo(sft, rm, dpo)
-        if stage == "ppo":
+        if stage == "ppo" or not run_.is_global_zero:  # evaluation runs on rank 0 alone
             return run_.metrics
         return run_.evaluate(sft, rm, dpo, policy)
     finally:

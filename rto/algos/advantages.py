@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rto.algos.masked import as_bool, masked_fill_zero
+from rto.algos.masked import SumReduce, as_bool, masked_fill_zero, masked_moments
 
 
 @torch.no_grad()
@@ -53,15 +53,21 @@ class RunningMoments:
         self.eps = eps
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, float]:
-        """Merge a batch into the running statistics; return the batch's ``(mean, std)``."""
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+               reduce: SumReduce = None) -> tuple[float, float]:
+        """Merge a batch into the running statistics; return the batch's ``(mean, std)``.
+
+        With ``reduce`` (data parallel) the batch is the union of every rank's, so all ranks keep
+        the same statistics.
+        """
         values = x.flatten() if mask is None else x[as_bool(mask).expand_as(x)]
         values = values.double()
-        n = values.numel()
+        mean, var, count = masked_moments(values, torch.ones_like(values, dtype=torch.bool), unbiased=False,
+                                          reduce=reduce)
+        n = count.item()
         if n == 0:
             return self.mean, self.var**0.5
-        batch_mean = values.mean().item()
-        batch_var = values.var(unbiased=False).item()
+        batch_mean, batch_var = mean.item(), var.item()
         total = self.count + n
         delta = batch_mean - self.mean
         self.var = (

@@ -7,7 +7,13 @@ slots may hold NaN or garbage: they are removed with ``torch.where`` before any 
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
+
+# Sums a tensor over data-parallel ranks (e.g. ``trainer.strategy.reduce(t, reduce_op="sum")``);
+# ``None`` means one process. Statistics that take it are then global, not per rank.
+SumReduce = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
 
 def as_bool(mask: torch.Tensor) -> torch.Tensor:
@@ -46,15 +52,35 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
+def masked_moments(
+    x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, reduce: SumReduce = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean, var, n)`` over the real slots of ``x`` on every rank ``reduce`` sums over.
+
+    Two passes (sum and count, then centred squares) so the variance is as exact as ``masked_var``'s;
+    with ``reduce=None`` the result equals ``masked_mean`` / ``masked_var``.
+    """
+    reduce = reduce or (lambda t: t)
+    totals = reduce(torch.stack([masked_sum(x, mask), as_bool(mask).expand_as(x).sum().to(x.dtype)]))
+    n = totals[1]
+    mean = totals[0] / n.clamp(min=1)
+    var = reduce(masked_fill_zero(x - mean, mask).pow(2).sum()) / n.clamp(min=1)
+    if unbiased:
+        var = torch.where(n > 1, var * n / (n - 1).clamp(min=1), var)
+    return mean, var, n
+
+
 def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+    reduce: SumReduce = None,
 ) -> torch.Tensor:
     """``(x - mean) / std`` with statistics over real slots; masked slots are 0.
 
     ``shift_mean=False`` adds the mean back, ``(x - mean) / std + mean`` (as verl does): the scale is
-    normalised but the sign of the average reward is kept.
+    normalised but the sign of the average reward is kept. With ``reduce`` (data parallel) the
+    statistics are those of the global batch, so every rank whitens as one process would.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean, var, _ = masked_moments(x, mask, reduce=reduce)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

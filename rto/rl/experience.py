@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from rto.algos.advantages import RunningMoments, gae
-from rto.algos.masked import masked_whiten
+from rto.algos.masked import SumReduce, masked_whiten
 from rto.algos.rewards import clamp_score, compute_rewards, dpo_token_rewards
 from rto.models.forward import policy_logprobs
 from rto.rl.rollout import Rollout
@@ -50,7 +50,9 @@ def segment_ends(mask: Tensor, segment_len: int) -> Tensor:
 @torch.no_grad()
 def make_experience(rollout: Rollout, *, actor, critic, reference, reward_model, dpo_policy,
                     reward_cfg: DictConfig, beta: float, ppo_cfg: DictConfig,
-                    score_moments: Optional[RunningMoments] = None) -> Experience:
+                    score_moments: Optional[RunningMoments] = None, reduce: SumReduce = None) -> Experience:
+    """`reduce` sums over data-parallel ranks: reward normalisation and advantage whitening then use
+    the statistics of the global rollout, as one process holding every rank's samples would."""
     batch = {"prompt_ids": rollout.prompt_ids, "prompt_mask": rollout.prompt_mask,
              "response_ids": rollout.response_ids, "response_mask": rollout.response_mask}
     mask = rollout.response_mask
@@ -60,7 +62,7 @@ def make_experience(rollout: Rollout, *, actor, critic, reference, reward_model,
     values = critic.response_values(**batch)
     score = reward_model.score(**batch, prompt_text=rollout.prompt_text)  # a RewardScorer: re-tokenizes if needed
     if score_moments is not None:
-        score_moments.update(score)
+        score_moments.update(score, reduce=reduce)
         score = score_moments.normalize(score)
     score = clamp_score(score, reward_cfg.score_clip)
 
@@ -75,7 +77,7 @@ def make_experience(rollout: Rollout, *, actor, critic, reference, reward_model,
         segment_end=segment_ends(mask, reward_cfg.get("segment_len", 1)))
     advantages, returns = gae(rewards, values, mask, ppo_cfg.gamma, ppo_cfg.lam)
     if ppo_cfg.whiten_advantages:
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, reduce=reduce)
     return Experience(prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask,
                       response_ids=rollout.response_ids, response_mask=mask, logprobs=logprobs,
                       ref_logprobs=ref_logprobs, values=values, score=score, rewards=rewards,

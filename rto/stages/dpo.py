@@ -47,9 +47,10 @@ class DPOModule(L.LightningModule):
                 ref_chosen, ref_rejected = sequence_logps(self.reference, batch).chunk(2)
         loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
         n = chosen.shape[0]
-        self.log(f"dpo/{prefix}loss", loss, prog_bar=True, batch_size=n)
-        self.log(f"dpo/{prefix}reward_accuracy", (chosen_rewards > rejected_rewards).float().mean(), batch_size=n)
-        self.log(f"dpo/{prefix}reward_margin", (chosen_rewards - rejected_rewards).mean(), batch_size=n)
+        log = dict(batch_size=n, sync_dist=True)  # sync_dist: under DDP the mean over ranks
+        self.log(f"dpo/{prefix}loss", loss, prog_bar=True, **log)
+        self.log(f"dpo/{prefix}reward_accuracy", (chosen_rewards > rejected_rewards).float().mean(), **log)
+        self.log(f"dpo/{prefix}reward_margin", (chosen_rewards - rejected_rewards).mean(), **log)
         return loss
 
     def training_step(self, batch, batch_idx):

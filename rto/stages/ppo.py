@@ -3,6 +3,12 @@
 One `training_step` is one PPO iteration: sample a rollout, score it once (`make_experience`),
 then `ppo_epochs` passes of clipped policy and value updates over minibatches. Optimisation is
 manual because an iteration makes many optimizer steps on two optimizers (actor and critic).
+
+Under DDP each rank samples its own prompts; reward normalisation, advantage whitening, the
+target-KL stop and the logged metrics use statistics over all ranks (`sum_over_ranks`). The frozen
+reference, reward and DPO models have no trainable parameter, so DDP's reducer never syncs them,
+and Lightning re-arms the reducer before every `manual_backward`, so every minibatch's gradients
+are averaged over ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from rto.models.retokenize import RewardScorer
 from rto.models.scalar_head import ScalarHeadModel
 from rto.rl.experience import Experience, make_experience
 from rto.rl.rollout import Rollout, sample_responses
+from rto.stages.distributed import token_share
 
 
 def _frozen(module: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
@@ -52,6 +59,17 @@ class PPOModule(L.LightningModule):
         actor_optimizer, critic_optimizer = self.optimizer_factories
         return [actor_optimizer(self.actor.parameters()), critic_optimizer(self.critic.parameters())]
 
+    def on_train_start(self):
+        # seed_everything gave every rank the same random stream: decorrelate the ranks' samples
+        if self.trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
+    def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(t, reduce_op="sum")
+
+    def mean_over_ranks(self, value: float) -> float:
+        return float(self.trainer.strategy.reduce(torch.tensor(value, device=self.device), reduce_op="mean"))
+
     def rollout(self, batch: dict) -> Rollout:
         response_ids, response_mask, logprobs = sample_responses(
             self.actor, batch["prompt_ids"], batch["prompt_mask"], self.ppo_cfg.max_new_tokens,
@@ -66,7 +84,7 @@ class PPOModule(L.LightningModule):
         experience = make_experience(
             rollout, actor=self.actor, critic=self.critic, reference=self.reference,
             reward_model=self.reward_model, dpo_policy=self.dpo_policy, reward_cfg=self.reward_cfg,
-            beta=self.beta, ppo_cfg=self.ppo_cfg, score_moments=self.score_moments)
+            beta=self.beta, ppo_cfg=self.ppo_cfg, score_moments=self.score_moments, reduce=self.sum_over_ranks)
         rollout_seconds = time.perf_counter() - start
         update_stats = self.update(experience)
         metrics = {**self.rollout_metrics(rollout, experience), **update_stats}
@@ -74,7 +92,8 @@ class PPOModule(L.LightningModule):
         metrics["ppo/rollout_seconds"] = rollout_seconds
         metrics["ppo/rollout_tokens_per_second"] = float(rollout.response_mask.sum()) / sampling_seconds
         metrics["ppo/samples_per_second"] = rollout.response_ids.shape[0] / (time.perf_counter() - start)
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.response_ids.shape[0])
+        # sync_dist: the logged value is the mean over ranks
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.response_ids.shape[0], sync_dist=True)
 
     def update(self, exp: Experience) -> dict[str, float]:
         cfg = self.ppo_cfg
@@ -90,6 +109,8 @@ class PPOModule(L.LightningModule):
                 values = self.critic.response_values(**mb.batch())
                 pg_loss, pg_stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range)
                 vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mask, cfg.value_clip_range)
+                share = token_share(self, mask)  # under DDP: losses are token means over all ranks
+                pg_loss, vf_loss = pg_loss * share, vf_loss * share
                 actor_opt.zero_grad()
                 critic_opt.zero_grad()
                 self.manual_backward(pg_loss + cfg.value_loss_coef * vf_loss)
@@ -104,7 +125,8 @@ class PPOModule(L.LightningModule):
                                    **pg_stats, **vf_stats}.items():
                     stats.setdefault(key, []).append(float(value.detach()))
                 epoch_kl.append(float(pg_stats["approx_kl_k3"]))
-            if cfg.target_kl is not None and np.mean(epoch_kl) > cfg.target_kl:
+            # every rank must take the same decision, or DDP waits forever for the ranks that go on
+            if cfg.target_kl is not None and self.mean_over_ranks(np.mean(epoch_kl)) > cfg.target_kl:
                 break  # CleanRL's early stop: the policy moved far enough from the rollout's
         return {f"ppo/{key}": float(np.mean(values)) for key, values in stats.items()}
 

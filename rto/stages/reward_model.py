@@ -22,8 +22,8 @@ class RewardModelModule(L.LightningModule):
         chosen, rejected = scores.chunk(2)
         loss, accuracy = bradley_terry_loss(chosen, rejected)
         n = chosen.shape[0]
-        self.log(f"rm/{prefix}loss", loss, prog_bar=True, batch_size=n)
-        self.log(f"rm/{prefix}accuracy", accuracy, batch_size=n)
+        self.log(f"rm/{prefix}loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log(f"rm/{prefix}accuracy", accuracy, batch_size=n, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):

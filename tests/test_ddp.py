@@ -1,0 +1,111 @@
+"""Two CPU processes (DDP over gloo) against one process with the same global batch.
+
+The real CLI runs as a subprocess, since Lightning starts the other rank by re-running the command.
+The DDP run trains every stage with per-rank batches B; single-process runs with batches 2B train
+one stage each from the DDP run's earlier checkpoints, so each comparison isolates one stage. The
+training order deals each global step the same rows whatever the number of ranks, and PPO samples
+near-greedily (temperature 1e-3) so both runs roll out the same responses.
+
+Token-mean losses are weighted by each rank's share of the global tokens (`token_share`), and PPO
+whitens and normalises with global statistics, so what remains is float summation order. Stated
+tolerances (measured: losses within 1e-6, weights within 1e-5):
+- SFT, DPO: every logged step loss within 1e-4; final weights within 1e-4 (max abs).
+- PPO: the logged rollout and loss metrics within 1e-4 (relative); final actor weights within 1e-5.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+# tiny run: 128 rows per set, no held-out pairs (sizes divide by the global batch: no padded rows),
+# SFT long enough that near-greedy responses are not just the end token
+COMMON = ("debug=tiny", "logger=csv", "data.val_fraction=0", "sft.epochs=10", "ppo.temperature=0.001",
+          "print_config=false")
+
+
+def batches(per_rank: int) -> list[str]:
+    return [f"sft.batch_size={16 * per_rank}", f"rm.batch_size={16 * per_rank}", f"dpo.batch_size={16 * per_rank}",
+            # one minibatch per PPO epoch (the whole rollout): the update is the same however it is split
+            f"ppo.rollout_batch_size={8 * per_rank}", f"ppo.minibatch_size={8 * per_rank}"]
+
+
+def cli(out: Path, *overrides: str) -> Path:
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "rto.main", *COMMON, *overrides, f"hydra.run.dir={out}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+def logged(out: Path, key: str) -> list[float]:
+    with open(out / "csv" / "metrics.csv") as f:
+        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+
+
+def weights(out: Path, stage: str) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "checkpoints" / stage / "model.safetensors"))
+
+
+def max_weight_diff(a: Path, b: Path, stage: str) -> float:
+    wa, wb = weights(a, stage), weights(b, stage)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """SFT -> RM -> DPO -> PPO (RTO) on 2 ranks, batch B per rank; evaluation on rank 0."""
+    return cli(tmp_path_factory.mktemp("ddp"), "trainer=ddp_cpu", "trainer.devices=2", *batches(1))
+
+
+def from_ddp(ddp: Path, *stages: str) -> list[str]:
+    return [f"{stage}.checkpoint={ddp / 'checkpoints' / stage}" for stage in stages]
+
+
+def test_ddp_run_finishes_with_one_table_and_every_checkpoint(ddp_run):
+    assert (ddp_run / "eval_table.md").exists()
+    for stage in ("sft", "rm", "dpo", "ppo"):
+        assert (ddp_run / "checkpoints" / stage / "model.safetensors").exists()
+    assert not list((ddp_run / "checkpoints").glob(".*tmp*")), "a rank left a temporary checkpoint"
+
+
+def test_ddp_sft_matches_one_process(ddp_run, tmp_path):
+    single = cli(tmp_path, "stage=sft", *batches(2))
+    ddp_loss, single_loss = logged(ddp_run, "sft/loss"), logged(single, "sft/loss")
+    assert len(ddp_loss) == len(single_loss) == 40  # 10 epochs x 128 rows / global batch 32
+    diffs = [abs(a - b) for a, b in zip(ddp_loss, single_loss)]
+    assert max(diffs) < 1e-4
+    assert single_loss[0] - single_loss[-1] > 0.5  # it learns: the tolerance is far below the progress
+    assert max_weight_diff(ddp_run, single, "sft") < 1e-4
+
+
+def test_ddp_dpo_matches_one_process(ddp_run, tmp_path):
+    single = cli(tmp_path, "stage=dpo", *from_ddp(ddp_run, "sft"), *batches(2))
+    ddp_loss, single_loss = logged(ddp_run, "dpo/loss"), logged(single, "dpo/loss")
+    assert len(ddp_loss) == len(single_loss) == 4
+    diffs = [abs(a - b) for a, b in zip(ddp_loss, single_loss)]
+    assert max(diffs) < 1e-4
+    assert max_weight_diff(ddp_run, single, "dpo") < 1e-4
+
+
+@pytest.mark.slow
+def test_ddp_ppo_matches_one_process(ddp_run, tmp_path):
+    """RTO's PPO: same prompts dealt to the ranks, global reward normalisation and whitening, two
+    backward passes per iteration (ppo_epochs=2), each synced across ranks."""
+    single = cli(tmp_path, "stage=ppo", *from_ddp(ddp_run, "sft", "rm", "dpo"), *batches(2))
+    for key in ("ppo/score", "ppo/response_length", "ppo/gold_reward", "ppo/kl_k1", "ppo/dpo_reward",
+                "ppo/policy_loss", "ppo/value_loss"):
+        assert logged(ddp_run, key) == pytest.approx(logged(single, key), rel=1e-4, abs=1e-6), key
+    assert len(logged(single, "ppo/score")) == 2
+    assert max_weight_diff(ddp_run, single, "ppo") < 1e-5
+    ppo, sft = weights(ddp_run, "ppo"), weights(ddp_run, "sft")
+    assert max(float((ppo[k] - sft[k]).abs().max()) for k in ppo) > 1e-4  # PPO moved far more than that
