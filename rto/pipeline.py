@@ -2,7 +2,8 @@
 
 Each stage writes a `save_pretrained` folder under `<run>/checkpoints/<stage>`; a stage whose
 folder exists (or whose `<stage>.checkpoint` path is set) is loaded instead of trained, so
-`stage=ppo` or a re-run after a crash reuses what is done.
+`stage=ppo` or a re-run after a crash reuses what is done. Folders carry a manifest checked on load
+(`rto.artifacts`); a stage interrupted mid-way resumes from `<stage>-resume/` (`rto.resume`).
 """
 
 from __future__ import annotations
@@ -20,17 +21,24 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import RandomSampler
+from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
 
+from rto.artifacts import atomic_write_text, config_hash, publish_folder, verify_manifest, write_manifest
 from rto.data import DataBundle, PairCollator, PromptCollator, SFTCollator, load_data
 from rto.evaluation import evaluate, format_table
 from rto.models import ScalarHeadModel, build_policy, load_policy, save_policy
+from rto.resume import fit_resumable
 from rto.stages import DPOModule, PPOModule, RewardModelModule, SFTModule
 
 log = logging.getLogger(__name__)
 
 STAGES = ("sft", "rm", "dpo", "ppo")
 POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)"}
+# the config that determines each stage's weights (hashed into its manifest and resume checkpoints)
+STAGE_CONFIG = {"sft": ("seed", "model", "data", "sft"), "rm": ("seed", "model", "data", "sft", "rm"),
+                "dpo": ("seed", "model", "data", "sft", "dpo"),
+                "ppo": ("seed", "model", "data", "sft", "rm", "dpo", "ppo", "reward", "beta")}
 
 
 class MissingStageError(FileNotFoundError):
@@ -73,6 +81,21 @@ class Run:
         path = self.ckpt_dir / stage
         return path if path.is_dir() else None
 
+    def config_hash(self, stage: str) -> str:
+        return config_hash(self.cfg, STAGE_CONFIG[stage])
+
+    def resume_dir(self, stage: str) -> Path:
+        return self.ckpt_dir / f"{stage}-resume"
+
+    def fit(self, stage: str, module, train_loader, val_loader=None, **trainer_overrides) -> None:
+        """`trainer.fit`, resumed from `<stage>-resume/` when an earlier run of this stage was interrupted."""
+        resume = self.cfg.resume
+        module.on_nonfinite = self.cfg.on_nonfinite
+        every = 1 if stage == "ppo" else resume.every_n_steps  # a PPO iteration is worth a checkpoint
+        fit_resumable(partial(self.trainer, **trainer_overrides), module, train_loader, val_loader,
+                      folder=self.resume_dir(stage), cfg_hash=self.config_hash(stage), every_n_steps=every,
+                      enabled=resume.enabled)
+
     def save(self, stage: str, model) -> None:
         """Write to a temporary folder, then rename: a crash never leaves a half checkpoint."""
         final = self.ckpt_dir / stage
@@ -84,14 +107,16 @@ class Run:
             self.data.tokenizer.save_pretrained(tmp)
         else:
             save_policy(model, self.data.tokenizer, tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        write_manifest(tmp, stage, self.config_hash(stage))
+        publish_folder(tmp, final)
+        shutil.rmtree(self.resume_dir(stage), ignore_errors=True)  # the finished stage supersedes them
 
     def obtain(self, stage: str, load: Callable, train: Callable):
         path = self.checkpoint_path(stage)
         if path is not None:
             log.info("%s: loading %s", stage, path)
+            # a folder this run wrote must have its manifest; one given as `<stage>.checkpoint` may not
+            verify_manifest(path, stage, self.config_hash(stage), require=not self.cfg[stage].get("checkpoint"))
             return load(path)
         if not self.wants(stage):
             raise MissingStageError(
@@ -110,9 +135,8 @@ class Run:
             cfg = self.cfg.sft
             policy = build_policy(self.cfg.model, self.data.tokenizer)
             collate = SFTCollator(self.data.encoder)
-            self.trainer(max_epochs=cfg.epochs).fit(
-                SFTModule(policy, instantiate(cfg.optimizer)),
-                self.loader(self.data.sft_rows, collate, cfg.batch_size, shuffle=True))
+            self.fit("sft", SFTModule(policy, instantiate(cfg.optimizer)),
+                     self.loader(self.data.sft_rows, collate, cfg.batch_size, shuffle=True), max_epochs=cfg.epochs)
             return policy
         return self.obtain("sft", lambda p: load_policy(p, self.cfg.model), train)
 
@@ -123,9 +147,9 @@ class Run:
 
         def train():
             model = ScalarHeadModel.from_causal_lm(sft)
-            self.trainer(max_epochs=cfg.epochs).fit(
-                RewardModelModule(model, instantiate(cfg.optimizer)),
-                self.loader(self.data.train_pairs, PairCollator(self.data.encoder), cfg.batch_size, shuffle=True))
+            self.fit("rm", RewardModelModule(model, instantiate(cfg.optimizer)),
+                     self.loader(self.data.train_pairs, PairCollator(self.data.encoder), cfg.batch_size, shuffle=True),
+                     max_epochs=cfg.epochs)
             return model
 
         model = self.obtain("rm", ScalarHeadModel.from_pretrained, train)
@@ -141,9 +165,9 @@ class Run:
             policy = load_policy(self.saved_path("sft"), self.cfg.model)
             collate = PairCollator(self.data.encoder)
             val = self.loader(self.data.val_pairs, collate, cfg.batch_size, shuffle=False) if self.data.val_pairs else None
-            self.trainer(max_epochs=cfg.epochs).fit(
-                DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer)),
-                self.loader(self.data.train_pairs, collate, cfg.batch_size, shuffle=True), val)
+            self.fit("dpo", DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer)),
+                     self.loader(self.data.train_pairs, collate, cfg.batch_size, shuffle=True), val,
+                     max_epochs=cfg.epochs)
             return policy
         return self.obtain("dpo", lambda p: load_policy(p, self.cfg.model), train)
 
@@ -157,14 +181,15 @@ class Run:
                 actor, critic, sft, rm, dpo if self.cfg.reward.name != "sentence" else None,
                 ppo_cfg=cfg, reward_cfg=self.cfg.reward, beta=self.cfg.beta,
                 actor_optimizer=instantiate(cfg.actor_optimizer), critic_optimizer=instantiate(cfg.critic_optimizer),
-                eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=self.decode, gold=self.data.gold)
+                eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=self.decode, gold=self.data.gold,
+                seed=self.cfg.seed)
             sampler = RandomSampler(self.data.train_prompts, replacement=True,
                                     num_samples=cfg.iterations * cfg.rollout_batch_size,
                                     generator=torch.Generator().manual_seed(self.cfg.seed))
             prompts = DataLoader(self.data.train_prompts, batch_size=cfg.rollout_batch_size, sampler=sampler,
                                  collate_fn=PromptCollator(self.data.encoder), drop_last=True)
             # every PPO iteration is expensive and worth a log line
-            self.trainer(max_epochs=1, log_every_n_steps=1).fit(module, prompts)
+            self.fit("ppo", module, prompts, max_epochs=1, log_every_n_steps=1)
             return actor
         return self.obtain("ppo", lambda p: load_policy(p, self.cfg.model), train)
 
@@ -193,14 +218,13 @@ class Run:
 
     def write_outputs(self, table: str, samples) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "eval_table.md").write_text(table + "\n")
-        (self.out / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.out / "eval_table.md", table + "\n")
+        atomic_write_text(self.out / "metrics.json", json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
         n = self.cfg.eval.n_samples_saved
         rows = [{"policy": name, "prompt": p, "response": r,
                  "gold": None if s.gold is None else float(s.gold[i])}
                 for name, s in samples.items() for i, (p, r) in enumerate(zip(s.prompts[:n], s.responses[:n]))]
-        with open(self.out / "samples.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
+        atomic_write_text(self.out / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         for logger in self.loggers:
             logger.log_metrics(self.metrics)
             if hasattr(logger, "log_table") and rows:

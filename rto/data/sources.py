@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
 from rto.data.collate import Encoder
+from rto.data.validate import validate_bundle
 
 # a gold judge scores (prompt, response) texts; None where the data has no known reward
 GoldJudge = Callable[[list[str], list[str]], np.ndarray]
@@ -68,4 +69,5 @@ SOURCES: dict[str, Callable[[DictConfig], DataBundle]] = {"embedded": load_embed
 def load_data(data_cfg: DictConfig) -> DataBundle:
     if data_cfg.name not in SOURCES:
         raise ValueError(f"data.name={data_cfg.name!r} is not a known source ({', '.join(SOURCES)})")
-    return SOURCES[data_cfg.name](data_cfg)
+    # every source's rows are validated here, before any training
+    return validate_bundle(SOURCES[data_cfg.name](data_cfg), data_cfg.get("on_invalid", "raise"))

@@ -43,17 +43,36 @@ def build_policy(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> P
 
 
 def load_policy(path: str | Path, model_cfg: DictConfig | None = None) -> PreTrainedModel:
-    """Load a causal LM from a folder (or hub id) written by `save_pretrained`."""
+    """Load a causal LM from a folder (or hub id) written by `save_pretrained`.
+
+    A local folder is read with `local_files_only` (no network call: a run on a machine without
+    network never hangs); a path that holds no model is an error saying so.
+    """
     kwargs = {}
     if model_cfg is not None:
         kwargs["dtype"] = DTYPES[model_cfg.dtype]
-        kwargs["trust_remote_code"] = bool(model_cfg.trust_remote_code)
+        kwargs["trust_remote_code"] = bool(model_cfg.get("trust_remote_code", False))
         if model_cfg.get("gguf_file"):
             kwargs["gguf_file"] = model_cfg.gguf_file
-    folder = Path(path)
-    if folder.is_dir() and not kwargs.get("gguf_file") and not (folder / "config.json").exists():
-        raise FileNotFoundError(f"no model in {folder}: config.json is missing")
+    kwargs.update(local_model_kwargs(path, need=None if kwargs.get("gguf_file") else "config.json"))
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+
+
+def local_model_kwargs(path: str | Path, need: str | None = "config.json") -> dict:
+    """`local_files_only=True` for a local folder; a clear error for a path that holds no model.
+
+    Something that looks like a path (absolute, `./`, `~`, or existing) is never sent to the hub.
+    """
+    text = str(path)
+    folder = Path(text).expanduser()
+    looks_local = folder.exists() or text.startswith(("/", "./", "../", "~", ".")) or text.count("/") > 1
+    if not looks_local:
+        return {}  # a hub id ("org/name"): transformers resolves it (from its cache when offline)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no model at {text}: the folder does not exist")
+    if need and not (folder / need).exists():
+        raise FileNotFoundError(f"no model in {folder}: {need} is missing (expected a save_pretrained folder)")
+    return {"local_files_only": True}
 
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:

@@ -10,6 +10,7 @@ import torch
 from rto.algos.losses import dpo_loss
 from rto.algos.masked import masked_sum
 from rto.models.forward import policy_logprobs
+from rto.stages.guard import NonFiniteGuard
 
 
 def sequence_logps(model, batch) -> torch.Tensor:
@@ -17,19 +18,27 @@ def sequence_logps(model, batch) -> torch.Tensor:
     return masked_sum(logprobs, batch["response_mask"], dim=1)
 
 
-class DPOModule(L.LightningModule):
-    def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, beta: float, optimizer: Callable):
+class DPOModule(NonFiniteGuard, L.LightningModule):
+    def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, beta: float, optimizer: Callable,
+                 on_nonfinite: str = "raise"):
         super().__init__()
+        self.on_nonfinite = on_nonfinite
         self.policy = policy
         self.reference = reference.eval().requires_grad_(False)
         self.beta = beta
         self.optimizer_factory = optimizer
 
     def _step(self, batch, prefix: str):
-        chosen, rejected = sequence_logps(self.policy, batch).chunk(2)
+        logps = sequence_logps(self.policy, batch)
         with torch.no_grad():
-            ref_chosen, ref_rejected = sequence_logps(self.reference, batch).chunk(2)
+            ref_logps = sequence_logps(self.reference, batch)
+        train = prefix == ""
+        if train and not (self.finite("dpo/policy_logprobs", logps) and self.finite("dpo/ref_logprobs", ref_logps)):
+            return None
+        (chosen, rejected), (ref_chosen, ref_rejected) = logps.chunk(2), ref_logps.chunk(2)
         loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+        if train and not self.finite("dpo/loss", loss):
+            return None
         n = chosen.shape[0]
         self.log(f"dpo/{prefix}loss", loss, prog_bar=True, batch_size=n)
         self.log(f"dpo/{prefix}reward_accuracy", (chosen_rewards > rejected_rewards).float().mean(), batch_size=n)

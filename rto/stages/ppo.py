@@ -8,6 +8,7 @@ manual because an iteration makes many optimizer steps on two optimizers (actor 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Callable, Optional
 
 import lightning as L
@@ -16,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from rto.algos.advantages import RunningMoments
+from rto.algos.finite import NonFiniteError, check_finite
 from rto.algos.logprobs import entropy_from_logits
 from rto.algos.losses import explained_variance, ppo_policy_loss, value_loss
 from rto.algos.masked import masked_mean, masked_sum
@@ -24,18 +26,20 @@ from rto.models.forward import policy_logprobs
 from rto.models.scalar_head import ScalarHeadModel
 from rto.rl.experience import Experience, make_experience
 from rto.rl.rollout import Rollout, sample_responses
+from rto.stages.guard import NonFiniteGuard
 
 
 def _frozen(module: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
     return None if module is None else module.eval().requires_grad_(False)
 
 
-class PPOModule(L.LightningModule):
+class PPOModule(NonFiniteGuard, L.LightningModule):
     def __init__(self, actor, critic: ScalarHeadModel, reference, reward_model: ScalarHeadModel,
                  dpo_policy, *, ppo_cfg: DictConfig, reward_cfg: DictConfig, beta: float,
                  actor_optimizer: Callable, critic_optimizer: Callable, eos_id: int, pad_id: int,
-                 decode: Callable, gold: Optional[Callable] = None):
+                 decode: Callable, gold: Optional[Callable] = None, seed: int = 0, on_nonfinite: str = "raise"):
         super().__init__()
+        self.on_nonfinite = on_nonfinite
         self.automatic_optimization = False
         self.actor, self.critic = actor, critic
         self.reference = _frozen(reference)
@@ -46,6 +50,27 @@ class PPOModule(L.LightningModule):
         self.eos_id, self.pad_id = eos_id, pad_id
         self.decode, self.gold = decode, gold
         self.score_moments = RunningMoments() if ppo_cfg.normalize_rewards else None
+        # sampling and minibatch order draw from this generator, whose state travels in the resume
+        # checkpoint: a resumed run draws exactly what the uninterrupted run would have drawn
+        self.seed, self._generator, self._generator_state = seed, None, None
+
+    @property
+    def generator(self) -> torch.Generator:
+        if self._generator is None or self._generator.device != self.device:
+            self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
+            if self._generator_state is not None:
+                self._generator.set_state(self._generator_state)
+        return self._generator
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        moments = None if self.score_moments is None else vars(self.score_moments)
+        checkpoint["rto_ppo"] = {"generator": self.generator.get_state(), "score_moments": dict(moments or {})}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["rto_ppo"]
+        self._generator, self._generator_state = None, state["generator"]
+        if self.score_moments is not None:
+            vars(self.score_moments).update(state["score_moments"])
 
     def configure_optimizers(self):
         actor_optimizer, critic_optimizer = self.optimizer_factories
@@ -54,39 +79,49 @@ class PPOModule(L.LightningModule):
     def rollout(self, batch: dict) -> Rollout:
         response_ids, response_mask = sample_responses(
             self.actor, batch["prompt_ids"], batch["prompt_mask"], self.ppo_cfg.max_new_tokens,
-            self.eos_id, self.pad_id, self.ppo_cfg.temperature)
+            self.eos_id, self.pad_id, self.ppo_cfg.temperature, self.generator)
         return Rollout(batch["prompt_ids"], batch["prompt_mask"], response_ids, response_mask,
                        batch.get("prompt_text", []))
 
     def training_step(self, batch, batch_idx):
         start = time.perf_counter()
+        iteration = batch_idx + 1
         rollout = self.rollout(batch)
-        experience = make_experience(
-            rollout, actor=self.actor, critic=self.critic, reference=self.reference,
-            reward_model=self.reward_model, dpo_policy=self.dpo_policy, reward_cfg=self.reward_cfg,
-            beta=self.beta, ppo_cfg=self.ppo_cfg, score_moments=self.score_moments)
+        try:
+            experience = make_experience(
+                rollout, actor=self.actor, critic=self.critic, reference=self.reference,
+                reward_model=self.reward_model, dpo_policy=self.dpo_policy, reward_cfg=self.reward_cfg,
+                beta=self.beta, ppo_cfg=self.ppo_cfg, score_moments=self.score_moments,
+                check=partial(check_finite, step=iteration))
+        except NonFiniteError as err:
+            self.skip_or_raise(err)
+            return None  # skip: this rollout is not trained on
         rollout_seconds = time.perf_counter() - start
-        update_stats = self.update(experience)
+        update_stats = self.update(experience, iteration)
         metrics = {**self.rollout_metrics(rollout, experience), **update_stats}
-        metrics["ppo/iteration"] = float(batch_idx + 1)
+        metrics["ppo/iteration"] = float(iteration)
         metrics["ppo/rollout_seconds"] = rollout_seconds
         metrics["ppo/samples_per_second"] = rollout.response_ids.shape[0] / (time.perf_counter() - start)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.response_ids.shape[0])
 
-    def update(self, exp: Experience) -> dict[str, float]:
+    def update(self, exp: Experience, iteration: int = 0) -> dict[str, float]:
         cfg = self.ppo_cfg
         actor_opt, critic_opt = self.optimizers()
         n = exp.response_ids.shape[0]
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             epoch_kl = []
-            for index in torch.randperm(n, device=exp.response_ids.device).split(cfg.minibatch_size):
+            order = torch.randperm(n, device=self.generator.device, generator=self.generator).to(exp.response_ids.device)
+            for index in order.split(cfg.minibatch_size):
                 mb = exp.minibatch(index)
                 mask = mb.response_mask
                 logprobs, logits = policy_logprobs(self.actor, mb.batch())
                 values = self.critic.response_values(**mb.batch())
                 pg_loss, pg_stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range)
                 vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mask, cfg.value_clip_range)
+                if not (self.finite("ppo/policy_loss", pg_loss, step=iteration)
+                        and self.finite("ppo/value_loss", vf_loss, step=iteration)):
+                    continue  # skip this minibatch: no gradient from it
                 actor_opt.zero_grad()
                 critic_opt.zero_grad()
                 self.manual_backward(pg_loss + cfg.value_loss_coef * vf_loss)
@@ -101,7 +136,7 @@ class PPOModule(L.LightningModule):
                                    **pg_stats, **vf_stats}.items():
                     stats.setdefault(key, []).append(float(value.detach()))
                 epoch_kl.append(float(pg_stats["approx_kl_k3"]))
-            if cfg.target_kl is not None and np.mean(epoch_kl) > cfg.target_kl:
+            if cfg.target_kl is not None and epoch_kl and np.mean(epoch_kl) > cfg.target_kl:
                 break  # CleanRL's early stop: the policy moved far enough from the rollout's
         return {f"ppo/{key}": float(np.mean(values)) for key, values in stats.items()}
 

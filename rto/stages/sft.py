@@ -9,11 +9,13 @@ import torch
 
 from rto.algos.masked import masked_mean
 from rto.models.forward import policy_logprobs
+from rto.stages.guard import NonFiniteGuard
 
 
-class SFTModule(L.LightningModule):
-    def __init__(self, policy: torch.nn.Module, optimizer: Callable):
+class SFTModule(NonFiniteGuard, L.LightningModule):
+    def __init__(self, policy: torch.nn.Module, optimizer: Callable, on_nonfinite: str = "raise"):
         super().__init__()
+        self.on_nonfinite = on_nonfinite
         self.policy = policy
         self.optimizer_factory = optimizer
 
@@ -23,6 +25,8 @@ class SFTModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)
+        if not self.finite("sft/loss", loss):
+            return None  # Lightning skips the optimizer step
         self.log("sft/loss", loss, prog_bar=True, batch_size=batch["response_ids"].shape[0])
         return loss
 
