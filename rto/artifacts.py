@@ -37,9 +37,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def config_hash(cfg: DictConfig, keys: Iterable[str]) -> str:
-    """sha256 of the resolved config subtrees `keys` (missing keys hash as null)."""
+    """sha256 of the resolved config subtrees `keys` (missing keys hash as null).
+
+    `checkpoint` entries are left out: where a stage's weights are read from is not how they were made.
+    """
     picked = {key: OmegaConf.select(cfg, key, default=None) for key in keys}
     picked = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in picked.items()}
+    picked = {k: {n: x for n, x in v.items() if n != "checkpoint"} if isinstance(v, dict) else v
+              for k, v in picked.items()}
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -13,7 +13,7 @@ from rto.algos.finite import NonFiniteError, check_finite
 from rto.algos.losses import dpo_loss, ppo_policy_loss, value_loss
 from rto.algos.masked import masked_mean, masked_sum, masked_whiten
 from rto.main import train
-from rto.models.scalar_head import ScalarHeadModel
+from rto.stages import ppo as ppo_stage
 from rto.stages import sft as sft_stage
 from tests.conftest import compose_config
 
@@ -67,26 +67,34 @@ def ppo_cfg(ckpt, out, *overrides):
                           output_dir=out)
 
 
-def nan_score_from_call(monkeypatch, first_bad_call: int):
-    """The reward model's score turns NaN from its `first_bad_call`-th call on (1 call per PPO iteration)."""
-    original, calls = ScalarHeadModel.score, []
+def nan_score_from_iteration(monkeypatch, first_bad: int):
+    """The reward model scores NaN from PPO iteration `first_bad` on."""
+    original, calls = ppo_stage.make_experience, []
 
-    def score(self, *args, **kwargs):
+    class NaNScores:
+        def __init__(self, model):
+            self.model = model
+
+        def score(self, **batch):
+            return self.model.score(**batch) * NAN
+
+    def poisoned(rollout, *, reward_model, **kwargs):
         calls.append(1)
-        out = original(self, *args, **kwargs)
-        return out * NAN if len(calls) >= first_bad_call else out
-    monkeypatch.setattr(ScalarHeadModel, "score", score)
+        if len(calls) >= first_bad:
+            reward_model = NaNScores(reward_model)
+        return original(rollout, reward_model=reward_model, **kwargs)
+    monkeypatch.setattr(ppo_stage, "make_experience", poisoned)
 
 
 def test_nan_reward_stops_ppo_naming_step_tensor_and_last_good_checkpoint(upstream, tmp_path, monkeypatch):
-    nan_score_from_call(monkeypatch, 2)
+    nan_score_from_iteration(monkeypatch, 2)
     with pytest.raises(NonFiniteError, match=r"score is not finite at step 2.*last good checkpoint: .*ppo-resume"):
         train(ppo_cfg(upstream, tmp_path))
     assert not (tmp_path / "checkpoints" / "ppo").exists()  # nothing trained on NaN was published
 
 
 def test_nan_reward_with_skip_drops_the_rollout_and_trains_on(upstream, tmp_path, monkeypatch, caplog):
-    nan_score_from_call(monkeypatch, 2)
+    nan_score_from_iteration(monkeypatch, 2)
     with caplog.at_level(logging.WARNING):
         train(ppo_cfg(upstream, tmp_path, "on_nonfinite=skip"))
     assert "skipping the batch: score is not finite at step 2" in caplog.text
