@@ -28,7 +28,7 @@ from rto.artifacts import atomic_write_text, config_hash, publish_folder, verify
 from rto.data import DataBundle, PairCollator, PromptCollator, SFTCollator, load_data
 from rto.evaluation import evaluate, format_table
 from rto.models import ScalarHeadModel, build_policy, load_policy, save_policy
-from rto.resume import fit_resumable
+from rto.resume import fit_resumable, keep_previous_logs
 from rto.stages import DPOModule, PPOModule, RewardModelModule, SFTModule
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Run:
         self.out = Path(cfg.paths.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.data: DataBundle = load_data(cfg.data)
+        keep_previous_logs(self.out)
         self.loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
         self.metrics: dict[str, float] = {}
 

@@ -127,3 +127,13 @@ def fit_resumable(trainer_factory, module, train_loader, val_loader=None, *, fol
                  f"or set on_nonfinite=skip to skip such batches)") if good else \
             "; no checkpoint of this stage was saved before it (set on_nonfinite=skip to skip such batches)"
         raise NonFiniteError(err.name, err.step, err.count, err.total, where) from err
+
+
+def keep_previous_logs(run_dir: str | Path) -> None:
+    """Lightning's CSVLogger deletes an existing `metrics.csv`; a re-run (resume) keeps it as `metrics.<n>.csv`."""
+    current = Path(run_dir) / "csv" / "metrics.csv"
+    if current.is_file():
+        n = 1
+        while (kept := current.with_name(f"metrics.{n}.csv")).exists():
+            n += 1
+        current.rename(kept)

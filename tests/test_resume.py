@@ -71,7 +71,8 @@ def test_kill_during_dpo_then_ppo_resumes_to_the_same_metrics(uninterrupted, tmp
     assert (tmp_path / "checkpoints" / "dpo").is_dir()
     assert not (tmp_path / "checkpoints" / "dpo-resume").exists()  # cleared once the stage finished
     result = run_to_end(tmp_path)
-    assert "resuming from" in result.stderr and "ppo-resume" in result.stderr
+    log = result.stdout + result.stderr
+    assert "dpo: loading" in log and "resuming from" in log and "ppo-resume" in log
     resumed = comparable(json.loads((tmp_path / "metrics.json").read_text()))
     expected = comparable(uninterrupted)
     assert resumed.keys() == expected.keys()
