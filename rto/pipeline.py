@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import RandomSampler
 from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
+from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
 
 from rto.artifacts import atomic_write_text, config_hash, publish_folder, verify_manifest, write_manifest
 from rto.data import DataBundle, PairCollator, PromptCollator, SFTCollator, load_data
@@ -63,8 +64,10 @@ class Run:
                            **overrides)
 
     def loader(self, rows, collate, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.cfg.seed)
-        return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+        # the shuffle generator belongs to the sampler alone, so its state (saved for resume) is not
+        # advanced by anything else, e.g. the loader's per-`iter()` seed draws
+        sampler = StatefulRandomSampler(rows, generator=torch.Generator().manual_seed(self.cfg.seed)) if shuffle else None
+        return DataLoader(rows, batch_size=batch_size, sampler=sampler, collate_fn=collate)
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
         tok = self.data.tokenizer
