@@ -97,11 +97,23 @@ def latest_checkpoint(folder: str | Path, cfg_hash: Optional[str]) -> Optional[P
     return max(complete)[1] if complete else None
 
 
+class ResumeCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, minus the checkpoint after an epoch's last batch.
+
+    Resuming from that one (Lightning 2.6 with a stateful loader) skips the whole next epoch; the
+    checkpoint before it is used instead, and the finished stage is saved right after anyway.
+    """
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, *args, **kwargs)
+
+
 def resume_callback(folder: str | Path, every_n_steps: int) -> ModelCheckpoint:
     """Keep only the newest checkpoint; Lightning deletes the previous one after the new one is saved."""
-    return ModelCheckpoint(dirpath=str(folder), filename="{epoch}-{step}", every_n_train_steps=every_n_steps,
-                           save_top_k=1, save_last=False, enable_version_counter=False,
-                           save_on_train_epoch_end=True)
+    return ResumeCheckpoint(dirpath=str(folder), filename="{epoch}-{step}", every_n_train_steps=every_n_steps,
+                            save_top_k=1, save_last=False, enable_version_counter=False)
 
 
 def fit_resumable(trainer_factory, module, train_loader, val_loader=None, *, folder: str | Path,
