@@ -103,6 +103,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.batch_size": COUNT,
     "eval.temperature": POSITIVE,
     "eval.max_new_tokens": COUNT,
+    "resume.every_n_steps": COUNT,
+    "on_nonfinite": _one_of(("raise", "skip")),
+    "data.on_invalid": _one_of(("raise", "skip")),
 }
 
 # learning rates live in `_partial_` optimizer nodes

@@ -2,7 +2,8 @@
 
 Each stage writes a `save_pretrained` folder under `<run>/checkpoints/<stage>`; a stage whose
 folder exists (or whose `<stage>.checkpoint` path is set) is loaded instead of trained, so
-`stage=ppo` or a re-run after a crash reuses what is done.
+`stage=ppo` or a re-run after a crash reuses what is done. Folders carry a manifest checked on load
+(`rto.artifacts`); a stage interrupted mid-way resumes from `<stage>-resume/` (`rto.resume`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DistributedSampler, Subset
+from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
 
+from rto.artifacts import atomic_write_text, config_hash, publish_folder, verify_manifest, write_manifest
 from rto.cache import StageCache, cacheable, stage_inputs, stage_key
 from rto.data import DataBundle, PairCollator, PromptCollator, SFTCollator, load_data
 from rto.data.preference_formats import chat_prompt
@@ -31,6 +34,7 @@ from rto.models import ScalarHeadModel, build_policy, load_policy, save_policy
 from rto.models.factory import policy_tokenizer
 from rto.models.retokenize import RewardScorer, check_same_tokenizer
 from rto.models.reward import judge_scorer, new_critic, new_reward_model, reward_tokenizer
+from rto.resume import fit_resumable, keep_previous_logs
 from rto.stages import DPOModule, PPOModule, RewardModelModule, SFTModule
 from rto.stages.dpo import with_reference_logps
 
@@ -38,6 +42,10 @@ log = logging.getLogger(__name__)
 
 STAGES = ("sft", "rm", "dpo", "ppo")
 POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)"}
+# the config that determines each stage's weights (hashed into its manifest and resume checkpoints)
+STAGE_CONFIG = {"sft": ("seed", "model", "data", "sft"), "rm": ("seed", "model", "data", "sft", "rm"),
+                "dpo": ("seed", "model", "data", "sft", "dpo"),
+                "ppo": ("seed", "model", "data", "sft", "rm", "dpo", "ppo", "reward", "beta")}
 
 
 class MissingStageError(FileNotFoundError):
@@ -59,6 +67,7 @@ class Run:
         # the reward model may have its own tokenizer (reward_model=pretrained): its own encoder too
         self.rm_tokenizer = reward_tokenizer(cfg.reward_model, self.data.tokenizer)
         self.rm_encoder = dataclasses.replace(self.data.encoder, tokenizer=self.rm_tokenizer)
+        keep_previous_logs(self.out)
         self.loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
         self.metrics: dict[str, float] = {}
         self.cache = StageCache.from_config(cfg)
@@ -92,6 +101,8 @@ class Run:
         trainer = self.last_trainer  # the stage's trainer, made just before its loaders
         sampler = DistributedSampler(rows, num_replicas=trainer.world_size, rank=trainer.global_rank,
                                      shuffle=shuffle, seed=self.cfg.seed)
+        # a StatefulDataLoader: a resumed stage goes on from the batch it stopped at (the sampler's
+        # order depends on its seed and epoch alone, so it is replayed exactly)
         return DataLoader(rows, batch_size=batch_size, sampler=sampler, collate_fn=collate)
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -109,6 +120,22 @@ class Run:
             return Path(configured)
         path = self.ckpt_dir / stage
         return path if path.is_dir() else None
+
+    def config_hash(self, stage: str) -> str:
+        return config_hash(self.cfg, STAGE_CONFIG[stage])
+
+    def resume_dir(self, stage: str) -> Path:
+        return self.ckpt_dir / f"{stage}-resume"
+
+    def fit(self, stage: str, module, loaders: Callable, **trainer_overrides) -> None:
+        """`trainer.fit`, resumed from `<stage>-resume/` when an earlier run of this stage was interrupted.
+        `loaders()` gives `(train, val)` once the stage's trainer exists: training rows are dealt to its ranks."""
+        resume = self.cfg.resume
+        module.on_nonfinite = self.cfg.on_nonfinite
+        every = 1 if stage == "ppo" else resume.every_n_steps  # a PPO iteration is worth a checkpoint
+        fit_resumable(partial(self.trainer, **trainer_overrides), module, loaders,
+                      folder=self.resume_dir(stage), cfg_hash=self.config_hash(stage), every_n_steps=every,
+                      enabled=resume.enabled)
 
     def save(self, stage: str, model) -> None:
         """Rank 0 writes (every rank holds the same weights after DDP); the others wait for the folder."""
@@ -138,16 +165,18 @@ class Run:
             self.rm_tokenizer.save_pretrained(tmp)
         else:
             save_policy(model, self.data.tokenizer, tmp)
-        if final.is_symlink():  # a link to a cache entry that is gone
+        write_manifest(tmp, stage, self.config_hash(stage))
+        if final.is_symlink():  # a link to a cache entry: this run's own folder replaces it
             final.unlink()
-        elif final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish_folder(tmp, final)
+        shutil.rmtree(self.resume_dir(stage), ignore_errors=True)  # the finished stage supersedes them
 
     def obtain(self, stage: str, load: Callable, train: Callable):
         path = self.checkpoint_path(stage)
         if path is not None:
             log.info("%s: loading %s", stage, path)
+            # a folder this run wrote must have its manifest; one given as `<stage>.checkpoint` may not
+            verify_manifest(path, stage, self.config_hash(stage), require=not self.cfg[stage].get("checkpoint"))
             return load(path)
         key = stage_key(self.cfg, stage) if self.cache and cacheable(self.cfg, stage) else None
         if key is None:
@@ -158,6 +187,7 @@ class Run:
             self.metrics[f"cache/{stage}_hit"] = float(cached is not None)
             if cached is not None:
                 log.info("%s: cache hit %s (%s)", stage, key, cached)
+                verify_manifest(cached, stage, self.config_hash(stage), require=True)
                 self.link(stage, cached)
                 return load(cached)
             self.require(stage)
@@ -196,9 +226,9 @@ class Run:
             cfg = self.cfg.sft
             policy = build_policy(self.cfg.model, self.data.tokenizer)
             collate = SFTCollator(self.data.encoder)
-            self.trainer(max_epochs=cfg.epochs).fit(
-                SFTModule(policy, instantiate(cfg.optimizer)),
-                self.loader(self.data.sft_rows, collate, cfg.batch_size, shuffle=True))
+            self.fit("sft", SFTModule(policy, instantiate(cfg.optimizer)),
+                     lambda: (self.loader(self.data.sft_rows, collate, cfg.batch_size, shuffle=True), None),
+                     max_epochs=cfg.epochs)
             return policy
         return self.obtain("sft", lambda p: load_policy(p, self.cfg.model), train)
 
@@ -209,9 +239,10 @@ class Run:
 
         def train():
             model = new_reward_model(self.cfg.reward_model, self.cfg.model, sft)
-            self.trainer(max_epochs=cfg.epochs).fit(
-                RewardModelModule(model, instantiate(cfg.optimizer)),
-                self.loader(self.data.train_pairs, PairCollator(self.rm_encoder), cfg.batch_size, shuffle=True))
+            self.fit("rm", RewardModelModule(model, instantiate(cfg.optimizer)),
+                     lambda: (self.loader(self.data.train_pairs, PairCollator(self.rm_encoder), cfg.batch_size,
+                                          shuffle=True), None),
+                     max_epochs=cfg.epochs)
             return model
 
         model = self.obtain("rm", ScalarHeadModel.from_pretrained, train)
@@ -230,9 +261,9 @@ class Run:
             if cfg.precompute_ref:
                 train_pairs = with_reference_logps(sft, train_pairs, collate, cfg.batch_size)
             val = self.loader(self.data.val_pairs, collate, cfg.batch_size, shuffle=False) if self.data.val_pairs else None
-            self.trainer(max_epochs=cfg.epochs).fit(
-                DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer)),
-                self.loader(train_pairs, collate, cfg.batch_size, shuffle=True), val)
+            self.fit("dpo", DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer)),
+                     lambda: (self.loader(train_pairs, collate, cfg.batch_size, shuffle=True), val),
+                     max_epochs=cfg.epochs)
             return policy
         return self.obtain("dpo", lambda p: load_policy(p, self.cfg.model), train)
 
@@ -247,17 +278,20 @@ class Run:
                 actor, critic, sft, self.scorer(rm), dpo if self.cfg.reward.name != "sentence" else None,
                 ppo_cfg=cfg, reward_cfg=self.cfg.reward, beta=self.cfg.beta,
                 actor_optimizer=instantiate(cfg.actor_optimizer), critic_optimizer=instantiate(cfg.critic_optimizer),
-                eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=self.decode, gold=self.data.gold)
+                eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=self.decode, gold=self.data.gold,
+                seed=self.cfg.seed)
+
+            def prompts():
+                # prompts drawn with replacement for the global batch (rollout_batch_size per rank), dealt
+                # to the ranks: an iteration's rank batches are together the batch one process would draw
+                draws = cfg.iterations * cfg.rollout_batch_size * self.last_trainer.world_size
+                order = torch.randint(len(self.data.train_prompts), (draws,),
+                                      generator=torch.Generator().manual_seed(self.cfg.seed))
+                return self.training_loader(Subset(self.data.train_prompts, order.tolist()),
+                                            PromptCollator(self.data.encoder), cfg.rollout_batch_size,
+                                            shuffle=False), None
             # every PPO iteration is expensive and worth a log line
-            trainer = self.trainer(max_epochs=1, log_every_n_steps=1)
-            # prompts drawn with replacement for the global batch (rollout_batch_size per rank), dealt
-            # to the ranks: an iteration's rank batches are together the batch one process would draw
-            draws = cfg.iterations * cfg.rollout_batch_size * trainer.world_size
-            order = torch.randint(len(self.data.train_prompts), (draws,),
-                                  generator=torch.Generator().manual_seed(self.cfg.seed))
-            prompts = self.training_loader(Subset(self.data.train_prompts, order.tolist()),
-                                           PromptCollator(self.data.encoder), cfg.rollout_batch_size, shuffle=False)
-            trainer.fit(module, prompts)
+            self.fit("ppo", module, prompts, max_epochs=1, log_every_n_steps=1)
             return actor
         return self.obtain("ppo", lambda p: load_policy(p, self.cfg.model), train)
 
@@ -292,15 +326,14 @@ class Run:
 
     def write_outputs(self, table: str, samples) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "eval_table.md").write_text(table + "\n")
-        (self.out / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.out / "eval_table.md", table + "\n")
+        atomic_write_text(self.out / "metrics.json", json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
         n = self.cfg.eval.n_samples_saved
         rows = [{"policy": name, "prompt": self.prompt_text(p), "response": r,
                  "gold": None if s.gold is None else float(s.gold[i]), "rm_score": float(s.rm_score[i]),
                  "judge": None if s.judge is None else float(s.judge[i])}
                 for name, s in samples.items() for i, (p, r) in enumerate(zip(s.prompts[:n], s.responses[:n]))]
-        with open(self.out / "samples.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
+        atomic_write_text(self.out / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         for logger in self.loggers:
             logger.log_metrics(self.metrics)
             if hasattr(logger, "log_table") and rows:

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
 from rto.data.collate import Encoder
+from rto.data.validate import validate_bundle
 
 # a gold judge scores (prompt, response) texts; None where the data has no known reward
 GoldJudge = Callable[[list[str], list[str]], np.ndarray]
@@ -78,4 +79,5 @@ def load_data(data_cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]
     source = data_cfg.get("source") or data_cfg.name
     if source not in SOURCES:
         raise ValueError(f"data.source={source!r} is not a known source ({', '.join(SOURCES)})")
-    return SOURCES[source](data_cfg, tokenizer)
+    # every source's rows are validated here, before any training
+    return validate_bundle(SOURCES[source](data_cfg, tokenizer), data_cfg.get("on_invalid", "raise"))

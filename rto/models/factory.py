@@ -105,7 +105,11 @@ def build_policy(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> P
 
 def load_policy(path: str | Path, model_cfg: DictConfig | None = None, trainable: bool = True) -> PreTrainedModel:
     """Load a causal LM from a folder written by `save_policy` (full weights, or a LoRA adapter on
-    `model.pretrained`), or from a hub id."""
+    `model.pretrained`), or from a hub id.
+
+    A local folder is read with `local_files_only` (no network call: a run on a machine without
+    network never hangs); a path that holds no model is an error saying so.
+    """
     folder = Path(path)
     kwargs = {}
     if model_cfg is not None:
@@ -120,12 +124,28 @@ def load_policy(path: str | Path, model_cfg: DictConfig | None = None, trainable
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.enable_input_require_grads()
         return load_adapter(base, folder)
-    if folder.is_dir() and not (folder / "config.json").exists():
-        raise FileNotFoundError(f"no model in {folder}: config.json is missing")
+    kwargs.update(local_model_kwargs(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if model_cfg is not None and trainable and model_cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def local_model_kwargs(path: str | Path, need: str | None = "config.json") -> dict:
+    """`local_files_only=True` for a local folder; a clear error for a path that holds no model.
+
+    Something that looks like a path (absolute, `./`, `~`, or existing) is never sent to the hub.
+    """
+    text = str(path)
+    folder = Path(text).expanduser()
+    looks_local = folder.exists() or text.startswith(("/", "./", "../", "~", ".")) or text.count("/") > 1
+    if not looks_local:
+        return {}  # a hub id ("org/name"): transformers resolves it (from its cache when offline)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no model at {text}: the folder does not exist")
+    if need and not (folder / need).exists():
+        raise FileNotFoundError(f"no model in {folder}: {need} is missing (expected a save_pretrained folder)")
+    return {"local_files_only": True}
 
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:

@@ -72,6 +72,8 @@ class ScalarHeadModel(nn.Module):
         folder = Path(folder)
         if not (folder / HEAD_FILE).exists():
             raise FileNotFoundError(f"no scalar-head model in {folder}: {HEAD_FILE} is missing")
-        model = cls(AutoModel.from_pretrained(str(folder), **kwargs))
+        from rto.models.factory import local_model_kwargs
+
+        model = cls(AutoModel.from_pretrained(str(folder), **{**local_model_kwargs(folder), **kwargs}))
         model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         return model

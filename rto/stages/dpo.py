@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from rto.algos.losses import dpo_loss
 from rto.algos.masked import masked_sum
 from rto.models.forward import policy_logprobs
+from rto.stages.guard import NonFiniteGuard
 
 
 def sequence_logps(model, batch) -> torch.Tensor:
@@ -30,22 +31,30 @@ def with_reference_logps(reference, rows: list[dict], collate: Callable, batch_s
     return [{**row, "ref_logps": pair} for row, pair in zip(rows, logps)]
 
 
-class DPOModule(L.LightningModule):
-    def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, beta: float, optimizer: Callable):
+class DPOModule(NonFiniteGuard, L.LightningModule):
+    def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, beta: float, optimizer: Callable,
+                 on_nonfinite: str = "raise"):
         super().__init__()
+        self.on_nonfinite = on_nonfinite
         self.policy = policy
         self.reference = reference.eval().requires_grad_(False)
         self.beta = beta
         self.optimizer_factory = optimizer
 
     def _step(self, batch, prefix: str):
-        chosen, rejected = sequence_logps(self.policy, batch).chunk(2)
-        if "ref_logps" in batch:
-            ref_chosen, ref_rejected = batch["ref_logps"].to(chosen).chunk(2)
+        logps = sequence_logps(self.policy, batch)
+        if "ref_logps" in batch:  # precomputed once over the data (`dpo.precompute_ref`)
+            ref_logps = batch["ref_logps"].to(logps)
         else:
             with torch.no_grad():
-                ref_chosen, ref_rejected = sequence_logps(self.reference, batch).chunk(2)
+                ref_logps = sequence_logps(self.reference, batch)
+        train = prefix == ""
+        if train and not (self.finite("dpo/policy_logprobs", logps) and self.finite("dpo/ref_logprobs", ref_logps)):
+            return None
+        (chosen, rejected), (ref_chosen, ref_rejected) = logps.chunk(2), ref_logps.chunk(2)
         loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+        if train and not self.finite("dpo/loss", loss):
+            return None
         n = chosen.shape[0]
         log = dict(batch_size=n, sync_dist=True)  # sync_dist: under DDP the mean over ranks
         self.log(f"dpo/{prefix}loss", loss, prog_bar=True, **log)

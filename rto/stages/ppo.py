@@ -14,6 +14,7 @@ are averaged over ranks.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Callable, Optional
 
 import lightning as L
@@ -22,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from rto.algos.advantages import RunningMoments
+from rto.algos.finite import NonFiniteError, check_finite
 from rto.algos.logprobs import entropy_from_logits
 from rto.algos.losses import explained_variance, ppo_policy_loss, value_loss
 from rto.algos.masked import masked_mean, masked_sum
@@ -32,18 +34,20 @@ from rto.models.scalar_head import ScalarHeadModel
 from rto.rl.experience import Experience, make_experience
 from rto.rl.rollout import Rollout, sample_responses
 from rto.stages.distributed import token_share
+from rto.stages.guard import NonFiniteGuard
 
 
 def _frozen(module: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
     return None if module is None else module.eval().requires_grad_(False)
 
 
-class PPOModule(L.LightningModule):
+class PPOModule(NonFiniteGuard, L.LightningModule):
     def __init__(self, actor, critic: ScalarHeadModel, reference, reward_model: RewardScorer,
                  dpo_policy, *, ppo_cfg: DictConfig, reward_cfg: DictConfig, beta: float,
                  actor_optimizer: Callable, critic_optimizer: Callable, eos_id: int, pad_id: int,
-                 decode: Callable, gold: Optional[Callable] = None):
+                 decode: Callable, gold: Optional[Callable] = None, seed: int = 0, on_nonfinite: str = "raise"):
         super().__init__()
+        self.on_nonfinite = on_nonfinite
         self.automatic_optimization = False
         self.actor, self.critic = actor, critic
         self.reference = _frozen(reference)
@@ -54,6 +58,28 @@ class PPOModule(L.LightningModule):
         self.eos_id, self.pad_id = eos_id, pad_id
         self.decode, self.gold = decode, gold
         self.score_moments = RunningMoments() if ppo_cfg.normalize_rewards else None
+        # sampling and minibatch order draw from this generator, whose state travels in the resume
+        # checkpoint: a resumed run draws exactly what the uninterrupted run would have drawn
+        self.seed, self._generator, self._generator_state = seed, None, None
+
+    @property
+    def generator(self) -> torch.Generator:
+        if self._generator is None or self._generator.device != self.device:
+            # one stream per data-parallel rank, so the ranks sample different responses
+            self._generator = torch.Generator(device=self.device).manual_seed(self.seed + self.global_rank)
+            if self._generator_state is not None:
+                self._generator.set_state(self._generator_state)
+        return self._generator
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        moments = None if self.score_moments is None else vars(self.score_moments)
+        checkpoint["rto_ppo"] = {"generator": self.generator.get_state(), "score_moments": dict(moments or {})}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["rto_ppo"]
+        self._generator, self._generator_state = None, state["generator"]
+        if self.score_moments is not None:
+            vars(self.score_moments).update(state["score_moments"])
 
     def configure_optimizers(self):
         actor_optimizer, critic_optimizer = self.optimizer_factories
@@ -73,42 +99,52 @@ class PPOModule(L.LightningModule):
     def rollout(self, batch: dict) -> Rollout:
         response_ids, response_mask, logprobs = sample_responses(
             self.actor, batch["prompt_ids"], batch["prompt_mask"], self.ppo_cfg.max_new_tokens,
-            self.eos_id, self.pad_id, self.ppo_cfg.temperature, return_logprobs=True)
+            self.eos_id, self.pad_id, self.ppo_cfg.temperature, self.generator, return_logprobs=True)
         return Rollout(batch["prompt_ids"], batch["prompt_mask"], response_ids, response_mask,
                        batch.get("prompt_text", []), logprobs=logprobs)
 
     def training_step(self, batch, batch_idx):
         start = time.perf_counter()
+        iteration = batch_idx + 1
         rollout = self.rollout(batch)
         sampling_seconds = time.perf_counter() - start
-        experience = make_experience(
-            rollout, actor=self.actor, critic=self.critic, reference=self.reference,
-            reward_model=self.reward_model, dpo_policy=self.dpo_policy, reward_cfg=self.reward_cfg,
-            beta=self.beta, ppo_cfg=self.ppo_cfg, score_moments=self.score_moments, reduce=self.sum_over_ranks)
+        try:
+            experience = make_experience(
+                rollout, actor=self.actor, critic=self.critic, reference=self.reference,
+                reward_model=self.reward_model, dpo_policy=self.dpo_policy, reward_cfg=self.reward_cfg,
+                beta=self.beta, ppo_cfg=self.ppo_cfg, score_moments=self.score_moments,
+                reduce=self.sum_over_ranks, check=partial(check_finite, step=iteration))
+        except NonFiniteError as err:
+            self.skip_or_raise(err)
+            return None  # skip: this rollout is not trained on
         rollout_seconds = time.perf_counter() - start
-        update_stats = self.update(experience)
+        update_stats = self.update(experience, iteration)
         metrics = {**self.rollout_metrics(rollout, experience), **update_stats}
-        metrics["ppo/iteration"] = float(batch_idx + 1)
+        metrics["ppo/iteration"] = float(iteration)
         metrics["ppo/rollout_seconds"] = rollout_seconds
         metrics["ppo/rollout_tokens_per_second"] = float(rollout.response_mask.sum()) / sampling_seconds
         metrics["ppo/samples_per_second"] = rollout.response_ids.shape[0] / (time.perf_counter() - start)
         # sync_dist: the logged value is the mean over ranks
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.response_ids.shape[0], sync_dist=True)
 
-    def update(self, exp: Experience) -> dict[str, float]:
+    def update(self, exp: Experience, iteration: int = 0) -> dict[str, float]:
         cfg = self.ppo_cfg
         actor_opt, critic_opt = self.optimizers()
         n = exp.response_ids.shape[0]
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             epoch_kl = []
-            for index in torch.randperm(n, device=exp.response_ids.device).split(cfg.minibatch_size):
+            order = torch.randperm(n, device=self.generator.device, generator=self.generator).to(exp.response_ids.device)
+            for index in order.split(cfg.minibatch_size):
                 mb = exp.minibatch(index)
                 mask = mb.response_mask
                 logprobs, logits = policy_logprobs(self.actor, mb.batch())
                 values = self.critic.response_values(**mb.batch())
                 pg_loss, pg_stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range)
                 vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mask, cfg.value_clip_range)
+                if not (self.finite("ppo/policy_loss", pg_loss, step=iteration)
+                        and self.finite("ppo/value_loss", vf_loss, step=iteration)):
+                    continue  # skip this minibatch: no gradient from it
                 share = token_share(self, mask)  # under DDP: losses are token means over all ranks
                 pg_loss, vf_loss = pg_loss * share, vf_loss * share
                 actor_opt.zero_grad()
@@ -126,7 +162,7 @@ class PPOModule(L.LightningModule):
                     stats.setdefault(key, []).append(float(value.detach()))
                 epoch_kl.append(float(pg_stats["approx_kl_k3"]))
             # every rank must take the same decision, or DDP waits forever for the ranks that go on
-            if cfg.target_kl is not None and self.mean_over_ranks(np.mean(epoch_kl)) > cfg.target_kl:
+            if cfg.target_kl is not None and epoch_kl and self.mean_over_ranks(np.mean(epoch_kl)) > cfg.target_kl:
                 break  # CleanRL's early stop: the policy moved far enough from the rollout's
         return {f"ppo/{key}": float(np.mean(values)) for key, values in stats.items()}
 

@@ -8,19 +8,25 @@ import lightning as L
 
 from rto.algos.losses import bradley_terry_loss
 from rto.models.scalar_head import ScalarHeadModel
+from rto.stages.guard import NonFiniteGuard
 
 
-class RewardModelModule(L.LightningModule):
-    def __init__(self, model: ScalarHeadModel, optimizer: Callable):
+class RewardModelModule(NonFiniteGuard, L.LightningModule):
+    def __init__(self, model: ScalarHeadModel, optimizer: Callable, on_nonfinite: str = "raise"):
         super().__init__()
+        self.on_nonfinite = on_nonfinite
         self.model = model
         self.optimizer_factory = optimizer
 
     def _step(self, batch, prefix: str):
         scores = self.model.score(batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
                                   batch["response_mask"])
+        if prefix == "" and not self.finite("rm/scores", scores):
+            return None
         chosen, rejected = scores.chunk(2)
         loss, accuracy = bradley_terry_loss(chosen, rejected)
+        if prefix == "" and not self.finite("rm/loss", loss):
+            return None
         n = chosen.shape[0]
         self.log(f"rm/{prefix}loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
         self.log(f"rm/{prefix}accuracy", accuracy, batch_size=n, sync_dist=True)

@@ -10,11 +10,13 @@ import torch
 from rto.algos.masked import masked_mean
 from rto.models.forward import policy_logprobs
 from rto.stages.distributed import token_share
+from rto.stages.guard import NonFiniteGuard
 
 
-class SFTModule(L.LightningModule):
-    def __init__(self, policy: torch.nn.Module, optimizer: Callable):
+class SFTModule(NonFiniteGuard, L.LightningModule):
+    def __init__(self, policy: torch.nn.Module, optimizer: Callable, on_nonfinite: str = "raise"):
         super().__init__()
+        self.on_nonfinite = on_nonfinite
         self.policy = policy
         self.optimizer_factory = optimizer
 
@@ -23,7 +25,12 @@ class SFTModule(L.LightningModule):
         return -masked_mean(logprobs, batch["response_mask"])
 
     def training_step(self, batch, batch_idx):
-        loss = self._loss(batch) * token_share(self, batch["response_mask"])
+        loss = self._loss(batch)
+        if not self.finite("sft/loss", loss):
+            return None  # Lightning skips the optimizer step
+        # weighted by this rank's share of the global tokens: DDP's mean gradient (and the logged
+        # mean over ranks) is the 1-process one
+        loss = loss * token_share(self, batch["response_mask"])
         self.log("sft/loss", loss, prog_bar=True, batch_size=batch["response_ids"].shape[0], sync_dist=True)
         return loss
 

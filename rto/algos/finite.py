@@ -1,0 +1,34 @@
+"""A NaN or Inf stops (or skips) the step where it first appears, naming the tensor and the step.
+
+Only real slots are checked: masked slots may hold anything (the masked reductions remove them
+with `torch.where` before any arithmetic, so they never reach a loss).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from rto.algos.masked import as_bool
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss, reward, advantage, value or log-prob holds NaN or Inf on a real slot."""
+
+    def __init__(self, name: str, step: Optional[int] = None, count: int = 0, total: int = 0, where: str = ""):
+        self.name, self.step, self.count, self.total = name, step, count, total
+        at = "" if step is None else f" at step {step}"
+        super().__init__(f"{name} is not finite{at}: {count} of {total} real values are NaN or Inf{where}")
+
+
+def check_finite(name: str, tensor: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                 step: Optional[int] = None) -> torch.Tensor:
+    """Return `tensor` if every real slot is finite, else raise NonFiniteError naming `name` and `step`."""
+    finite = torch.isfinite(tensor.detach())
+    if mask is not None:
+        finite = finite | ~as_bool(mask).expand_as(finite)
+    if bool(finite.all()):
+        return tensor
+    total = tensor.numel() if mask is None else int(as_bool(mask).expand_as(finite).sum())
+    raise NonFiniteError(name, step, int((~finite).sum()), total)

@@ -1,0 +1,143 @@
+"""Row validation before any training: every source's rows go through here (`load_data`).
+
+A row is rejected for a missing field, a field that is not text, an empty (or blank) text, a
+preference pair whose chosen and rejected responses are the same, or a text longer than the
+run's token limits (which the collators would otherwise cut silently). `data.on_invalid=raise`
+stops with the row numbers and reasons; `skip` drops the rows and logs how many, and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+from rto.data.collate import Encoder
+
+log = logging.getLogger(__name__)
+
+FIELDS = {"sft": ("prompt", "response"), "pair": ("prompt", "chosen", "rejected")}
+RESPONSE_FIELDS = ("response", "chosen", "rejected")
+MAX_LISTED = 10
+
+
+class InvalidDataError(ValueError):
+    """Rows that cannot be trained on; the message lists row numbers and reasons."""
+
+
+def _ids(encoder: Encoder, text: str, tokenized: Optional[dict] = None) -> list[int]:
+    if tokenized is not None and text in tokenized:
+        return tokenized[text]
+    return encoder.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_all(encoder: Encoder, texts) -> dict[str, list[int]]:
+    """One batched tokenizer call for many rows (per-row calls dominate validation time)."""
+    texts = list(dict.fromkeys(t for t in texts if isinstance(t, str)))
+    return dict(zip(texts, encoder.tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+
+
+def prompt_tokens(encoder: Encoder, text: str, tokenized: Optional[dict] = None) -> int:
+    """Token count of a prompt as the collator builds it (BOS included), before truncation."""
+    return len(_ids(encoder, text, tokenized)) + (encoder.tokenizer.bos_token_id is not None)
+
+
+def response_tokens(encoder: Encoder, text: str, tokenized: Optional[dict] = None) -> int:
+    """Token count of a response as the collator builds it (appended EOS included), before truncation."""
+    ids = _ids(encoder, text, tokenized)
+    eos = encoder.tokenizer.eos_token_id
+    return len(ids) + (encoder.append_eos and (not ids or ids[-1] != eos))
+
+
+def text_problem(field: str, value: Any) -> Optional[str]:
+    if not isinstance(value, str):
+        return f"{field} is not text ({type(value).__name__})"
+    if not value.strip():
+        return f"{field} is empty"
+    if "\x00" in value:
+        return f"{field} contains a NUL byte (binary content?)"
+    return None
+
+
+def length_problem(field: str, value: str, encoder: Optional[Encoder], tokenized: Optional[dict] = None
+                   ) -> Optional[str]:
+    if encoder is None:
+        return None
+    if field == "prompt":
+        n, limit, key = prompt_tokens(encoder, value, tokenized), encoder.max_prompt_tokens, "data.max_prompt_tokens"
+    else:
+        n, limit = response_tokens(encoder, value, tokenized), encoder.max_response_tokens
+        key = "data.max_response_tokens"
+    return f"{field} has {n} tokens, over {key}={limit}" if n > limit else None
+
+
+def row_problems(row: Any, kind: str, encoder: Optional[Encoder] = None, tokenized: Optional[dict] = None
+                 ) -> list[str]:
+    """Why `row` (an `sft` or `pair` row) cannot be used; empty if it can."""
+    if not isinstance(row, Mapping):
+        return [f"row is a {type(row).__name__}, expected a mapping with fields {', '.join(FIELDS[kind])}"]
+    problems = []
+    for field in FIELDS[kind]:
+        if field not in row or row[field] is None:
+            problems.append(f"missing field {field!r}")
+            continue
+        problem = text_problem(field, row[field]) or length_problem(field, row[field], encoder, tokenized)
+        if problem:
+            problems.append(problem)
+    if kind == "pair" and not problems and row["chosen"].strip() == row["rejected"].strip():
+        problems.append("chosen and rejected are identical")
+    return problems
+
+
+def prompt_problems(prompt: Any, encoder: Optional[Encoder] = None, tokenized: Optional[dict] = None
+                    ) -> list[str]:
+    problem = text_problem("prompt", prompt)
+    if problem is None:
+        problem = length_problem("prompt", prompt, encoder, tokenized)
+    return [problem] if problem else []
+
+
+def validate_rows(rows: list, kind: str, encoder: Optional[Encoder] = None, on_invalid: str = "raise",
+                  name: str = "rows") -> list:
+    """The rows that pass; raise InvalidDataError (`on_invalid=raise`) or drop the rest (`skip`).
+
+    `kind`: `sft`, `pair` or `prompt`. Row numbers in messages are 0-based positions in `rows`.
+    """
+    tokenized = None
+    if encoder is not None:
+        texts = rows if kind == "prompt" else \
+            (r.get(f) for r in rows if isinstance(r, Mapping) for f in FIELDS[kind])
+        tokenized = tokenize_all(encoder, texts)
+    check: Callable[[Any], list[str]] = (lambda r: prompt_problems(r, encoder, tokenized)) if kind == "prompt" \
+        else (lambda r: row_problems(r, kind, encoder, tokenized))
+    bad = [(i, problems) for i, row in enumerate(rows) if (problems := check(row))]
+    if not bad:
+        return list(rows)
+    reasons = Counter(re.sub(r"\d+", "N", p) for _, problems in bad for p in problems)
+    summary = "; ".join(f"{reason}: {count}" for reason, count in reasons.most_common())
+    if on_invalid == "skip":
+        log.warning("%s: skipping %d of %d invalid rows (%s)", name, len(bad), len(rows), summary)
+        dropped = {i for i, _ in bad}
+        kept = [row for i, row in enumerate(rows) if i not in dropped]
+        if not kept:
+            raise InvalidDataError(f"{name}: every one of the {len(rows)} rows is invalid ({summary})")
+        return kept
+    listed = "\n  ".join(f"row {i}: {'; '.join(problems)}" for i, problems in bad[:MAX_LISTED])
+    more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+    raise InvalidDataError(
+        f"{name}: {len(bad)} of {len(rows)} rows are invalid ({summary}); fix them, or set data.on_invalid=skip "
+        f"to drop them (row numbers are 0-based):\n  {listed}{more}")
+
+
+def validate_bundle(bundle, on_invalid: str = "raise"):
+    """Validate every row set of a DataBundle in place (SFT rows, preference pairs, prompts)."""
+    enc = bundle.encoder
+    bundle.sft_rows = validate_rows(bundle.sft_rows, "sft", enc, on_invalid, "sft rows")
+    bundle.train_pairs = validate_rows(bundle.train_pairs, "pair", enc, on_invalid, "preference pairs (train)")
+    bundle.val_pairs = validate_rows(bundle.val_pairs, "pair", enc, on_invalid, "preference pairs (val)") \
+        if bundle.val_pairs else bundle.val_pairs
+    bundle.train_prompts = validate_rows(bundle.train_prompts, "prompt", enc, on_invalid, "train prompts")
+    bundle.eval_prompts = validate_rows(bundle.eval_prompts, "prompt", enc, on_invalid, "eval prompts")
+    return bundle

@@ -1,0 +1,81 @@
+"""Kill -9 a real run during DPO, then during PPO; the same command resumes and ends with the metrics
+of a run that was never interrupted (CPU, deterministic mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# small but with several resume checkpoints per stage: 12 DPO steps, 6 PPO iterations
+ARGS = ["debug=tiny", "deterministic=true", "threads=1", "logger=csv", "dpo.epochs=3", "ppo.iterations=6",
+        "resume.every_n_steps=1"]
+# bit-for-bit equality is expected; this only absorbs float printing
+TOLERANCE = 1e-9
+
+
+def command(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "rto.main", *ARGS, f"hydra.run.dir={run_dir}"]
+
+
+def env() -> dict:
+    return {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+
+
+def run_to_end(run_dir: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(run_dir), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def kill_when_resumable(run_dir: Path, stage: str, timeout: float = 600) -> None:
+    """Start the run and SIGKILL it as soon as `stage` has a complete resume checkpoint."""
+    proc = subprocess.Popen(command(run_dir), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    resume_dir = run_dir / "checkpoints" / f"{stage}-resume"
+    deadline = time.monotonic() + timeout
+    try:
+        while not list(resume_dir.glob("*.ckpt.json")):
+            assert proc.poll() is None, f"the run ended (rc={proc.returncode}) before a {stage} checkpoint appeared"
+            assert time.monotonic() < deadline, "no resume checkpoint in time"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it was killed"
+    assert not (run_dir / "checkpoints" / stage).exists(), f"{stage} finished before the kill"
+
+
+def comparable(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run_to_end(out)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_kill_during_dpo_then_ppo_resumes_to_the_same_metrics(uninterrupted, tmp_path):
+    kill_when_resumable(tmp_path, "dpo")
+    assert (tmp_path / "checkpoints" / "rm").is_dir()  # finished stages survive the kill
+    kill_when_resumable(tmp_path, "ppo")
+    assert (tmp_path / "checkpoints" / "dpo").is_dir()
+    assert not (tmp_path / "checkpoints" / "dpo-resume").exists()  # cleared once the stage finished
+    result = run_to_end(tmp_path)
+    log = result.stdout + result.stderr
+    assert "dpo: loading" in log and "resuming from" in log and "ppo-resume" in log
+    resumed = comparable(json.loads((tmp_path / "metrics.json").read_text()))
+    expected = comparable(uninterrupted)
+    assert resumed.keys() == expected.keys()
+    for key, value in expected.items():
+        assert resumed[key] == pytest.approx(value, abs=TOLERANCE, rel=0), key
+    assert not (tmp_path / "checkpoints" / "ppo-resume").exists()
