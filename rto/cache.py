@@ -29,6 +29,8 @@ from typing import Any, Iterator, Optional
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from rto.artifacts import write_manifest
+
 CACHED_STAGES = ("sft", "rm", "dpo")
 # what each stage starts from (their keys enter its key) and the config sections that shape it
 UPSTREAM = {"sft": (), "rm": ("sft",), "dpo": ("sft",)}
@@ -113,14 +115,19 @@ class StageCache:
         final = self.path(stage, key)
         tmp = final.with_name(f".{key}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        # the source's own manifest is not linked: the entry gets a new one, and writing through a
+        # hard link would rewrite the run folder's manifest too
+        skip = shutil.ignore_patterns(MANIFEST)
         try:
-            shutil.copytree(source, tmp, copy_function=os.link)
+            shutil.copytree(source, tmp, copy_function=os.link, ignore=skip)
         except OSError:  # another filesystem: plain copy
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(source, tmp)
-        manifest = {"stage": stage, "key": key, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "source": str(source), "inputs": inputs}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+            shutil.copytree(source, tmp, ignore=skip)
+        source_manifest = json.loads((source / MANIFEST).read_text()) if (source / MANIFEST).is_file() else {}
+        # the manifest (file hashes, verified on every hit) is written last: an entry without one is unfinished
+        write_manifest(tmp, stage, source_manifest.get("config_hash"), stage=stage, key=key,
+                       created=time.strftime("%Y-%m-%d %H:%M:%S"), source=str(source),
+                       inputs=json.loads(json.dumps(inputs, default=str)))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
