@@ -18,6 +18,7 @@ again; an entry is built in a temporary folder and renamed into place, so it is 
 from __future__ import annotations
 
 import argparse
+import logging
 import hashlib
 import json
 import os
@@ -31,7 +32,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from rto.artifacts import write_manifest
 
+log = logging.getLogger(__name__)
+
 CACHED_STAGES = ("sft", "rm", "dpo")
+
+
+def may_run_several_processes(trainer_cfg) -> bool:
+    """True unless the trainer config pins one process (devices and num_nodes both 1)."""
+    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
+    return not (devices in (1, "1") and nodes in (1, "1", None))
 # what each stage starts from (their keys enter its key) and the config sections that shape it
 UPSTREAM = {"sft": (), "rm": ("sft",), "dpo": ("sft",)}
 OWN_SECTIONS = {"sft": ("data", "model", "sft", "seed"), "rm": ("rm",), "dpo": ("dpo",)}
@@ -96,6 +105,11 @@ class StageCache:
     def from_config(cls, cfg: DictConfig) -> Optional["StageCache"]:
         cache_cfg = cfg.get("cache")
         if not cache_cfg or not cache_cfg.enabled:
+            return None
+        if may_run_several_processes(cfg.get("trainer") or {}):
+            # every rank runs the pipeline: a rank waiting on the lock its peer holds while that peer
+            # waits for it in the collective would deadlock, so data-parallel runs train their stages
+            log.info("stage cache off: trainer.devices/num_nodes may start several processes")
             return None
         return cls(cfg.paths.cache_dir)
 

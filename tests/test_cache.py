@@ -101,3 +101,10 @@ def test_cache_can_be_disabled(tmp_path):
 def test_cli_rejects_an_uncached_stage(tmp_path, bad):
     with pytest.raises(SystemExit):
         cache_main(["list", bad, "--dir", str(tmp_path)])
+
+
+def test_cache_is_off_when_the_trainer_may_start_several_processes(tmp_path):
+    # every DDP rank runs the pipeline; a shared lock would deadlock the ranks' collectives
+    assert StageCache.from_config(compose_config("trainer=ddp_cpu", output_dir=tmp_path)) is None
+    assert StageCache.from_config(compose_config("trainer=ddp", output_dir=tmp_path)) is None
+    assert StageCache.from_config(compose_config("trainer=cpu", output_dir=tmp_path)) is not None
