@@ -74,8 +74,8 @@ def test_error_lists_the_first_rows_and_counts_the_rest():
 def test_load_data_validates_every_source(tmp_path, monkeypatch):
     original = sources.SOURCES["embedded"]
 
-    def with_bad_rows(cfg):
-        bundle = original(cfg)
+    def with_bad_rows(cfg, tokenizer):
+        bundle = original(cfg, tokenizer)
         bundle.sft_rows[5] = {**bundle.sft_rows[5], "response": ""}
         bundle.train_pairs[3] = {**bundle.train_pairs[3], "rejected": bundle.train_pairs[3]["chosen"]}
         return bundle

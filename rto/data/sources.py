@@ -80,4 +80,6 @@ def load_data(data_cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]
     if source not in SOURCES:
         raise ValueError(f"data.source={source!r} is not a known source ({', '.join(SOURCES)})")
     # every source's rows are validated here, before any training
-    return validate_bundle(SOURCES[source](data_cfg, tokenizer), data_cfg.get("on_invalid", "raise"))
+    # (real sources apply `data.truncate_prompts` to long prompts themselves)
+    return validate_bundle(SOURCES[source](data_cfg, tokenizer), data_cfg.get("on_invalid", "raise"),
+                           check_prompt_length="truncate_prompts" not in data_cfg)

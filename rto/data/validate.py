@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -51,7 +52,21 @@ def response_tokens(encoder: Encoder, text: str, tokenized: Optional[dict] = Non
     return len(ids) + (encoder.append_eos and (not ids or ids[-1] != eos))
 
 
+def messages_problem(field: str, value: list) -> Optional[str]:
+    """A chat prompt: a non-empty list of {role, content} messages whose contents are text."""
+    if not value:
+        return f"{field} is an empty message list"
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping) or not isinstance(message.get("content"), str):
+            return f"{field} message {i} is not a {{role, content}} mapping with text content"
+        if "\x00" in message["content"]:
+            return f"{field} message {i} contains a NUL byte (binary content?)"
+    return None
+
+
 def text_problem(field: str, value: Any) -> Optional[str]:
+    if field == "prompt" and isinstance(value, list):
+        return messages_problem(field, value)
     if not isinstance(value, str):
         return f"{field} is not text ({type(value).__name__})"
     if not value.strip():
@@ -61,11 +76,13 @@ def text_problem(field: str, value: Any) -> Optional[str]:
     return None
 
 
-def length_problem(field: str, value: str, encoder: Optional[Encoder], tokenized: Optional[dict] = None
-                   ) -> Optional[str]:
+def length_problem(field: str, value: str, encoder: Optional[Encoder], tokenized: Optional[dict] = None,
+                   check_prompt_length: bool = True) -> Optional[str]:
     if encoder is None:
         return None
     if field == "prompt":
+        if not check_prompt_length or not isinstance(value, str):
+            return None  # the source applied its own `data.truncate_prompts` policy to these
         n, limit, key = prompt_tokens(encoder, value, tokenized), encoder.max_prompt_tokens, "data.max_prompt_tokens"
     else:
         n, limit = response_tokens(encoder, value, tokenized), encoder.max_response_tokens
@@ -73,8 +90,8 @@ def length_problem(field: str, value: str, encoder: Optional[Encoder], tokenized
     return f"{field} has {n} tokens, over {key}={limit}" if n > limit else None
 
 
-def row_problems(row: Any, kind: str, encoder: Optional[Encoder] = None, tokenized: Optional[dict] = None
-                 ) -> list[str]:
+def row_problems(row: Any, kind: str, encoder: Optional[Encoder] = None, tokenized: Optional[dict] = None,
+                 check_prompt_length: bool = True) -> list[str]:
     """Why `row` (an `sft` or `pair` row) cannot be used; empty if it can."""
     if not isinstance(row, Mapping):
         return [f"row is a {type(row).__name__}, expected a mapping with fields {', '.join(FIELDS[kind])}"]
@@ -83,7 +100,8 @@ def row_problems(row: Any, kind: str, encoder: Optional[Encoder] = None, tokeniz
         if field not in row or row[field] is None:
             problems.append(f"missing field {field!r}")
             continue
-        problem = text_problem(field, row[field]) or length_problem(field, row[field], encoder, tokenized)
+        problem = text_problem(field, row[field]) or \
+            length_problem(field, row[field], encoder, tokenized, check_prompt_length)
         if problem:
             problems.append(problem)
     if kind == "pair" and not problems and row["chosen"].strip() == row["rejected"].strip():
@@ -91,16 +109,16 @@ def row_problems(row: Any, kind: str, encoder: Optional[Encoder] = None, tokeniz
     return problems
 
 
-def prompt_problems(prompt: Any, encoder: Optional[Encoder] = None, tokenized: Optional[dict] = None
-                    ) -> list[str]:
+def prompt_problems(prompt: Any, encoder: Optional[Encoder] = None, tokenized: Optional[dict] = None,
+                    check_prompt_length: bool = True) -> list[str]:
     problem = text_problem("prompt", prompt)
     if problem is None:
-        problem = length_problem("prompt", prompt, encoder, tokenized)
+        problem = length_problem("prompt", prompt, encoder, tokenized, check_prompt_length)
     return [problem] if problem else []
 
 
 def validate_rows(rows: list, kind: str, encoder: Optional[Encoder] = None, on_invalid: str = "raise",
-                  name: str = "rows") -> list:
+                  name: str = "rows", check_prompt_length: bool = True) -> list:
     """The rows that pass; raise InvalidDataError (`on_invalid=raise`) or drop the rest (`skip`).
 
     `kind`: `sft`, `pair` or `prompt`. Row numbers in messages are 0-based positions in `rows`.
@@ -110,8 +128,9 @@ def validate_rows(rows: list, kind: str, encoder: Optional[Encoder] = None, on_i
         texts = rows if kind == "prompt" else \
             (r.get(f) for r in rows if isinstance(r, Mapping) for f in FIELDS[kind])
         tokenized = tokenize_all(encoder, texts)
-    check: Callable[[Any], list[str]] = (lambda r: prompt_problems(r, encoder, tokenized)) if kind == "prompt" \
-        else (lambda r: row_problems(r, kind, encoder, tokenized))
+    check: Callable[[Any], list[str]] = \
+        (lambda r: prompt_problems(r, encoder, tokenized, check_prompt_length)) if kind == "prompt" \
+        else (lambda r: row_problems(r, kind, encoder, tokenized, check_prompt_length))
     bad = [(i, problems) for i, row in enumerate(rows) if (problems := check(row))]
     if not bad:
         return list(rows)
@@ -131,13 +150,15 @@ def validate_rows(rows: list, kind: str, encoder: Optional[Encoder] = None, on_i
         f"to drop them (row numbers are 0-based):\n  {listed}{more}")
 
 
-def validate_bundle(bundle, on_invalid: str = "raise"):
-    """Validate every row set of a DataBundle in place (SFT rows, preference pairs, prompts)."""
-    enc = bundle.encoder
-    bundle.sft_rows = validate_rows(bundle.sft_rows, "sft", enc, on_invalid, "sft rows")
-    bundle.train_pairs = validate_rows(bundle.train_pairs, "pair", enc, on_invalid, "preference pairs (train)")
-    bundle.val_pairs = validate_rows(bundle.val_pairs, "pair", enc, on_invalid, "preference pairs (val)") \
+def validate_bundle(bundle, on_invalid: str = "raise", check_prompt_length: bool = True):
+    """Validate every row set of a DataBundle in place (SFT rows, preference pairs, prompts).
+    `check_prompt_length=False` where the source already truncated or dropped long prompts."""
+    check = partial(validate_rows, encoder=bundle.encoder, on_invalid=on_invalid,
+                                         check_prompt_length=check_prompt_length)
+    bundle.sft_rows = check(bundle.sft_rows, "sft", name="sft rows")
+    bundle.train_pairs = check(bundle.train_pairs, "pair", name="preference pairs (train)")
+    bundle.val_pairs = check(bundle.val_pairs, "pair", name="preference pairs (val)") \
         if bundle.val_pairs else bundle.val_pairs
-    bundle.train_prompts = validate_rows(bundle.train_prompts, "prompt", enc, on_invalid, "train prompts")
-    bundle.eval_prompts = validate_rows(bundle.eval_prompts, "prompt", enc, on_invalid, "eval prompts")
+    bundle.train_prompts = check(bundle.train_prompts, "prompt", name="train prompts")
+    bundle.eval_prompts = check(bundle.eval_prompts, "prompt", name="eval prompts")
     return bundle

@@ -30,6 +30,10 @@ def pretrained_kwargs(model_cfg: DictConfig) -> dict:
     kwargs = {"trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
     if model_cfg.get("gguf_file"):
         kwargs["gguf_file"] = model_cfg.gguf_file
+    # a local folder never reaches for the hub, and one without a model is a clear error
+    source = model_cfg.get("pretrained") or model_cfg.get("path")
+    if source:
+        kwargs.update(local_model_kwargs(source, need=None if kwargs.get("gguf_file") else "config.json"))
     return kwargs
 
 
