@@ -40,7 +40,8 @@ def batches(per_rank: int) -> list[str]:
 
 def cli(out: Path, *overrides: str) -> Path:
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "rto.main", *COMMON, *overrides, f"hydra.run.dir={out}"],
+    result = subprocess.run([sys.executable, "-m", "rto.main", *COMMON, *overrides, f"hydra.run.dir={out}",
+                             f"paths.cache_dir={out}/cache"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return out
