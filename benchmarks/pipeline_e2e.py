@@ -29,7 +29,7 @@ def run_once(overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "rto.main", "print_config=false", "logger=csv",
+        subprocess.run([sys.executable, "-m", "rto.main", "print_config=false", "logger=csv", "cache.enabled=false",
                         f"hydra.run.dir={run_dir}", *overrides], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL, env={**os.environ, "WANDB_MODE": "offline"})
         seconds = time.perf_counter() - start
