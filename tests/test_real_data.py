@@ -102,7 +102,9 @@ def test_long_prompts_truncated_or_dropped_and_counted(assets, tmp_path, caplog,
     with caplog.at_level(logging.WARNING):
         if kept:
             data = load_data(cfg.data, tok)
-            assert len(data.train_pairs) + len(data.val_pairs) + len(data.eval_prompts) >= kept - 5
+            # every pair is kept but those of the held-out prompts (eval_fraction=0.2 of 24 distinct prompts)
+            assert len(data.train_pairs) + len(data.val_pairs) == kept - round(0.2 * kept)
+            assert len(data.encoder.prompt(data.train_pairs[0]["prompt"])) == 8  # the last 8 tokens
         else:  # every templated prompt is longer than 8 tokens: nothing is left, and the error says so
             with pytest.raises(ValueError, match="no preference pairs left"):
                 load_data(cfg.data, tok)

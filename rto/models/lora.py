@@ -42,7 +42,3 @@ def load_adapter(base: PreTrainedModel, folder: str | Path) -> PeftModel:
     """The base model with a saved adapter, trainable (frozen copies are frozen by their stage)."""
     return PeftModel.from_pretrained(base, str(folder), is_trainable=True)
 
-
-def merged(model) -> PreTrainedModel:
-    """A plain transformers model: LoRA weights folded in (in place) when `model` is a PeftModel."""
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
