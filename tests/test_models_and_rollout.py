@@ -78,3 +78,25 @@ def test_kv_cache_sampling_matches_full_forward_distribution():
             logits = lm(input_ids=torch.tensor([seq])).logits[0, -1]
             seq.append(int(logits.argmax()))
     assert ids[0].tolist() == seq[2:]
+
+
+def test_lora_wrapped_policy_samples_through_the_current_cache_keyword():
+    """A peft wrapper's forward takes **kwargs; the sampler must still pass the model's own cache keyword
+    (not the deprecated `past_key_values`) and sample exactly what the unwrapped model samples."""
+    import inspect
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from rto.rl.rollout import _cache_keyword
+
+    lm = tiny_lm(3)
+    expected = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    wrapped = get_peft_model(tiny_lm(3), LoraConfig(r=2, target_modules=["q_proj"], lora_dropout=0.0))
+    assert _cache_keyword(wrapped) == expected
+    prompt_ids, prompt_mask = torch.tensor([[PAD, 1, 4]]), torch.tensor([[0, 1, 1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        got = sample_responses(wrapped, prompt_ids, prompt_mask, 4, EOS, PAD, generator=torch.Generator().manual_seed(0))
+    plain = sample_responses(lm, prompt_ids, prompt_mask, 4, EOS, PAD, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(got[0], plain[0])  # LoRA's B starts at zero: same model, same samples

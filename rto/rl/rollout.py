@@ -27,12 +27,14 @@ class Rollout:
 
 
 def _cache_keyword(model) -> str:
-    """transformers 5 renamed `past_key_values` to `cache`; accept both generations of models."""
+    """transformers 5 renamed `past_key_values` to `cache`; accept both generations of models.
+    A wrapper (a peft LoRA model) forwards `**kwargs`: read the signature of the model it wraps."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _cache_of(output):
-    return getattr(output, "cache", None) if hasattr(output, "cache") else output.past_key_values
+    return output.cache if hasattr(output, "cache") else output.past_key_values
 
 
 def mask_after_eos(response_ids: Tensor, eos_id: int) -> Tensor:
