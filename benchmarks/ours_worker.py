@@ -25,6 +25,7 @@ from step_clock import StepClock  # noqa: E402
 
 from rto.data.collate import Encoder, PairCollator, PromptCollator  # noqa: E402
 from rto.models import ScalarHeadModel, load_policy  # noqa: E402
+from rto.models.retokenize import RewardScorer  # noqa: E402
 from rto.stages import DPOModule, PPOModule  # noqa: E402
 from rto.stages.dpo import with_reference_logps  # noqa: E402
 
@@ -66,8 +67,10 @@ def main() -> None:
         pairs = json.loads(Path(spec["pairs"]).read_text())
         reference = load_policy(spec["model"])
         if cfg.dpo.precompute_ref:  # once per dataset, before training: not part of a step (as in TRL)
-            pairs = with_reference_logps(reference, pairs, PairCollator(encoder), spec["dpo_pairs"])
-        module = DPOModule(load_policy(spec["model"]), reference, cfg.dpo.beta, instantiate(cfg.dpo.optimizer))
+            pairs = with_reference_logps(reference, pairs, PairCollator(encoder), spec["dpo_pairs"],
+                                         cfg.dpo.share_prompt)
+        module = DPOModule(load_policy(spec["model"]), reference, cfg.dpo.beta, instantiate(cfg.dpo.optimizer),
+                           share_prompt=cfg.dpo.share_prompt)
         sampler = RandomSampler(pairs, replacement=True, num_samples=steps * spec["dpo_pairs"])
         loader = DataLoader(pairs, batch_size=spec["dpo_pairs"], sampler=sampler, collate_fn=PairCollator(encoder))
     else:
@@ -75,7 +78,8 @@ def main() -> None:
         pc = cfg.ppo
         module = PPOModule(
             load_policy(spec["model"]), scalar_model(spec["model"]), load_policy(spec["model"]),
-            scalar_model(spec["model"]), load_policy(spec["model"]) if work == "ppo_token" else None,
+            RewardScorer(scalar_model(spec["model"]), encoder, tok),
+            load_policy(spec["model"]) if work == "ppo_token" else None,
             ppo_cfg=pc, reward_cfg=cfg.reward, beta=cfg.beta, actor_optimizer=instantiate(pc.actor_optimizer),
             critic_optimizer=instantiate(pc.critic_optimizer), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
             decode=None, gold=None)

@@ -239,7 +239,7 @@ class Run:
 
         def train():
             model = new_reward_model(self.cfg.reward_model, self.cfg.model, sft)
-            self.fit("rm", RewardModelModule(model, instantiate(cfg.optimizer)),
+            self.fit("rm", RewardModelModule(model, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt),
                      lambda: (self.loader(self.data.train_pairs, PairCollator(self.rm_encoder), cfg.batch_size,
                                           shuffle=True), None),
                      max_epochs=cfg.epochs)
@@ -247,7 +247,8 @@ class Run:
 
         model = self.obtain("rm", ScalarHeadModel.from_pretrained, train)
         if val is not None:  # held-out preference accuracy, reported whether trained now or loaded
-            result = self.trainer().validate(RewardModelModule(model, instantiate(cfg.optimizer)), val, verbose=False)
+            module = RewardModelModule(model, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt)
+            result = self.trainer().validate(module, val, verbose=False)
             self.metrics["rm/val_accuracy"] = float(result[0]["rm/val_accuracy"])
             log.info("reward model held-out preference accuracy: %.3f", self.metrics["rm/val_accuracy"])
         return model
@@ -259,9 +260,9 @@ class Run:
             collate = PairCollator(self.data.encoder)
             train_pairs = self.data.train_pairs
             if cfg.precompute_ref:
-                train_pairs = with_reference_logps(sft, train_pairs, collate, cfg.batch_size)
+                train_pairs = with_reference_logps(sft, train_pairs, collate, cfg.batch_size, cfg.share_prompt)
             val = self.loader(self.data.val_pairs, collate, cfg.batch_size, shuffle=False) if self.data.val_pairs else None
-            self.fit("dpo", DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer)),
+            self.fit("dpo", DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt),
                      lambda: (self.loader(train_pairs, collate, cfg.batch_size, shuffle=True), val),
                      max_epochs=cfg.epochs)
             return policy

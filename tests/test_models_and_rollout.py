@@ -88,12 +88,12 @@ def test_lora_wrapped_policy_samples_through_the_current_cache_keyword():
 
     from peft import LoraConfig, get_peft_model
 
-    from rto.rl.rollout import _cache_keyword
+    from rto.models.forward import cache_keyword
 
     lm = tiny_lm(3)
     expected = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
     wrapped = get_peft_model(tiny_lm(3), LoraConfig(r=2, target_modules=["q_proj"], lora_dropout=0.0))
-    assert _cache_keyword(wrapped) == expected
+    assert cache_keyword(wrapped) == expected
     prompt_ids, prompt_mask = torch.tensor([[PAD, 1, 4]]), torch.tensor([[0, 1, 1]])
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)

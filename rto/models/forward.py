@@ -2,9 +2,16 @@
 
 Every model in the pipeline sees the same layout; position ids come from the attention
 mask so that left padding does not shift positions.
+
+Preference pairs (`PairCollator`: chosen rows, then rejected rows, each prompt twice) can run
+each prompt once and both responses on its cached keys and values (`shared_prompt_forward`):
+the same numbers, with the prompt's forward and backward done once instead of twice.
 """
 
 from __future__ import annotations
+
+import inspect
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -20,6 +27,61 @@ def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tenso
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
 
 
+def cache_keyword(model) -> str:
+    """transformers 5 renamed `past_key_values` to `cache`; accept both generations of models.
+    A wrapper (a peft LoRA model) forwards `**kwargs`: read the signature of the model it wraps."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(output):
+    return output.cache if hasattr(output, "cache") else output.past_key_values
+
+
+def _checkpointing(model) -> bool:
+    """Activation checkpointing turns the cache off (transformers 5 renamed the flag)."""
+    flag = getattr(model, "is_activation_checkpointing", None)
+    return bool(getattr(model, "is_gradient_checkpointing", False) if flag is None else flag)
+
+
+def holds_pairs(batch: dict) -> bool:
+    """True for a `PairCollator` batch: its two halves hold the same prompts, each with at least
+    one real token in the last column (left padding), so one cached prompt serves both rows."""
+    ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+    half = ids.shape[0] // 2
+    return (ids.shape[0] == 2 * half > 0 and bool(mask[:, -1].all()) and torch.equal(ids[:half], ids[half:])
+            and torch.equal(mask[:half], mask[half:]))
+
+
+def shared_prompt_forward(model, batch: dict, **prompt_kwargs) -> Optional[tuple[Any, Any, Tensor]]:
+    """Each prompt of a pair batch once, then all `2B` responses on its cached keys and values.
+
+    Returns `(prompt output [B], response output [2B], rows)`, `rows` mapping each of the `2B`
+    rows to its prompt, or None where this cannot be done (not a pair batch, gradient
+    checkpointing, a model without a selectable cache): the caller then does the plain forward.
+    Gradients through the cache reach the prompt from both responses, as in the plain forward.
+    """
+    if not holds_pairs(batch) or _checkpointing(model):
+        return None
+    half = batch["prompt_ids"].shape[0] // 2
+    prompt_mask = batch["prompt_mask"][:half].long()
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    prompt_out = model(input_ids=batch["prompt_ids"][:half], attention_mask=prompt_mask, position_ids=positions,
+                       use_cache=True, **prompt_kwargs)
+    cache = cache_of(prompt_out)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return None
+    rows = torch.arange(half, device=prompt_mask.device).repeat(2)
+    cache.batch_select_indices(rows)  # chosen rows then rejected rows, as in the batch
+    response_ids, response_mask = batch["response_ids"], batch["response_mask"].long()
+    # response token t sits at position (real prompt tokens) + t, as in `sequence_inputs`
+    start = prompt_mask.sum(dim=1, keepdim=True)[rows]
+    response_positions = start + torch.arange(response_ids.shape[1], device=start.device)
+    response_out = model(input_ids=response_ids, attention_mask=torch.cat([prompt_mask[rows], response_mask], dim=1),
+                         position_ids=response_positions, use_cache=True, **{cache_keyword(model): cache})
+    return prompt_out, response_out, rows
+
+
 def response_forward(model, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
                      response_mask: Tensor) -> Tensor:
     """Logits `[B, R, V]` that predict each response token (position P-1+t predicts token t)."""
@@ -30,10 +92,24 @@ def response_forward(model, prompt_ids: Tensor, prompt_mask: Tensor, response_id
     return logits[:, :-1].float()
 
 
-def policy_logprobs(model, batch: dict) -> tuple[Tensor, Tensor]:
+def pair_response_forward(model, batch: dict) -> Tensor:
+    """`response_forward` for a pair batch, each prompt run once (falls back to the plain forward)."""
+    shared = shared_prompt_forward(model, batch, logits_to_keep=1)
+    if shared is None:
+        return response_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
+                                batch["response_mask"])
+    prompt_out, response_out, rows = shared
+    # the prompt's last position predicts response token 0; response position t predicts token t+1
+    return torch.cat([prompt_out.logits[:, -1:][rows], response_out.logits[:, :-1]], dim=1).float()
+
+
+def policy_logprobs(model, batch: dict, share_prompt: bool = False) -> tuple[Tensor, Tensor]:
     """`(logprobs [B, R], logits [B, R, V])` of the batch's response tokens under `model`;
-    masked slots of `logprobs` are exactly 0."""
-    logits = response_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
-                              batch["response_mask"])
+    masked slots of `logprobs` are exactly 0. `share_prompt`: a pair batch runs each prompt once."""
+    if share_prompt:
+        logits = pair_response_forward(model, batch)
+    else:
+        logits = response_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
+                                  batch["response_mask"])
     # logits are already aligned (index t predicts token t): a prompt of length 1 in algos' layout
     return response_logprobs(logits, batch["response_ids"], 1, batch["response_mask"]), logits

@@ -15,7 +15,7 @@ from peft import PeftModel
 from torch import Tensor, nn
 from transformers import AutoModel, PreTrainedModel
 
-from rto.models.forward import sequence_inputs
+from rto.models.forward import sequence_inputs, shared_prompt_forward
 
 HEAD_FILE = "scalar_head.safetensors"
 
@@ -38,6 +38,9 @@ class ScalarHeadModel(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids, use_cache=False).last_hidden_state
+        return self.head_values(hidden)
+
+    def head_values(self, hidden: Tensor) -> Tensor:
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()  # the head stays fp32
 
     def response_values(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
@@ -56,6 +59,23 @@ class ScalarHeadModel(nn.Module):
         mask = inputs["attention_mask"]
         positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         last = torch.where(mask.bool(), positions, -1).max(dim=1).values
+        return values.gather(1, last.unsqueeze(1)).squeeze(1)
+
+    def score_pairs(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
+                    response_mask: Tensor) -> Tensor:
+        """`score` for a pair batch (chosen rows, then rejected rows): each prompt runs once and
+        both responses read its cached keys and values. Falls back to `score` for other batches."""
+        batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
+                 "response_mask": response_mask}
+        shared = shared_prompt_forward(self.backbone, batch)
+        if shared is None:
+            return self.score(prompt_ids, prompt_mask, response_ids, response_mask)
+        prompt_out, response_out, rows = shared
+        # column 0: the prompt's last token (an empty response is scored there), then the response
+        hidden = torch.cat([prompt_out.last_hidden_state[:, -1:][rows], response_out.last_hidden_state], dim=1)
+        values = self.head_values(hidden)
+        columns = torch.arange(1, response_mask.shape[1] + 1, device=response_mask.device).expand_as(response_mask)
+        last = torch.where(response_mask.bool(), columns, 0).max(dim=1).values
         return values.gather(1, last.unsqueeze(1)).squeeze(1)
 
     def save_pretrained(self, folder: str | Path) -> None:

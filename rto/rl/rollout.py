@@ -7,12 +7,13 @@ needs (the response ends at and includes the first EOS; a response may have none
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import Tensor
+
+from rto.models.forward import cache_keyword, cache_of
 
 
 @dataclass
@@ -24,17 +25,6 @@ class Rollout:
     prompt_text: list[str] = field(default_factory=list)
     # log pi(y_t) of the sampled tokens, from the sampling logits (masked slots 0); saves PPO a forward
     logprobs: Optional[Tensor] = None
-
-
-def _cache_keyword(model) -> str:
-    """transformers 5 renamed `past_key_values` to `cache`; accept both generations of models.
-    A wrapper (a peft LoRA model) forwards `**kwargs`: read the signature of the model it wraps."""
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _cache_of(output):
-    return output.cache if hasattr(output, "cache") else output.past_key_values
 
 
 def mask_after_eos(response_ids: Tensor, eos_id: int) -> Tensor:
@@ -58,8 +48,8 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tok
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions,
                 use_cache=True, logits_to_keep=1)
-    cache_kw = _cache_keyword(model)
-    cache, logits = _cache_of(out), out.logits[:, -1]
+    cache_kw = cache_keyword(model)
+    cache, logits = cache_of(out), out.logits[:, -1]
     next_position = attention.sum(dim=1, keepdim=True)
     finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     ones = torch.ones_like(finished, dtype=torch.long).unsqueeze(1)
@@ -77,7 +67,7 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tok
         attention = torch.cat([attention, ones], dim=1)
         out = model(input_ids=token.unsqueeze(1), attention_mask=attention, position_ids=next_position,
                     use_cache=True, **{cache_kw: cache})
-        cache, logits = _cache_of(out), out.logits[:, -1]
+        cache, logits = cache_of(out), out.logits[:, -1]
         next_position = next_position + 1
     model.train(was_training)
     response_ids = torch.stack(tokens, dim=1)

@@ -14,40 +14,43 @@ from rto.models.forward import policy_logprobs
 from rto.stages.guard import NonFiniteGuard
 
 
-def sequence_logps(model, batch) -> torch.Tensor:
-    logprobs, _ = policy_logprobs(model, batch)
+def sequence_logps(model, batch, share_prompt: bool = False) -> torch.Tensor:
+    """`log pi(y|x)` per row; `share_prompt`: each pair's prompt runs once for both responses."""
+    logprobs, _ = policy_logprobs(model, batch, share_prompt=share_prompt)
     return masked_sum(logprobs, batch["response_mask"], dim=1)
 
 
 @torch.no_grad()
-def with_reference_logps(reference, rows: list[dict], collate: Callable, batch_size: int) -> list[dict]:
+def with_reference_logps(reference, rows: list[dict], collate: Callable, batch_size: int,
+                         share_prompt: bool = False) -> list[dict]:
     """Rows with `ref_logps = (log pi_ref(chosen), log pi_ref(rejected))` attached: the reference is
     frozen, so one pass over the data replaces a reference forward in every step of every epoch."""
     reference.eval()
     logps = []
     for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
-        chosen, rejected = sequence_logps(reference, batch).chunk(2)
+        chosen, rejected = sequence_logps(reference, batch, share_prompt).chunk(2)
         logps += zip(chosen.tolist(), rejected.tolist())
     return [{**row, "ref_logps": pair} for row, pair in zip(rows, logps)]
 
 
 class DPOModule(NonFiniteGuard, L.LightningModule):
     def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, beta: float, optimizer: Callable,
-                 on_nonfinite: str = "raise"):
+                 on_nonfinite: str = "raise", share_prompt: bool = True):
         super().__init__()
         self.on_nonfinite = on_nonfinite
+        self.share_prompt = share_prompt
         self.policy = policy
         self.reference = reference.eval().requires_grad_(False)
         self.beta = beta
         self.optimizer_factory = optimizer
 
     def _step(self, batch, prefix: str):
-        logps = sequence_logps(self.policy, batch)
+        logps = sequence_logps(self.policy, batch, self.share_prompt)
         if "ref_logps" in batch:  # precomputed once over the data (`dpo.precompute_ref`)
             ref_logps = batch["ref_logps"].to(logps)
         else:
             with torch.no_grad():
-                ref_logps = sequence_logps(self.reference, batch)
+                ref_logps = sequence_logps(self.reference, batch, self.share_prompt)
         train = prefix == ""
         if train and not (self.finite("dpo/policy_logprobs", logps) and self.finite("dpo/ref_logprobs", ref_logps)):
             return None

@@ -12,14 +12,17 @@ from rto.stages.guard import NonFiniteGuard
 
 
 class RewardModelModule(NonFiniteGuard, L.LightningModule):
-    def __init__(self, model: ScalarHeadModel, optimizer: Callable, on_nonfinite: str = "raise"):
+    def __init__(self, model: ScalarHeadModel, optimizer: Callable, on_nonfinite: str = "raise",
+                 share_prompt: bool = True):
         super().__init__()
         self.on_nonfinite = on_nonfinite
+        self.share_prompt = share_prompt  # each pair's prompt runs once for both responses
         self.model = model
         self.optimizer_factory = optimizer
 
     def _step(self, batch, prefix: str):
-        scores = self.model.score(batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
+        score = self.model.score_pairs if self.share_prompt else self.model.score
+        scores = score(batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
                                   batch["response_mask"])
         if prefix == "" and not self.finite("rm/scores", scores):
             return None
