@@ -25,6 +25,7 @@ from step_clock import StepClock  # noqa: E402
 
 from rto.data.collate import Encoder, PairCollator, PromptCollator  # noqa: E402
 from rto.models import ScalarHeadModel, load_policy  # noqa: E402
+from rto.models.speed import fast_stage  # noqa: E402
 from rto.models.retokenize import RewardScorer  # noqa: E402
 from rto.stages import DPOModule, PPOModule  # noqa: E402
 from rto.stages.dpo import with_reference_logps  # noqa: E402
@@ -89,7 +90,8 @@ def main() -> None:
     trainer = instantiate(cfg.trainer, logger=False, max_epochs=1, callbacks=[Tick(clock)])
     print("@@READY", flush=True)
     clock.wait_for_command()
-    trainer.fit(module, loader)
+    with fast_stage(module, cfg.compile):  # `--ours compile=true`; the warm-up chunk pays for compiling
+        trainer.fit(module, loader)
 
 
 if __name__ == "__main__":

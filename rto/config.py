@@ -58,12 +58,16 @@ NON_NEGATIVE = _number(lambda v: v >= 0, "a number >= 0")
 UNIT = _number(lambda v: 0 <= v <= 1, "a number in [0, 1]")
 OPEN_UNIT = _number(lambda v: 0 < v < 1, "a number in (0, 1)")
 COUNT = _integer(lambda v: v >= 1, "an integer >= 1")
+BOOL = ((lambda v: isinstance(v, bool)), "true or false")
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "stage": _one_of(STAGES),
     "beta": POSITIVE,
     "seed": _integer(lambda v: v >= 0, "an integer >= 0"),
     "threads": _optional(COUNT),
+    "compile": BOOL,
+    "dpo.share_prompt": BOOL,
+    "rm.share_prompt": BOOL,
     "reward.name": _one_of(REWARDS),
     "reward.rm_scale": NON_NEGATIVE,
     "reward.dpo_scale": NON_NEGATIVE,

@@ -34,6 +34,7 @@ from rto.models import ScalarHeadModel, build_policy, load_policy, save_policy
 from rto.models.factory import policy_tokenizer
 from rto.models.retokenize import RewardScorer, check_same_tokenizer
 from rto.models.reward import judge_scorer, new_critic, new_reward_model, reward_tokenizer
+from rto.models.speed import fast_stage
 from rto.resume import fit_resumable, keep_previous_logs
 from rto.stages import DPOModule, PPOModule, RewardModelModule, SFTModule
 from rto.stages.dpo import with_reference_logps
@@ -133,9 +134,10 @@ class Run:
         resume = self.cfg.resume
         module.on_nonfinite = self.cfg.on_nonfinite
         every = 1 if stage == "ppo" else resume.every_n_steps  # a PPO iteration is worth a checkpoint
-        fit_resumable(partial(self.trainer, **trainer_overrides), module, loaders,
-                      folder=self.resume_dir(stage), cfg_hash=self.config_hash(stage), every_n_steps=every,
-                      enabled=resume.enabled)
+        with fast_stage(module, self.cfg.compile):
+            fit_resumable(partial(self.trainer, **trainer_overrides), module, loaders,
+                          folder=self.resume_dir(stage), cfg_hash=self.config_hash(stage), every_n_steps=every,
+                          enabled=resume.enabled)
 
     def save(self, stage: str, model) -> None:
         """Rank 0 writes (every rank holds the same weights after DDP); the others wait for the folder."""

@@ -53,13 +53,14 @@ def holds_pairs(batch: dict) -> bool:
             and torch.equal(mask[:half], mask[half:]))
 
 
-def shared_prompt_forward(model, batch: dict, **prompt_kwargs) -> Optional[tuple[Any, Any, Tensor]]:
+def shared_prompt_forward(model, batch: dict, logits: bool = False) -> Optional[tuple[Any, Any, Tensor]]:
     """Each prompt of a pair batch once, then all `2B` responses on its cached keys and values.
 
     Returns `(prompt output [B], response output [2B], rows)`, `rows` mapping each of the `2B`
     rows to its prompt, or None where this cannot be done (not a pair batch, gradient
     checkpointing, a model without a selectable cache): the caller then does the plain forward.
     Gradients through the cache reach the prompt from both responses, as in the plain forward.
+    `logits`: a causal LM (the prompt's logits at its last position only, the responses' at all).
     """
     if not holds_pairs(batch) or _checkpointing(model):
         return None
@@ -67,7 +68,7 @@ def shared_prompt_forward(model, batch: dict, **prompt_kwargs) -> Optional[tuple
     prompt_mask = batch["prompt_mask"][:half].long()
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
     prompt_out = model(input_ids=batch["prompt_ids"][:half], attention_mask=prompt_mask, position_ids=positions,
-                       use_cache=True, **prompt_kwargs)
+                       use_cache=True, **({"logits_to_keep": 1} if logits else {}))
     cache = cache_of(prompt_out)
     if cache is None or not hasattr(cache, "batch_select_indices"):
         return None
@@ -78,7 +79,8 @@ def shared_prompt_forward(model, batch: dict, **prompt_kwargs) -> Optional[tuple
     start = prompt_mask.sum(dim=1, keepdim=True)[rows]
     response_positions = start + torch.arange(response_ids.shape[1], device=start.device)
     response_out = model(input_ids=response_ids, attention_mask=torch.cat([prompt_mask[rows], response_mask], dim=1),
-                         position_ids=response_positions, use_cache=True, **{cache_keyword(model): cache})
+                         position_ids=response_positions, use_cache=True, **{cache_keyword(model): cache},
+                         **({"logits_to_keep": 0} if logits else {}))  # 0: all positions
     return prompt_out, response_out, rows
 
 
@@ -94,7 +96,7 @@ def response_forward(model, prompt_ids: Tensor, prompt_mask: Tensor, response_id
 
 def pair_response_forward(model, batch: dict) -> Tensor:
     """`response_forward` for a pair batch, each prompt run once (falls back to the plain forward)."""
-    shared = shared_prompt_forward(model, batch, logits_to_keep=1)
+    shared = shared_prompt_forward(model, batch, logits=True)
     if shared is None:
         return response_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
                                 batch["response_mask"])

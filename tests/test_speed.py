@@ -1,0 +1,72 @@
+"""The speed-ups every stage gets keep the numbers: fused GELU, and `compile=true` end to end."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+from transformers.activations import NewGELUActivation
+
+from rto.data import SFTCollator, load_data
+from rto.main import train
+from rto.models.factory import build_policy
+from rto.models.forward import policy_logprobs
+from rto.models.speed import compiled, fused_activations, transformers_models
+from rto.stages import SFTModule
+
+
+def _gpt2(cfg, tokenizer):
+    torch.manual_seed(0)
+    return build_policy(OmegaConf.create({**OmegaConf.to_container(cfg.model), "arch": "gpt2"}), tokenizer)
+
+
+def test_fused_gelu_gives_the_same_logprobs_and_gradients(make_cfg):
+    cfg = make_cfg()
+    data = load_data(cfg.data)
+    batch = SFTCollator(data.encoder)(data.sft_rows[:6])
+    model = _gpt2(cfg, data.tokenizer).eval()
+    before, _ = policy_logprobs(model, batch)
+    before.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    assert fused_activations(model) == cfg.model.num_layers
+    assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+    after, _ = policy_logprobs(model, batch)
+    after.sum().backward()
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
+    assert model.config.activation_function == "gelu_new"  # saved folders stay standard GPT-2
+
+
+def test_compiled_models_go_back_to_eager_after_the_stage(make_cfg):
+    cfg = make_cfg()
+    data = load_data(cfg.data)
+    module = SFTModule(_gpt2(cfg, data.tokenizer), torch.optim.AdamW)
+    models = transformers_models(module)
+    assert models == [module.policy]
+    with compiled(module, enabled=True):
+        assert module.policy._compiled_call_impl is not None
+    assert module.policy._compiled_call_impl is None  # a deep copy made later runs its own weights
+    with compiled(module, enabled=False):
+        assert module.policy._compiled_call_impl is None
+
+
+def test_compile_true_trains_sft_like_eager(make_cfg, tmp_path):
+    """The real entry point with `compile=true` (SFT at tiny size): same loss as eager, same saved keys."""
+    runs = {}
+    for flag in ("false", "true"):
+        cfg = make_cfg("stage=sft", f"compile={flag}", "logger=csv", output_dir=tmp_path / flag)
+        train(cfg)
+        runs[flag] = tmp_path / flag
+    losses = {}
+    for flag, folder in runs.items():
+        metrics = [p for p in folder.rglob("metrics.csv")]
+        assert metrics, f"no CSV log in {folder}"
+        rows = [line.split(",") for line in metrics[0].read_text().splitlines()]
+        column = rows[0].index("sft/loss")
+        losses[flag] = [float(r[column]) for r in rows[1:] if len(r) > column and r[column]]
+    assert losses["true"] and len(losses["true"]) == len(losses["false"])
+    torch.testing.assert_close(torch.tensor(losses["true"]), torch.tensor(losses["false"]), atol=1e-3, rtol=1e-3)
+    state = {flag: load_file(str(folder / "checkpoints" / "sft" / "model.safetensors")) for flag, folder in runs.items()}
+    assert state["true"].keys() == state["false"].keys()  # compiled in place: no `_orig_mod.` prefixes
