@@ -64,9 +64,13 @@ class Worker:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
                "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
         self.log = open(log, "w")
+        # both sides start (imports, model loading) at the same time; timing begins after both are ready
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, cwd=HERE.parent, env=env)
+
+    def wait_ready(self) -> "Worker":
         self._read_until("@@READY")
+        return self
 
     def _read_until(self, prefix: str) -> str:
         for line in self.proc.stdout:
@@ -107,6 +111,7 @@ def compare(work: str, spec_path: Path, spec: dict, args, logs: Path) -> dict:
                  logs / f"{work}_trl.log", spec["threads"])
     times = {"ours": [], "trl": []}
     try:
+        ours.wait_ready(), trl.wait_ready()
         for worker in (ours, trl):
             worker.run(args.warmup)  # first steps pay for allocator warm-up and lazy init
         for repeat in range(args.repeats):
