@@ -110,3 +110,44 @@ def test_ddp_ppo_matches_one_process(ddp_run, tmp_path):
     assert max_weight_diff(ddp_run, single, "ppo") < 1e-5
     ppo, sft = weights(ddp_run, "ppo"), weights(ddp_run, "sft")
     assert max(float((ppo[k] - sft[k]).abs().max()) for k in ppo) > 1e-4  # PPO moved far more than that
+
+
+NAN_ON_RANK_1 = '''
+import os
+import runpy
+import rto.models.retokenize as retokenize
+
+score, calls = retokenize.RewardScorer.score, []
+
+def nan_on_rank_1(self, *args, **kwargs):
+    out = score(self, *args, **kwargs)
+    calls.append(1)
+    if os.environ.get("LOCAL_RANK", "0") == "1" and len(calls) == 2:  # PPO iteration 2, rank 1 only
+        out = out.clone()
+        out[0] = float("nan")
+    return out
+
+retokenize.RewardScorer.score = nan_on_rank_1
+# as `python -m rto.main`; Lightning starts rank 1 by re-running this script, so it is patched too
+runpy.run_module("rto.main", run_name="__main__")
+'''
+
+
+def test_ddp_nan_on_one_rank_skips_the_rollout_on_every_rank(ddp_run, tmp_path):
+    """`on_nonfinite=skip` under DDP: rank 1's NaN reward makes both ranks skip that rollout together
+    (a rank skipping alone would leave the other waiting in the next all-reduce)."""
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(NAN_ON_RANK_1)
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(script), *COMMON, "trainer=ddp_cpu", "trainer.devices=2",
+                             *batches(1), "stage=ppo", "on_nonfinite=skip", *from_ddp(ddp_run, "sft", "rm", "dpo"),
+                             f"hydra.run.dir={out}", f"paths.cache_dir={out}/cache"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    text = result.stdout + result.stderr + "".join(p.read_text() for p in out.rglob("*.log"))
+    assert "skipping the batch: score is not finite at step 2: 1 of" in text  # rank 1, its own NaN
+    assert "skipping the batch: score is not finite at step 2 on another data-parallel rank" in text  # rank 0
+    # iteration 2 never logged as trained (Lightning repeats the last row for a step that logs nothing)
+    assert set(logged(out, "ppo/iteration")) == {1.0} and set(logged(ddp_run, "ppo/iteration")) == {1.0, 2.0}
+    assert (out / "checkpoints" / "ppo" / "model.safetensors").exists()

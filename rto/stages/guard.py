@@ -1,4 +1,9 @@
-"""The `on_nonfinite` policy shared by the stage modules: stop the run (default) or skip the batch."""
+"""The `on_nonfinite` policy shared by the stage modules: stop the run (default) or skip the batch.
+
+Under data parallelism every check is decided over all ranks: a NaN on one rank makes every rank
+skip that batch (or stop) together. A rank that skipped alone would leave its peers waiting in the
+next gradient all-reduce forever.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,12 @@ log = logging.getLogger(__name__)
 ON_NONFINITE = ("raise", "skip")
 
 
+def _on_another_rank(name: str, step: Optional[int]) -> NonFiniteError:
+    err = NonFiniteError(name, step)
+    err.args = (f"{name} is not finite{'' if step is None else f' at step {step}'} on another data-parallel rank",)
+    return err
+
+
 class NonFiniteGuard:
     """Mixin for LightningModules; `on_nonfinite` is set by the module's constructor."""
 
@@ -27,11 +38,27 @@ class NonFiniteGuard:
         self.skipped_batches += 1
         log.warning("skipping the batch: %s (%d skipped so far)", err, self.skipped_batches)
 
+    def check_on_all_ranks(self, name: str, tensor: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                           step: Optional[int] = None) -> None:
+        """`check_finite` decided over all ranks: raises NonFiniteError on every rank if any rank's
+        tensor is not finite. Every rank must make the same calls (it is a collective)."""
+        local = None
+        try:
+            check_finite(name, tensor, mask, step)
+        except NonFiniteError as err:
+            local = err
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            if not trainer.strategy.reduce_boolean_decision(local is None, all=True):
+                raise local or _on_another_rank(name, step)
+        elif local is not None:
+            raise local
+
     def finite(self, name: str, tensor: torch.Tensor, mask: Optional[torch.Tensor] = None,
                step: Optional[int] = None) -> bool:
-        """True if `tensor` is finite on its real slots; False (batch to skip) or raise otherwise."""
+        """True if `tensor` is finite on its real slots (on every rank); False (batch to skip) or raise."""
         try:
-            check_finite(name, tensor, mask, self.global_step if step is None else step)
+            self.check_on_all_ranks(name, tensor, mask, self.global_step if step is None else step)
         except NonFiniteError as err:
             self.skip_or_raise(err)
             return False

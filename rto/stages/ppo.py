@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from rto.algos.advantages import RunningMoments
-from rto.algos.finite import NonFiniteError, check_finite
+from rto.algos.finite import NonFiniteError
 from rto.algos.logprobs import entropy_from_logits
 from rto.algos.losses import explained_variance, ppo_policy_loss, value_loss
 from rto.algos.masked import masked_mean, masked_sum
@@ -113,7 +113,7 @@ class PPOModule(NonFiniteGuard, L.LightningModule):
                 rollout, actor=self.actor, critic=self.critic, reference=self.reference,
                 reward_model=self.reward_model, dpo_policy=self.dpo_policy, reward_cfg=self.reward_cfg,
                 beta=self.beta, ppo_cfg=self.ppo_cfg, score_moments=self.score_moments,
-                reduce=self.sum_over_ranks, check=partial(check_finite, step=iteration))
+                reduce=self.sum_over_ranks, check=partial(self.check_on_all_ranks, step=iteration))
         except NonFiniteError as err:
             self.skip_or_raise(err)
             return None  # skip: this rollout is not trained on
