@@ -97,3 +97,19 @@ def test_gradient_checkpointing_takes_the_plain_forward(setup):
     policy.train()
     assert shared_prompt_forward(policy, batch) is None
     torch.testing.assert_close(sequence_logps(policy, batch, share_prompt=True), sequence_logps(policy, batch))
+
+
+def test_an_encoder_reward_model_takes_the_plain_score(setup):
+    """A bidirectional backbone (BERT) must not score responses on the prompt's cache alone."""
+    from transformers import BertConfig, BertModel
+
+    _, batch = setup
+    vocab = int(max(batch["prompt_ids"].max(), batch["response_ids"].max())) + 1
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0))
+    model = ScalarHeadModel(bert)
+    args = (batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"])
+    assert shared_prompt_forward(bert, batch) is None
+    torch.testing.assert_close(model.score_pairs(*args), model.score(*args))

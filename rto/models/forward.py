@@ -35,13 +35,29 @@ def cache_keyword(model) -> str:
 
 
 def cache_of(output):
-    return output.cache if hasattr(output, "cache") else output.past_key_values
+    """The KV cache a forward returned, under either name; None for models that return none."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def _checkpointing(model) -> bool:
     """Activation checkpointing turns the cache off (transformers 5 renamed the flag)."""
     flag = getattr(model, "is_activation_checkpointing", None)
     return bool(getattr(model, "is_gradient_checkpointing", False) if flag is None else flag)
+
+
+def causal_attention_only(model) -> bool:
+    """Every attention module is causal. Encoders (BERT, DeBERTa as reward models) and models without
+    attention modules (state-space layers) take the plain forward: a response may not see only the
+    prompt's cache there."""
+    flags = [m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    return bool(flags) and all(flags)
+
+
+def _selectable(cache) -> bool:
+    """A key/value cache whose every layer can repeat its rows (not a recurrent or hybrid state)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(hasattr(layer, "batch_select_indices") for layer in layers)
 
 
 def holds_pairs(batch: dict) -> bool:
@@ -59,10 +75,11 @@ def shared_prompt_forward(model, batch: dict, logits: bool = False) -> Optional[
     Returns `(prompt output [B], response output [2B], rows)`, `rows` mapping each of the `2B`
     rows to its prompt, or None where this cannot be done (not a pair batch, gradient
     checkpointing, a model without a selectable cache): the caller then does the plain forward.
-    Gradients through the cache reach the prompt from both responses, as in the plain forward.
+    Gradients through the cache reach the prompt from both responses, as in the plain forward. In
+    train mode with dropout, the chosen and rejected rows share the prompt's dropout mask.
     `logits`: a causal LM (the prompt's logits at its last position only, the responses' at all).
     """
-    if not holds_pairs(batch) or _checkpointing(model):
+    if not holds_pairs(batch) or _checkpointing(model) or not causal_attention_only(model):
         return None
     half = batch["prompt_ids"].shape[0] // 2
     prompt_mask = batch["prompt_mask"][:half].long()
@@ -70,7 +87,7 @@ def shared_prompt_forward(model, batch: dict, logits: bool = False) -> Optional[
     prompt_out = model(input_ids=batch["prompt_ids"][:half], attention_mask=prompt_mask, position_ids=positions,
                        use_cache=True, **({"logits_to_keep": 1} if logits else {}))
     cache = cache_of(prompt_out)
-    if cache is None or not hasattr(cache, "batch_select_indices"):
+    if cache is None or not _selectable(cache):
         return None
     rows = torch.arange(half, device=prompt_mask.device).repeat(2)
     cache.batch_select_indices(rows)  # chosen rows then rejected rows, as in the batch

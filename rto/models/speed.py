@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.activations import GELUTanh, NewGELUActivation
+from transformers.activations import NewGELUActivation
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def fused_activations(module: nn.Module) -> int:
     for parent in module.modules():
         for name, child in parent.named_children():
             if type(child) is NewGELUActivation:
-                setattr(parent, name, GELUTanh())
+                setattr(parent, name, nn.GELU(approximate="tanh"))
                 swapped += 1
     return swapped
 
@@ -49,7 +49,9 @@ def transformers_models(module: nn.Module) -> list[nn.Module]:
 def compiled(module: nn.Module, enabled: bool) -> Iterator[None]:
     models = transformers_models(module) if enabled else []
     if models:  # each call pattern (sampling, training, frozen scoring, train/eval mode) is its own graph
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+        setattr(config, name, max(getattr(config, name), 64))
     for model in models:
         model.compile(dynamic=True)
     if models:
