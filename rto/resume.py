@@ -140,9 +140,7 @@ def fit_resumable(trainer_factory, module, loaders, *, folder: str | Path,
         where = (f"; last good checkpoint: {good} (the same command resumes from it once the cause is fixed, "
                  f"or set on_nonfinite=skip to skip such batches)") if good else \
             "; no checkpoint of this stage was saved before it (set on_nonfinite=skip to skip such batches)"
-        stopped = NonFiniteError(err.name, err.step, err.count, err.total, where)
-        stopped.args = (f"{err}{where}",)  # keep the original wording (e.g. "on another data-parallel rank")
-        raise stopped from err
+        raise NonFiniteError(err.name, err.step, err.count, err.total, err.where + where) from err
 
 
 def keep_previous_logs(run_dir: str | Path) -> None:

@@ -16,10 +16,14 @@ from rto.algos.masked import as_bool
 class NonFiniteError(FloatingPointError):
     """A loss, reward, advantage, value or log-prob holds NaN or Inf on a real slot."""
 
-    def __init__(self, name: str, step: Optional[int] = None, count: int = 0, total: int = 0, where: str = ""):
-        self.name, self.step, self.count, self.total = name, step, count, total
+    def __init__(self, name: str, step: Optional[int] = None, count: Optional[int] = 0, total: int = 0,
+                 where: str = ""):
+        """`count=None`: the values are not known here (another data-parallel rank saw them);
+        `where` is appended to the message (a rank, a checkpoint to resume from)."""
+        self.name, self.step, self.count, self.total, self.where = name, step, count, total, where
         at = "" if step is None else f" at step {step}"
-        super().__init__(f"{name} is not finite{at}: {count} of {total} real values are NaN or Inf{where}")
+        values = "" if count is None else f": {count} of {total} real values are NaN or Inf"
+        super().__init__(f"{name} is not finite{at}{values}{where}")
 
 
 def check_finite(name: str, tensor: torch.Tensor, mask: Optional[torch.Tensor] = None,

@@ -19,12 +19,6 @@ log = logging.getLogger(__name__)
 ON_NONFINITE = ("raise", "skip")
 
 
-def _on_another_rank(name: str, step: Optional[int]) -> NonFiniteError:
-    err = NonFiniteError(name, step)
-    err.args = (f"{name} is not finite{'' if step is None else f' at step {step}'} on another data-parallel rank",)
-    return err
-
-
 class NonFiniteGuard:
     """Mixin for LightningModules; `on_nonfinite` is set by the module's constructor."""
 
@@ -50,7 +44,7 @@ class NonFiniteGuard:
         trainer = self._trainer
         if trainer is not None and trainer.world_size > 1:
             if not trainer.strategy.reduce_boolean_decision(local is None, all=True):
-                raise local or _on_another_rank(name, step)
+                raise local or NonFiniteError(name, step, count=None, where=" on another data-parallel rank")
         elif local is not None:
             raise local
 
