@@ -16,15 +16,14 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from rto.algos.logprobs import response_logprobs
+from rto.algos.logprobs import response_logprobs, shift_positions
 
 
 def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
                     response_mask: Tensor) -> dict[str, Tensor]:
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1).long()
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": shift_positions(attention_mask)}
 
 
 def cache_keyword(model) -> str:
@@ -83,8 +82,8 @@ def shared_prompt_forward(model, batch: dict, logits: bool = False) -> Optional[
         return None
     half = batch["prompt_ids"].shape[0] // 2
     prompt_mask = batch["prompt_mask"][:half].long()
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
-    prompt_out = model(input_ids=batch["prompt_ids"][:half], attention_mask=prompt_mask, position_ids=positions,
+    prompt_out = model(input_ids=batch["prompt_ids"][:half], attention_mask=prompt_mask,
+                       position_ids=shift_positions(prompt_mask),
                        use_cache=True, **({"logits_to_keep": 1} if logits else {}))
     cache = cache_of(prompt_out)
     if cache is None or not _selectable(cache):

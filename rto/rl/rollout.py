@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from rto.algos.logprobs import shift_positions
 from rto.models.forward import cache_keyword, cache_of
 
 
@@ -45,8 +46,7 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tok
     was_training = model.training
     model.eval()
     attention = prompt_mask.long()
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions,
+    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=shift_positions(attention),
                 use_cache=True, logits_to_keep=1)
     cache_kw = cache_keyword(model)
     cache, logits = cache_of(out), out.logits[:, -1]
