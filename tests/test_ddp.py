@@ -15,7 +15,6 @@ tolerances (measured: losses within 1e-6, weights within 1e-5):
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from tests.csv_log import logged
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny run: 128 rows per set, no held-out pairs (sizes divide by the global batch: no padded rows),
@@ -45,11 +46,6 @@ def cli(out: Path, *overrides: str) -> Path:
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return out
-
-
-def logged(out: Path, key: str) -> list[float]:
-    with open(out / "csv" / "metrics.csv") as f:
-        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
 
 
 def weights(out: Path, stage: str) -> dict[str, torch.Tensor]:

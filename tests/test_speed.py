@@ -13,6 +13,7 @@ from rto.models.factory import build_policy
 from rto.models.forward import policy_logprobs
 from rto.models.speed import compiled, fused_activations, transformers_models
 from rto.stages import SFTModule
+from tests.csv_log import logged
 
 
 def _gpt2(cfg, tokenizer):
@@ -59,13 +60,7 @@ def test_compile_true_trains_sft_like_eager(make_cfg, tmp_path):
         cfg = make_cfg("stage=sft", f"compile={flag}", "logger=csv", output_dir=tmp_path / flag)
         train(cfg)
         runs[flag] = tmp_path / flag
-    losses = {}
-    for flag, folder in runs.items():
-        metrics = [p for p in folder.rglob("metrics.csv")]
-        assert metrics, f"no CSV log in {folder}"
-        rows = [line.split(",") for line in metrics[0].read_text().splitlines()]
-        column = rows[0].index("sft/loss")
-        losses[flag] = [float(r[column]) for r in rows[1:] if len(r) > column and r[column]]
+    losses = {flag: logged(folder, "sft/loss") for flag, folder in runs.items()}
     assert losses["true"] and len(losses["true"]) == len(losses["false"])
     torch.testing.assert_close(torch.tensor(losses["true"]), torch.tensor(losses["false"]), atol=1e-3, rtol=1e-3)
     state = {flag: load_file(str(folder / "checkpoints" / "sft" / "model.safetensors")) for flag, folder in runs.items()}
