@@ -109,7 +109,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.max_new_tokens": COUNT,
     "resume.every_n_steps": COUNT,
     "on_nonfinite": _one_of(("raise", "skip")),
-    "data.on_invalid": _one_of(("raise", "skip")),
 }
 
 # learning rates live in `_partial_` optimizer nodes

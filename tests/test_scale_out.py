@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from rto.config import ConfigError, validate
-from tests.conftest import CONF_DIR, compose_config
+from tests.conftest import CONF_DIR
 
 
 def has(module: str) -> bool:

@@ -51,7 +51,7 @@ def test_each_bad_row_gets_its_reason_and_row_number(kind, row, reason):
     rows = [good, good, row, good]
     with pytest.raises(InvalidDataError, match=r"1 of 4 rows are invalid") as err:
         validate_rows(rows, kind, ENCODER, name="rows")
-    assert f"row 2: " in str(err.value) and reason in str(err.value)
+    assert "row 2: " in str(err.value) and reason in str(err.value)
     assert validate_rows(rows, kind, ENCODER, on_invalid="skip") == [good, good, good]
 
 

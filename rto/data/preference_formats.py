@@ -20,8 +20,6 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
-from omegaconf import DictConfig
-
 log = logging.getLogger(__name__)
 
 Prompt = Union[str, list[dict]]
