@@ -135,6 +135,27 @@ def lora_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+# the packages each tracker needs (the optional ones are extras of this project), and how to get them
+LOGGER_PACKAGES = {
+    "TensorBoardLogger": (("tensorboard", "tensorboardX"), 'pip install -e ".[tensorboard]"'),
+    "MLFlowLogger": (("mlflow",), 'pip install -e ".[mlflow]"'),
+    "WandbLogger": (("wandb",), "pip install wandb"),
+}
+
+
+def logger_problems(cfg: DictConfig) -> list[str]:
+    """A configured logger whose package is not installed (before any training, not after SFT)."""
+    import importlib.util
+
+    problems = []
+    for name, node in (cfg.get("logger") or {}).items():
+        target = str(node.get("_target_", "")) if OmegaConf.is_dict(node) else ""
+        modules, install = LOGGER_PACKAGES.get(target.rsplit(".", 1)[-1], ((), ""))
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            problems.append(f"logger.{name} needs the {modules[0]} package, which is not installed: {install}")
+    return problems
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value that is out of range, naming its key."""
     problems = []
@@ -150,6 +171,7 @@ def validate(cfg: DictConfig) -> None:
         if not check(value):
             problems.append(f"{key} must be {what}, got {value!r}")
     problems += lora_problems(cfg)
+    problems += logger_problems(cfg)
     ppo = cfg.get("ppo")
     if ppo is not None and not problems and ppo.minibatch_size > ppo.rollout_batch_size:
         problems.append(

@@ -28,9 +28,11 @@ from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
 from rto.artifacts import atomic_write_text, config_hash, publish_folder, verify_manifest, write_manifest
 from rto.cache import StageCache, cacheable, stage_inputs, stage_key
 from rto.data import DataBundle, PairCollator, PromptCollator, SFTCollator, load_data
+from rto.credit import credit_on_texts  # [issue 16]
 from rto.data.preference_formats import chat_prompt
 from rto.evaluation import evaluate, format_table
 from rto.models import ScalarHeadModel, build_policy, load_policy, save_policy
+from rto.models.critic import save_critic  # [issue 16]
 from rto.models.factory import policy_tokenizer
 from rto.models.retokenize import RewardScorer, check_same_tokenizer
 from rto.models.reward import judge_scorer, new_critic, new_reward_model, reward_tokenizer
@@ -295,6 +297,8 @@ class Run:
                                             shuffle=False), None
             # every PPO iteration is expensive and worth a log line
             self.fit("ppo", module, prompts, max_epochs=1, log_every_n_steps=1)
+            if self.is_global_zero:  # [issue 16] the final critic and reward statistics beside the actor
+                save_critic(self.ckpt_dir / "critic", critic, tok, module.score_moments, self.config_hash("ppo"))
             return actor
         return self.obtain("ppo", lambda p: load_policy(p, self.cfg.model), train)
 
@@ -323,6 +327,10 @@ class Run:
         table = format_table(results, labels)
         for name, result in results.items():
             self.metrics.update({f"eval/{name}/{k}": v for k, v in result.items()})
+        if dpo is not None and self.data.gold_tokens is not None:  # [issue 16] credit assignment (rto/credit.py)
+            credit = credit_on_texts(dpo, sft, samples["sft"].prompts, samples["sft"].responses, self.data.encoder,
+                                     self.data.gold_tokens, cfg.batch_size)
+            self.metrics.update({f"eval/credit/{k}": v for k, v in credit.items()})  # [issue 16]
         self.write_outputs(table, samples)
         print(f"\n{table}\n")
         return self.metrics

@@ -8,7 +8,8 @@ and `csv/metrics.csv` (one row per PPO iteration), and writes
   reward type, beta and model (with the SFT and DPO policies of the same jobs as references);
 - `gold_vs_steps.png`: rollout gold reward against PPO iterations, one line per group;
 - `frontier.png`: final gold reward against KL to the reference, one point per beta (the frontier);
-- `summary.json`: the numbers behind the table.
+- `summary.json`: the numbers behind the table;
+- links to the jobs' token pages (`python -m rto.tokens <job>`), where they have one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import csv
 import json
 import logging
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)", "ddpo": "
                  "shaping": "RS-PPO"}
 COLUMNS = {"gold_reward": "gold reward", "kl": "KL to ref", "win_rate": "win rate vs SFT", "rm_score": "RM score"}
 CURVE_X, CURVE_Y = "ppo/iteration", "ppo/gold_reward"
+TOKEN_PAGE = "tokens.html"  # rto.tokens' page, linked where a job has one
 
 
 @dataclass
@@ -172,6 +175,14 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def token_pages(jobs: list[Job], out: Path) -> str:
+    """Links to the jobs' token pages (`python -m rto.tokens <job>` writes `<job>/tokens.html`)."""
+    links = [f"- [{job.folder.name}: {POLICY_LABELS.get(job.reward, job.reward)}, beta={job.beta:g}, {job.model}, "
+             f"seed {job.seed}]({os.path.relpath(job.folder / TOKEN_PAGE, out)})"
+             for job in jobs if (job.folder / TOKEN_PAGE).is_file()]
+    return "\n## Token pages\n\nEvery response token coloured by its reward:\n\n" + "\n".join(links) + "\n" if links else ""
+
+
 def write_report(folder: Path, out: Optional[Path] = None) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
@@ -183,7 +194,8 @@ def write_report(folder: Path, out: Optional[Path] = None) -> Path:
     table = markdown_table(rows)
     (out / "report.md").write_text(
         f"# {folder.name}: {len(jobs)} runs\n\nFinal evaluation on held-out prompts, mean ± standard error over "
-        f"seeds.\n\n{table}\n\n![gold reward during RL](gold_vs_steps.png)\n\n![frontier](frontier.png)\n")
+        f"seeds.\n\n{table}\n\n![gold reward during RL](gold_vs_steps.png)\n\n![frontier](frontier.png)\n"
+        + token_pages(jobs, out))
     (out / "summary.json").write_text(json.dumps(
         {"rows": rows, "jobs": [{"folder": str(j.folder), "reward": j.reward, "beta": j.beta, "model": j.model,
                                  "seed": j.seed} for j in jobs]}, indent=2) + "\n")

@@ -15,6 +15,8 @@ from rto.data.validate import validate_bundle
 
 # a gold judge scores (prompt, response) texts; None where the data has no known reward
 GoldJudge = Callable[[list[str], list[str]], np.ndarray]
+# the dense part of a gold reward: one value per word of a (prompt, response); None where there is none
+GoldTokens = Callable[[str, str], list[float]]
 
 
 @dataclass
@@ -27,6 +29,7 @@ class DataBundle:
     train_prompts: list[str]
     eval_prompts: list[str]
     gold: Optional[GoldJudge] = None
+    gold_tokens: Optional[GoldTokens] = None
 
 
 def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -36,7 +39,7 @@ def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list
 
 
 def load_embedded(data_cfg: DictConfig) -> DataBundle:
-    from rto.task import EmbeddedTask, build_tokenizer, gold_rewards
+    from rto.task import EmbeddedTask, build_tokenizer, gold_rewards, gold_token_rewards
 
     task = EmbeddedTask(
         seed=data_cfg.seed,
@@ -60,6 +63,7 @@ def load_embedded(data_cfg: DictConfig) -> DataBundle:
         train_prompts=task.train_prompts(),
         eval_prompts=task.eval_prompts(),
         gold=lambda prompts, responses: np.asarray(gold_rewards(prompts, responses), dtype=float),
+        gold_tokens=gold_token_rewards,
     )
 
 

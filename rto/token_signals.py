@@ -1,0 +1,119 @@
+"""Per-token signals of a run's policies, for the token page (`rto.tokens`).
+
+For each policy's responses to the same prompts, every response token gets:
+
+- `dpo`: the DPO token reward, ``beta_1 * log pi_dpo/pi_ref`` as the run's reward hands it out
+  (``reward.dpo_scale``, clipped by ``reward.dpo_clip``); a run whose reward does not use it
+  (``reward=sentence``) shows DPO's own implicit reward ``dpo.beta * log pi_dpo/pi_ref``;
+- `log_ratio`: the raw ``log pi_dpo/pi_ref``;
+- `kl`: the KL term of the reward, ``-beta * k_h`` (``ppo.kl_estimator``), with pi the policy that
+  wrote the response;
+- `reward`, `value`, `advantage`: what PPO's experience step (`rto.rl.experience.make_experience`)
+  gives this response were the policy PPO's actor: the run's `reward=` variant, the final critic's
+  ``V(s_h)``, GAE (whitened over the policy's responses when ``ppo.whiten_advantages``). The RM score
+  is normalised with PPO's running statistics at the end of training, updated by these responses,
+  as PPO's next iteration would;
+- `gold` (embedded task): the gold reward's dense per-word term; the sequence part is a score.
+
+Sequence scores per response: gold (dense + sequence), the reward model's raw score, the KL to
+pi_ref (sum of ``log pi - log pi_ref``), the total reward.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from rto.algos.masked import as_bool, masked_sum
+from rto.algos.rewards import kl_penalty
+from rto.credit import aligned_gold, dpo_log_ratios
+from rto.rl.experience import make_experience
+from rto.rl.rollout import Rollout
+
+SIGNALS = ("dpo", "log_ratio", "kl", "reward", "value", "advantage", "gold")
+
+
+@dataclass
+class ResponseView:
+    """One response of one policy: its tokens as text, a value per token for each signal, its scores."""
+
+    policy: str
+    prompt: str
+    ids: list[int]
+    tokens: list[str]
+    signals: dict[str, list[float]]
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Each token's share of the decoded text (its spaces included), so the tokens read as the
+    response. Where decoding is not prefix-stable (a character split across tokens), the token alone."""
+    texts, previous = [], ""
+    for i in range(len(ids)):
+        text = tokenizer.decode(ids[:i + 1], skip_special_tokens=False)
+        texts.append(text[len(previous):] if text.startswith(previous)
+                     else tokenizer.decode(ids[i:i + 1], skip_special_tokens=False))
+        previous = text
+    return texts
+
+
+def dpo_signal(run_cfg, log_ratio: torch.Tensor, experience_dpo: Optional[torch.Tensor]) -> tuple[torch.Tensor, str]:
+    """The DPO token reward shown, and its label."""
+    if experience_dpo is not None and run_cfg.reward.dpo_scale > 0:
+        return experience_dpo, f"DPO token reward β₁·log π_dpo/π_ref (reward.dpo_scale={run_cfg.reward.dpo_scale:g})"
+    return run_cfg.dpo.beta * log_ratio, f"DPO implicit reward β·log π_dpo/π_ref (dpo.beta={run_cfg.dpo.beta:g})"
+
+
+@torch.no_grad()
+def policy_views(run, models: dict, name: str, policy, prompts: list[str], seed: int) -> tuple[list[ResponseView], str]:
+    """The views of one policy's responses to `prompts`, and the label of its DPO signal.
+
+    `models`: the run's `sft` (pi_ref), `dpo`, `reward_model` (a RewardScorer), `critic` and
+    `score_moments` (PPO's reward statistics, or None)."""
+    cfg, tokenizer = run.cfg, run.tokenizer
+    policy.eval()
+    batch = run.sample(policy, prompts, seed)
+    mask = batch["response_mask"]
+    rollout = Rollout(batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], mask, list(prompts))
+    moments = copy.deepcopy(models["score_moments"])  # each policy from PPO's final statistics
+    exp = make_experience(rollout, actor=policy, critic=models["critic"], reference=models["sft"],
+                          reward_model=models["reward_model"], dpo_policy=models["dpo"], reward_cfg=cfg.reward,
+                          beta=cfg.beta, ppo_cfg=cfg.ppo, score_moments=moments)
+    log_ratio = dpo_log_ratios(models["dpo"], models["sft"], batch)
+    dpo, dpo_label = dpo_signal(cfg, log_ratio, exp.dpo_rewards)
+    per_token = {"dpo": dpo, "log_ratio": log_ratio,
+                 "kl": -cfg.beta * kl_penalty(exp.logprobs, exp.ref_logprobs, mask, cfg.ppo.kl_estimator),
+                 "reward": exp.rewards, "value": exp.values, "advantage": exp.advantages}
+    rm_raw = models["reward_model"].score(**batch, prompt_text=list(prompts))
+    kl = masked_sum(exp.logprobs - exp.ref_logprobs, mask, dim=1)
+    total_reward = masked_sum(exp.rewards, mask, dim=1)
+    views = []
+    for row, prompt in enumerate(prompts):
+        real = as_bool(mask[row])
+        ids = batch["response_ids"][row][real].tolist()
+        signals = {key: [round(float(v), 5) for v in t[row][real]] for key, t in per_token.items()}
+        scores = {"rm": float(rm_raw[row]), "rm_used": float(exp.score[row]), "kl": float(kl[row]),
+                  "reward": float(total_reward[row])}
+        if run.data.gold_tokens is not None:
+            gold = aligned_gold(tokenizer, prompt, ids, run.data.gold_tokens)
+            signals["gold"] = [float(v) for v in gold]
+            total = float(run.data.gold([prompt], [tokenizer.decode(ids, skip_special_tokens=False)])[0])
+            scores.update(gold=total, gold_dense=float(gold.sum()), gold_sequence=total - float(gold.sum()))
+        views.append(ResponseView(name, prompt, ids, token_texts(tokenizer, ids), signals, scores))
+    return views, dpo_label
+
+
+def signal_scales(views: list[ResponseView], quantile: float = 0.95) -> dict[str, float]:
+    """Per signal, the |value| at which the colour saturates: a high quantile over every token of the
+    page, so that one large token (the score at the last token) does not wash out all the others."""
+    scales = {}
+    for key in SIGNALS:
+        values = np.abs(np.concatenate([np.asarray(v.signals[key]) for v in views if key in v.signals] or [[]]))
+        if values.size:
+            scale = float(np.quantile(values, quantile))
+            scales[key] = scale if scale > 0 else float(values.max() or 1.0)
+    return scales
