@@ -139,3 +139,15 @@ def test_not_a_run_folder_is_a_short_error(tmp_path):
     done = run_cli("-m", "rto.tokens", str(tmp_path))
     assert done.returncode == 1
     assert "is not a run folder" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_evaluation_logs_credit_assignment_and_the_command_reproduces_it(page_run):
+    metrics = json.loads((page_run / "metrics.json").read_text())
+    for key in ("spearman", "pearson"):
+        assert -1.0 <= metrics[f"eval/credit/{key}"] <= 1.0
+    assert metrics["eval/credit/tokens"] > 0
+    # `python -m rto.credit` samples the same SFT responses (same prompts, seed and batch): same numbers
+    done = run_cli("-m", "rto.credit", str(page_run))
+    assert done.returncode == 0, done.stderr[-2000:]
+    for key, value in json.loads(done.stdout).items():
+        assert value == pytest.approx(metrics[f"eval/{key}"], abs=1e-9), key
