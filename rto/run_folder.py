@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
-
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -71,10 +69,9 @@ class RunFolder:
         return held_out_prompts(self.data, n)
 
     @torch.no_grad()
-    def sample(self, policy, prompts: list, seed: Optional[int] = None) -> dict:
+    def sample(self, policy, prompts: list, generator: torch.Generator) -> dict:
         """One batch: the prompts' ids and the policy's responses, with the evaluation's sampling settings."""
         cfg, encoder = self.cfg.eval, self.data.encoder
-        generator = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
         batch = encode_prompts(encoder, prompts)
         batch["response_ids"], batch["response_mask"] = sample_responses(
             policy, batch["prompt_ids"], batch["prompt_mask"], cfg.max_new_tokens, self.tokenizer.eos_token_id,
@@ -82,10 +79,11 @@ class RunFolder:
         return batch
 
     def sample_texts(self, policy, prompts: list) -> list[str]:
-        """Responses as text, in batches of `eval.batch_size`, from one random stream."""
-        texts = []
-        for start in range(0, len(prompts), self.cfg.eval.batch_size):
-            batch = self.sample(policy, prompts[start:start + self.cfg.eval.batch_size], self.cfg.eval.seed + start)
+        """Responses as text, as the evaluation draws them: batches of `eval.batch_size` from one
+        random stream seeded with `eval.seed` (so the SFT policy's are the evaluation's own)."""
+        generator, size, texts = torch.Generator().manual_seed(self.cfg.eval.seed), self.cfg.eval.batch_size, []
+        for start in range(0, len(prompts), size):
+            batch = self.sample(policy, prompts[start:start + size], generator)
             texts += [self.tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=False)
                       for ids, m in zip(batch["response_ids"], batch["response_mask"])]
         return texts

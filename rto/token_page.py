@@ -62,6 +62,7 @@ SCRIPT = """
 const DATA = JSON.parse(document.getElementById('page-data').textContent);
 const STOPS = DATA.stops.map(h => [1, 3, 5].map(i => parseInt(h.slice(i, i + 2), 16)));
 const fmt = v => (v === undefined || v === null || Number.isNaN(v)) ? '–' : (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(3));
+const short = v => (v === undefined || v === null) ? '–' : String(+v.toFixed(2));
 function colour(v, scale) {
   if (v === null || v === undefined) return '#d9dce2';
   const t = Math.max(-1, Math.min(1, v / scale)), x = (t + 1) / 2 * (STOPS.length - 1);
@@ -101,8 +102,8 @@ function buildPrompts() {
       });
       const sc = el('div', 'scores'), g = r.scores;
       const line = (name, value, rest) => sc.append(el('span', null, name), el('b', null, fmt(value)), el('span', 'rest', rest || ''));
-      if (g.gold !== undefined) line('gold', g.gold, 'dense ' + fmt(g.gold_dense) + ' · sequence ' + fmt(g.gold_sequence));
-      line('RM score', g.rm, 'as used ' + fmt(g.rm_used));
+      if (g.gold !== undefined) line('gold', g.gold, '= ' + short(g.gold_dense) + ' dense ' + (g.gold_sequence < 0 ? '− ' : '+ ') + short(Math.abs(g.gold_sequence)) + ' sequence');
+      line('RM score', g.rm, 'as PPO uses it: ' + short(g.rm_used));
       line('KL to π_ref', g.kl); line('Σ reward', g.reward);
       row.append(toks, sc); sec.append(row);
     });

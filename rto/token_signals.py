@@ -28,6 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from rto.algos.advantages import RunningMoments
 from rto.algos.masked import as_bool, masked_sum
 from rto.algos.rewards import kl_penalty
 from rto.credit import aligned_gold, dpo_log_ratios
@@ -68,27 +69,37 @@ def dpo_signal(run_cfg, log_ratio: torch.Tensor, experience_dpo: Optional[torch.
     return run_cfg.dpo.beta * log_ratio, f"DPO implicit reward β·log π_dpo/π_ref (dpo.beta={run_cfg.dpo.beta:g})"
 
 
-@torch.no_grad()
-def policy_views(run, models: dict, name: str, policy, prompts: list[str], seed: int) -> tuple[list[ResponseView], str]:
-    """The views of one policy's responses to `prompts`, and the label of its DPO signal.
+@dataclass
+class RunModels:
+    """What scores a response: pi_ref (the SFT policy), the DPO model, the reward model (a
+    `RewardScorer`), PPO's final critic and its reward statistics (None: not normalised)."""
 
-    `models`: the run's `sft` (pi_ref), `dpo`, `reward_model` (a RewardScorer), `critic` and
-    `score_moments` (PPO's reward statistics, or None)."""
+    reference: torch.nn.Module
+    dpo: torch.nn.Module
+    reward_model: torch.nn.Module
+    critic: torch.nn.Module
+    score_moments: Optional[RunningMoments]
+
+
+@torch.no_grad()
+def policy_views(run, models: RunModels, name: str, policy, prompts: list[str],
+                 seed: int) -> tuple[list[ResponseView], str]:
+    """The views of one policy's responses to `prompts` (`run`: a `RunFolder`), and the label of its DPO signal."""
     cfg, tokenizer = run.cfg, run.tokenizer
     policy.eval()
-    batch = run.sample(policy, prompts, seed)
+    batch = run.sample(policy, prompts, torch.Generator().manual_seed(seed))
     mask = batch["response_mask"]
     rollout = Rollout(batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], mask, list(prompts))
-    moments = copy.deepcopy(models["score_moments"])  # each policy from PPO's final statistics
-    exp = make_experience(rollout, actor=policy, critic=models["critic"], reference=models["sft"],
-                          reward_model=models["reward_model"], dpo_policy=models["dpo"], reward_cfg=cfg.reward,
-                          beta=cfg.beta, ppo_cfg=cfg.ppo, score_moments=moments)
-    log_ratio = dpo_log_ratios(models["dpo"], models["sft"], batch)
+    exp = make_experience(rollout, actor=policy, critic=models.critic, reference=models.reference,
+                          reward_model=models.reward_model, dpo_policy=models.dpo, reward_cfg=cfg.reward,
+                          beta=cfg.beta, ppo_cfg=cfg.ppo,
+                          score_moments=copy.deepcopy(models.score_moments))  # each policy from PPO's final ones
+    log_ratio = dpo_log_ratios(models.dpo, models.reference, batch)
     dpo, dpo_label = dpo_signal(cfg, log_ratio, exp.dpo_rewards)
     per_token = {"dpo": dpo, "log_ratio": log_ratio,
                  "kl": -cfg.beta * kl_penalty(exp.logprobs, exp.ref_logprobs, mask, cfg.ppo.kl_estimator),
                  "reward": exp.rewards, "value": exp.values, "advantage": exp.advantages}
-    rm_raw = models["reward_model"].score(**batch, prompt_text=list(prompts))
+    rm_raw = models.reward_model.score(**batch, prompt_text=list(prompts))
     kl = masked_sum(exp.logprobs - exp.ref_logprobs, mask, dim=1)
     total_reward = masked_sum(exp.rewards, mask, dim=1)
     views = []
@@ -108,12 +119,16 @@ def policy_views(run, models: dict, name: str, policy, prompts: list[str], seed:
 
 
 def signal_scales(views: list[ResponseView], quantile: float = 0.95) -> dict[str, float]:
-    """Per signal, the |value| at which the colour saturates: a high quantile over every token of the
-    page, so that one large token (the score at the last token) does not wash out all the others."""
+    """Per signal, the |value| at which the colour saturates: a high quantile over the page's tokens
+    other than each response's last, where the reward-model score lands; that score would otherwise
+    wash out every other token of the `reward` signal (it shows saturated instead)."""
     scales = {}
     for key in SIGNALS:
-        values = np.abs(np.concatenate([np.asarray(v.signals[key]) for v in views if key in v.signals] or [[]]))
-        if values.size:
-            scale = float(np.quantile(values, quantile))
-            scales[key] = scale if scale > 0 else float(values.max() or 1.0)
+        values = [np.abs(v.signals[key]) for v in views if key in v.signals]
+        if not values:
+            continue
+        body = np.concatenate([v[:-1] for v in values])
+        body = body if body.size else np.concatenate(values)
+        scale = float(np.quantile(body, quantile))
+        scales[key] = scale if scale > 0 else float(np.concatenate(values).max() or 1.0)
     return scales

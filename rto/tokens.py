@@ -28,7 +28,7 @@ from rto.credit import spearman
 from rto.report import POLICY_LABELS
 from rto.run_folder import RunFolder
 from rto.token_page import render
-from rto.token_signals import SIGNALS, ResponseView, policy_views, signal_scales
+from rto.token_signals import SIGNALS, ResponseView, RunModels, policy_views, signal_scales
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,18 @@ def page_credit(views: list[ResponseView], eos_id: int) -> float:
     return spearman(*map(np.asarray, zip(*pairs))) if len(pairs) > 1 else float("nan")
 
 
+def policy_summary(views: list[ResponseView], eos_id: int) -> dict[str, float]:
+    """Mean sequence scores of one policy's responses, and its credit correlation on the page."""
+    keys = [key for key, _ in SUMMARY_COLUMNS if all(key in v.scores for v in views)]
+    return {**{key: float(np.mean([v.scores[key] for v in views])) for key in keys},
+            "credit_spearman": page_credit(views, eos_id)}
+
+
 def page_data(run: RunFolder, n_prompts: int) -> dict:
     """Everything the page shows, as plain data (also written to tokens.json)."""
     cfg = run.cfg
-    critic, moments = run.critic()
-    models = {"sft": run.policy("sft"), "dpo": run.policy("dpo"), "reward_model": run.reward_model(),
-              "critic": critic, "score_moments": moments}
-    policies = {"sft": models["sft"], "dpo": models["dpo"], "policy": run.policy("ppo")}
+    models = RunModels(run.policy("sft"), run.policy("dpo"), run.reward_model(), *run.critic())
+    policies = {"sft": models.reference, "dpo": models.dpo, "policy": run.policy("ppo")}
     labels = {"sft": "SFT", "dpo": "DPO", "policy": POLICY_LABELS.get(cfg.reward.name, f"PPO ({cfg.reward.name})")}
     prompts = run.prompts(n_prompts)
     views: dict[str, list[ResponseView]] = {}
@@ -80,10 +85,7 @@ def page_data(run: RunFolder, n_prompts: int) -> dict:
     scales = signal_scales(every)
     helps = signal_help(cfg, dpo_label)
     signals = [{"key": k, "short": helps[k][0], "help": helps[k][1], "scale": scales[k]} for k in SIGNALS if k in scales]
-    summary = {name: {key: float(np.mean([v.scores[key] for v in vs])) for key, _ in SUMMARY_COLUMNS[:-1]
-                      if all(key in v.scores for v in vs)} for name, vs in views.items()}
-    for name, vs in views.items():
-        summary[name]["credit_spearman"] = page_credit(vs, run.tokenizer.eos_token_id)
+    summary = {name: policy_summary(vs, run.tokenizer.eos_token_id) for name, vs in views.items()}
     columns = [c for c in SUMMARY_COLUMNS if any(c[0] in s and not np.isnan(s[c[0]]) for s in summary.values())]
     meta = [("run", run.folder.resolve().name), ("reward", cfg.reward.name), ("beta", cfg.beta),
             ("reward.dpo_scale", cfg.reward.dpo_scale), ("dpo.beta", cfg.dpo.beta), ("model", cfg.model.name),
