@@ -122,7 +122,7 @@ function paint(key) {
   document.getElementById('legend-lo').textContent = '≤ ' + fmt(-s.scale);
   document.getElementById('legend-hi').textContent = '≥ ' + fmt(s.scale);
   document.getElementById('legend-text').textContent = s.help;
-  history.replaceState(null, '', '#signal=' + key);
+  try { history.replaceState(null, '', '#signal=' + key); } catch (e) { /* a sandboxed frame (W&B panel) */ }
 }
 function tip(ev) {
   const box = document.getElementById('tip'), t = ev.target.closest('.tok');
