@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from rto.task import (
+from rto.tasks.embedded import (
     EOS,
     EmbeddedTask,
     GeneratorConfig,
@@ -26,7 +26,7 @@ from rto.task import (
     split_prompts,
     vocabulary,
 )
-from rto.task.language import TOPICS
+from rto.tasks.embedded.language import TOPICS
 
 PROMPT = "write about food in 5 words mentioning cake :"
 

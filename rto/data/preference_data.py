@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
+from rto.data.bundle import DataBundle, split_pairs
 from rto.data.collate import Encoder
 from rto.data.preference_formats import (FORMATS, Prompt, convert_rows, load_table, prompt_key, prompt_row,
                                          sft_row)
@@ -44,9 +45,7 @@ def _apply_prompt_limit(rows: list, prompt_of, encoder: Encoder, policy: str, wh
     return [row for row, long in zip(rows, too_long) if not long] if policy == "drop" else rows
 
 
-def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]) -> "DataBundle":
-    from rto.data.sources import DataBundle, split_pairs
-
+def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]) -> DataBundle:
     if tokenizer is None:
         raise ValueError(f"data={cfg.name} is text from a real preference set: it needs the tokenizer of a "
                          f"pretrained model, so set model.pretrained (e.g. model=smollm2-135m-instruct)")

@@ -3,41 +3,20 @@ other sources (files, the hub) give the same row schemas without a gold judge.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
+from rto.data.bundle import DataBundle, split_pairs
 from rto.data.collate import Encoder
+from rto.data.preference_data import load_preference_data
 from rto.data.validate import validate_bundle
-
-# a gold judge scores (prompt, response) texts; None where the data has no known reward
-GoldJudge = Callable[[list[str], list[str]], np.ndarray]
-
-
-@dataclass
-class DataBundle:
-    tokenizer: PreTrainedTokenizerBase
-    encoder: Encoder
-    sft_rows: list[dict]
-    train_pairs: list[dict]
-    val_pairs: list[dict]
-    train_prompts: list[str]
-    eval_prompts: list[str]
-    gold: Optional[GoldJudge] = None
-
-
-def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = int(round(len(pairs) * val_fraction))
-    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
+from rto.tasks.embedded import EmbeddedTask, build_tokenizer, gold_rewards
 
 
 def load_embedded(data_cfg: DictConfig) -> DataBundle:
-    from rto.task import EmbeddedTask, build_tokenizer, gold_rewards
-
     task = EmbeddedTask(
         seed=data_cfg.seed,
         n_sft=data_cfg.n_sft,
@@ -63,15 +42,10 @@ def load_embedded(data_cfg: DictConfig) -> DataBundle:
     )
 
 
-def load_preferences(data_cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]) -> DataBundle:
-    from rto.data.preference_data import load_preference_data
-    return load_preference_data(data_cfg, tokenizer)
-
-
 # each source gets the data config and the pretrained model's tokenizer (None for a model built from scratch)
 SOURCES: dict[str, Callable[[DictConfig, Optional[PreTrainedTokenizerBase]], DataBundle]] = {
     "embedded": lambda data_cfg, tokenizer: load_embedded(data_cfg),  # the task brings its own tokenizer
-    "preferences": load_preferences,
+    "preferences": load_preference_data,
 }
 
 

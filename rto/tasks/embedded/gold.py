@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rto.task.language import EOS, NEUTRAL_WORDS, TOPICS, WORD_TO_TOPIC
-from rto.task.prompts import parse
+from rto.tasks.embedded.language import EOS, NEUTRAL_WORDS, TOPICS, WORD_TO_TOPIC
+from rto.tasks.embedded.prompts import parse
 
 ON_TOPIC = 1.0
 KEYWORD_BONUS = 2.0

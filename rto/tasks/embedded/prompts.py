@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from rto.task.language import MAX_LENGTH, MIN_LENGTH, TOPICS
+from rto.tasks.embedded.language import MAX_LENGTH, MIN_LENGTH, TOPICS
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rto.task.generator import GeneratorConfig, sample_response
-from rto.task.gold import gold_reward
-from rto.task.prompts import PromptSpec, split_prompts
+from rto.tasks.embedded.generator import GeneratorConfig, sample_response
+from rto.tasks.embedded.gold import gold_reward
+from rto.tasks.embedded.prompts import PromptSpec, split_prompts
 
 # One independent random stream per product, so that asking for one never shifts another, and the
 # eval prompts stay the same whatever the training sizes.

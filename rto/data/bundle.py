@@ -1,0 +1,34 @@
+"""What every data source hands the stages: the `DataBundle`, and the seeded split of preference
+pairs into training and held-out rows. A leaf module: sources import it, it imports no source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from rto.data.collate import Encoder
+
+# a gold judge scores (prompt, response) texts; None where the data has no known reward
+GoldJudge = Callable[[list[str], list[str]], np.ndarray]
+
+
+@dataclass
+class DataBundle:
+    tokenizer: PreTrainedTokenizerBase
+    encoder: Encoder
+    sft_rows: list[dict]
+    train_pairs: list[dict]
+    val_pairs: list[dict]
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    gold: Optional[GoldJudge] = None
+
+
+def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded `val_fraction` of the pairs held out (the reward model's accuracy is measured on them)."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = int(round(len(pairs) * val_fraction))
+    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]

@@ -1,0 +1,3 @@
+"""Tasks with a known gold reward, generated offline: `embedded` (a toy language, models trained
+from scratch). Each task gives prompts, demonstrations or a starting policy's samples, preference
+pairs labelled on its gold reward, and the gold judge the evaluation reads."""
