@@ -12,8 +12,9 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from rto.algos.rewards import REWARDS
+
 STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
-REWARDS = ("sentence", "token", "ddpo", "semi", "shaping")
 KL_ESTIMATORS = ("k1", "k3")
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
@@ -68,7 +69,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "compile": BOOL,
     "dpo.share_prompt": BOOL,
     "rm.share_prompt": BOOL,
-    "reward.name": _one_of(REWARDS),
+    "reward.name": _one_of(tuple(REWARDS)),
     "reward.rm_scale": NON_NEGATIVE,
     "reward.dpo_scale": NON_NEGATIVE,
     "reward.dpo_clip": _optional(POSITIVE),

@@ -13,7 +13,7 @@ from torch import Tensor
 from rto.algos.advantages import RunningMoments, gae
 from rto.algos.finite import check_finite
 from rto.algos.masked import SumReduce, masked_whiten
-from rto.algos.rewards import clamp_score, compute_rewards, dpo_token_rewards
+from rto.algos.rewards import clamp_score, compute_rewards, dpo_token_rewards, reward_variant
 from rto.models.forward import policy_logprobs
 from rto.rl.rollout import Rollout
 
@@ -76,7 +76,7 @@ def make_experience(rollout: Rollout, *, actor, critic, reference, reward_model,
     score = clamp_score(score, reward_cfg.score_clip)
 
     dpo_logprobs = dpo_rewards = None
-    if reward_cfg.name != "sentence":
+    if reward_variant(reward_cfg.name).uses_dpo:
         dpo_logprobs, _ = policy_logprobs(dpo_policy, batch)
         check("dpo_logprobs", dpo_logprobs, mask)
         dpo_rewards = dpo_token_rewards(dpo_logprobs, ref_logprobs, mask, reward_cfg.dpo_scale, reward_cfg.dpo_clip)
