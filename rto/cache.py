@@ -49,8 +49,8 @@ IGNORED = {"checkpoint"}
 TRAINER_COSMETIC = {"enable_progress_bar", "enable_model_summary", "enable_checkpointing",
                     "log_every_n_steps", "default_root_dir", "logger"}
 # the code a stage's result depends on; an edit there gives new keys instead of stale weights
-CODE_DIRS = ("algos", "data", "models", "stages", "task")
-CODE_FILES = ("pipeline.py",)
+CODE_DIRS = ("algos", "data", "models", "recipes", "stages", "tasks")
+CODE_FILES = ("context.py", "pipeline.py")
 MANIFEST = "manifest.json"
 
 

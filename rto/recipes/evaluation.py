@@ -1,0 +1,43 @@
+"""Evaluation on held-out prompts of every policy the job produced (SFT, DPO, the RL policy): the
+table, the metrics and sample generations, written by the output writer. Runs on rank 0."""
+
+from __future__ import annotations
+
+import time
+
+from rto.evaluation import evaluate, format_table
+from rto.models.reward import judge_scorer
+from rto.outputs import OutputWriter
+from rto.recipes.base import StageRecipe
+
+POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)"}
+
+
+class EvaluationRecipe(StageRecipe):
+    name = "eval"
+    checkpointed = False
+
+    def needs(self, cfg):
+        return ("sft", "rm", "dpo", "ppo")
+
+    def run(self, ctx, upstream):
+        cfg = ctx.cfg.eval
+        prompts = ctx.data.eval_prompts[:cfg.n_prompts]
+        policies = {"sft": upstream["sft"], "dpo": upstream["dpo"], "policy": upstream["ppo"]}
+        start = time.perf_counter()
+        judge = judge_scorer(cfg.get("judge"), ctx.data.encoder, ctx.data.tokenizer)
+        results, samples = evaluate(policies, upstream["sft"], ctx.scorer(upstream["rm"]), prompts, ctx.data.encoder,
+                                    cfg, ctx.decode, ctx.data.gold, judge)
+        ctx.metrics["time/eval_seconds"] = time.perf_counter() - start
+        reward = ctx.cfg.reward.name
+        table = format_table(results, {"sft": "SFT", "dpo": "DPO",
+                                       "policy": POLICY_LABELS.get(reward, f"PPO ({reward})")})
+        for name, result in results.items():
+            ctx.metrics.update({f"eval/{name}/{k}": v for k, v in result.items()})
+        n = cfg.n_samples_saved
+        rows = [{"policy": name, "prompt": ctx.prompt_text(p), "response": r,
+                 "gold": None if s.gold is None else float(s.gold[i]), "rm_score": float(s.rm_score[i]),
+                 "judge": None if s.judge is None else float(s.judge[i])}
+                for name, s in samples.items() for i, (p, r) in enumerate(zip(s.prompts[:n], s.responses[:n]))]
+        OutputWriter(ctx.out, ctx.loggers).write(table, ctx.metrics, rows)
+        print(f"\n{table}\n")
