@@ -27,8 +27,8 @@ from rto.models.scalar_head import ScalarHeadModel
 from tests.conftest import compose_config
 from tests.real_assets import save_tiny_llama, write_preference_sets
 
-SMALL = ("data.max_prompt_tokens=32", "data.max_response_tokens=12", "data.n_eval_prompts=4",
-         "data.eval_fraction=0.2", "data.val_fraction=0.2")
+SMALL = ("data.max_prompt_tokens=32", "data.max_response_tokens=12", "data.n_test_prompts=4",
+         "data.test_prompt_fraction=0.2", "data.val_prompt_fraction=0.1", "data.val_fraction=0.2")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def assets(tmp_path_factory):
 def real_cfg(assets, data: str, *overrides: str, output_dir: Path):
     return compose_config("model=hf", f"model.pretrained={assets['model']}", f"data={data}",
                           f"data.path={assets[data if data != 'jsonl' else 'plain']}", "data.sft_path=null",
-                          "data.eval_split=null", *SMALL, *overrides, output_dir=output_dir)
+                          "data.test_split=null", *SMALL, *overrides, output_dir=output_dir)
 
 
 # ---- schemas ------------------------------------------------------------------------------------------
@@ -102,8 +102,9 @@ def test_long_prompts_truncated_or_dropped_and_counted(assets, tmp_path, caplog,
     with caplog.at_level(logging.WARNING):
         if kept:
             data = load_data(cfg.data, tok)
-            # every pair is kept but those of the held-out prompts (eval_fraction=0.2 of 24 distinct prompts)
-            assert len(data.train_pairs) + len(data.val_pairs) == kept - round(0.2 * kept)
+            # every pair is kept but those of the held-out prompts: 24 distinct prompts, 5 (0.2) test, then
+            # 2 (0.1 of the 19 left) validation
+            assert len(data.train_pairs) + len(data.val_pairs) == kept - 5 - 2
             assert len(data.encoder.prompt(data.train_pairs[0]["prompt"])) == 8  # the last 8 tokens
         else:  # every templated prompt is longer than 8 tokens: nothing is left, and the error says so
             with pytest.raises(ValueError, match="no preference pairs left"):
@@ -115,8 +116,9 @@ def test_long_prompts_truncated_or_dropped_and_counted(assets, tmp_path, caplog,
 def test_held_out_prompts_are_never_trained_on(assets, tmp_path):
     cfg = real_cfg(assets, "ultrafeedback", output_dir=tmp_path)
     data = load_data(cfg.data, load_tokenizer(cfg.model))
-    held = {json.dumps(p) for p in data.eval_prompts}
-    assert held and data.gold is None
+    val, test = ({json.dumps(p) for p in prompts} for prompts in (data.val_prompts, data.test_prompts))
+    assert val and test and not val & test and data.gold is None
+    held = val | test
     trained = [r["prompt"] for r in data.sft_rows + data.train_pairs + data.val_pairs] + data.train_prompts
     assert not held & {json.dumps(p) for p in trained}
 

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rto.data.collate import Encoder
 
+PROMPT_SETS = ("train", "val", "test")
 # a gold judge scores (prompt, response) texts; None where the data has no known reward
 GoldJudge = Callable[[list[str], list[str]], np.ndarray]
 
@@ -22,9 +23,16 @@ class DataBundle:
     sft_rows: list[dict]
     train_pairs: list[dict]
     val_pairs: list[dict]
-    train_prompts: list[str]
-    eval_prompts: list[str]
+    train_prompts: list[str]   # RL prompts (SFT rows and pairs use training prompts only)
+    val_prompts: list[str]     # every tuning, stopping or selection choice is made on these
+    test_prompts: list[str]    # the final table only
     gold: Optional[GoldJudge] = None
+
+    def prompts(self, prompt_set: str) -> list[str]:
+        """`train`, `val` or `test`."""
+        if prompt_set not in PROMPT_SETS:
+            raise ValueError(f"unknown prompt set {prompt_set!r}; expected one of {', '.join(PROMPT_SETS)}")
+        return getattr(self, f"{prompt_set}_prompts")
 
 
 def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

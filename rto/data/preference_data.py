@@ -3,8 +3,10 @@
 - preference pairs: `data.path` / `data.split` in `data.format` (see `preference_formats`);
 - SFT demonstrations: the chosen responses, or `data.sft_path` (`messages`, or prompt + response);
 - RL prompts: the pairs' prompts, or `data.prompts_path` (its `data.prompt_column`);
-- evaluation prompts: `data.eval_path` / `data.eval_split`, or `data.eval_fraction` of the prompts
-  held out (no training row ever uses a held-out prompt).
+- test prompts (the final table): `data.test_path` / `data.test_split`, or `data.test_prompt_fraction`
+  of the distinct prompts held out;
+- validation prompts (tuning and selection): `data.val_prompt_fraction` of the remaining distinct
+  prompts held out. No training row ever uses a validation or test prompt.
 
 There is no gold judge: `DataBundle.gold` is None, and evaluation reports the reward model's score,
 the KL and, when `eval.judge` names a held-out reward model, the win rate it judges.
@@ -70,28 +72,31 @@ def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenize
     sft_rows = _apply_prompt_limit(sft_rows, lambda r: r["prompt"], encoder, policy, "SFT rows")
     prompts = _apply_prompt_limit(_unique(prompts), lambda p: p, encoder, policy, "RL prompts")
 
-    if cfg.eval_path or cfg.eval_split:
-        eval_table = _table(cfg, cfg.eval_path or cfg.path, cfg.eval_split)
-        if cfg.eval_format == "prompts":
-            held_out = convert_rows(eval_table, partial(prompt_row, prompt_column=column), "eval prompts", on_invalid)
+    if cfg.test_path or cfg.test_split:
+        test_table = _table(cfg, cfg.test_path or cfg.path, cfg.test_split)
+        if cfg.test_format == "prompts":
+            test = convert_rows(test_table, partial(prompt_row, prompt_column=column), "test prompts", on_invalid)
         else:
-            held_out = [r["prompt"] for r in convert_rows(eval_table, convert, "eval pairs", on_invalid)]
-        held_out = _apply_prompt_limit(_unique(held_out), lambda p: p, encoder, policy, "eval prompts")
+            test = [r["prompt"] for r in convert_rows(test_table, convert, "test pairs", on_invalid)]
+        test = _apply_prompt_limit(_unique(test), lambda p: p, encoder, policy, "test prompts")
     else:
-        held_out = _hold_out(prompts, cfg.eval_fraction, cfg.seed)
-    keys = {prompt_key(p) for p in held_out}
+        test = _hold_out(prompts, cfg.test_prompt_fraction, cfg.seed)
+    test_keys = {prompt_key(p) for p in test}
+    val = _hold_out([p for p in prompts if prompt_key(p) not in test_keys], cfg.val_prompt_fraction, cfg.seed + 1)
+    keys = test_keys | {prompt_key(p) for p in val}
     pairs = [r for r in pairs if prompt_key(r["prompt"]) not in keys]
     sft_rows = [r for r in sft_rows if prompt_key(r["prompt"]) not in keys]
     prompts = [p for p in prompts if prompt_key(p) not in keys]
     for name, rows in (("preference pairs", pairs), ("SFT rows", sft_rows), ("RL prompts", prompts),
-                       ("eval prompts", held_out)):
+                       ("validation prompts", val), ("test prompts", test)):
         if not rows:
             raise ValueError(f"data={cfg.name}: no {name} left after conversion, limits and the held-out split")
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
-    log.info("data=%s: %d SFT rows, %d/%d train/val pairs, %d RL prompts, %d eval prompts", cfg.name,
-             len(sft_rows), len(train_pairs), len(val_pairs), len(prompts), len(held_out))
+    val, test = val[:cfg.n_val_prompts], test[:cfg.n_test_prompts]
+    log.info("data=%s: %d SFT rows, %d/%d train/held-out pairs, %d/%d/%d train/validation/test prompts", cfg.name,
+             len(sft_rows), len(train_pairs), len(val_pairs), len(prompts), len(val), len(test))
     return DataBundle(tokenizer=tokenizer, encoder=encoder, sft_rows=sft_rows, train_pairs=train_pairs,
-                      val_pairs=val_pairs, train_prompts=prompts, eval_prompts=held_out[:cfg.n_eval_prompts],
+                      val_pairs=val_pairs, train_prompts=prompts, val_prompts=val, test_prompts=test,
                       gold=None)
 
 

@@ -22,8 +22,10 @@ def load_embedded(data_cfg: DictConfig) -> DataBundle:
         n_sft=data_cfg.n_sft,
         n_pairs=data_cfg.n_pairs,
         n_train_prompts=data_cfg.n_train_prompts,
-        n_eval_prompts=data_cfg.n_eval_prompts,
-        eval_fraction=data_cfg.eval_fraction,
+        n_val_prompts=data_cfg.n_val_prompts,
+        n_test_prompts=data_cfg.n_test_prompts,
+        val_prompt_fraction=data_cfg.val_prompt_fraction,
+        test_prompt_fraction=data_cfg.test_prompt_fraction,
         bt_temperature=data_cfg.bt_temperature,
         max_response_words=data_cfg.max_response_words,
     )
@@ -36,8 +38,9 @@ def load_embedded(data_cfg: DictConfig) -> DataBundle:
         sft_rows=task.sft_rows(),
         train_pairs=train_pairs,
         val_pairs=val_pairs,
-        train_prompts=task.train_prompts(),
-        eval_prompts=task.eval_prompts(),
+        train_prompts=task.prompts("train"),
+        val_prompts=task.prompts("val"),
+        test_prompts=task.prompts("test"),
         gold=lambda prompts, responses: np.asarray(gold_rewards(prompts, responses), dtype=float),
     )
 

@@ -160,5 +160,6 @@ def validate_bundle(bundle, on_invalid: str = "raise", check_prompt_length: bool
     bundle.val_pairs = check(bundle.val_pairs, "pair", name="preference pairs (val)") \
         if bundle.val_pairs else bundle.val_pairs
     bundle.train_prompts = check(bundle.train_prompts, "prompt", name="train prompts")
-    bundle.eval_prompts = check(bundle.eval_prompts, "prompt", name="eval prompts")
+    bundle.val_prompts = check(bundle.val_prompts, "prompt", name="validation prompts")
+    bundle.test_prompts = check(bundle.test_prompts, "prompt", name="test prompts")
     return bundle

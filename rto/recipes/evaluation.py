@@ -1,4 +1,4 @@
-"""Evaluation on held-out prompts of every policy the job produced (SFT, DPO, the RL policy): the
+"""Evaluation on held-out prompts (`eval.prompt_set`: test, or val for tuning) of every policy the job produced (SFT, DPO, the RL policy): the
 table, the metrics and sample generations, written by the output writer. Runs on rank 0."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class EvaluationRecipe(StageRecipe):
 
     def run(self, ctx, upstream):
         cfg = ctx.cfg.eval
-        prompts = ctx.data.eval_prompts[:cfg.n_prompts]
+        prompts = ctx.data.prompts(cfg.prompt_set)[:cfg.n_prompts]
         policies = {"sft": upstream["sft"], "dpo": upstream["dpo"], "policy": upstream["ppo"]}
         start = time.perf_counter()
         judge = judge_scorer(cfg.get("judge"), ctx.data.encoder, ctx.data.tokenizer)

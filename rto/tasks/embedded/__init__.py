@@ -12,7 +12,7 @@ from rto.tasks.embedded.gold import (
     optimal_response,
 )
 from rto.tasks.embedded.language import BOS, EOS, PAD, UNK, build_tokenizer, vocabulary
-from rto.tasks.embedded.prompts import PromptSpec, all_prompts, is_eval_prompt, parse, split_prompts
+from rto.tasks.embedded.prompts import PROMPT_SETS, PromptSpec, all_prompts, parse, prompt_set, split_prompts
 
 __all__ = [
     "BOS",
@@ -29,7 +29,8 @@ __all__ = [
     "gold_reward",
     "gold_rewards",
     "gold_token_rewards",
-    "is_eval_prompt",
+    "prompt_set",
+    "PROMPT_SETS",
     "label_agreement",
     "optimal_response",
     "parse",
