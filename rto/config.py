@@ -152,6 +152,11 @@ def validate(cfg: DictConfig) -> None:
         if not check(value):
             problems.append(f"{key} must be {what}, got {value!r}")
     problems += lora_problems(cfg)
+    policies = OmegaConf.select(cfg, "eval.policies", default=None)
+    if policies is not None and (not OmegaConf.is_list(policies) or "sft" not in policies
+                                 or not set(policies) <= {"sft", "dpo", "policy"}):
+        problems.append(f"eval.policies must be a list of sft, dpo and policy that includes sft (the win-rate "
+                        f"baseline), got {policies!r}")
     ppo = cfg.get("ppo")
     if ppo is not None and not problems and ppo.minibatch_size > ppo.rollout_batch_size:
         problems.append(

@@ -37,6 +37,7 @@ def test_no_module_or_class_too_long():
     (["stage=ppo", "reward=token"], ["sft", "rm", "dpo", "ppo"]),
     (["stage=eval", "reward=sentence"], ["sft", "rm", "dpo", "ppo", "eval"]),  # the table has DPO's row
     (["stage=all"], ["sft", "rm", "dpo", "ppo", "eval"]),
+    (["stage=all", "eval.policies=[sft,dpo]"], ["sft", "rm", "dpo", "eval"]),  # tuning DPO: no RL
 ])
 def test_plan_walks_the_stages_each_target_needs(tmp_path, overrides, stages):
     cfg = compose_config(*overrides, output_dir=tmp_path)

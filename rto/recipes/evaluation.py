@@ -11,6 +11,8 @@ from rto.outputs import OutputWriter
 from rto.recipes.base import StageRecipe
 
 POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)"}
+# the stage whose model each evaluated policy is
+POLICY_STAGES = {"sft": "sft", "dpo": "dpo", "policy": "ppo"}
 
 
 class EvaluationRecipe(StageRecipe):
@@ -18,12 +20,14 @@ class EvaluationRecipe(StageRecipe):
     checkpointed = False
 
     def needs(self, cfg):
-        return ("sft", "rm", "dpo", "ppo")
+        # the reference (SFT) and the reward model score every policy; `eval.policies` without `policy`
+        # evaluates SFT and DPO without any RL (tuning the DPO arm)
+        return ("sft", "rm") + tuple(POLICY_STAGES[name] for name in cfg.eval.policies if name != "sft")
 
     def run(self, ctx, upstream):
         cfg = ctx.cfg.eval
         prompts = ctx.data.prompts(cfg.prompt_set)[:cfg.n_prompts]
-        policies = {"sft": upstream["sft"], "dpo": upstream["dpo"], "policy": upstream["ppo"]}
+        policies = {name: upstream[POLICY_STAGES[name]] for name in cfg.policies}
         start = time.perf_counter()
         judge = judge_scorer(cfg.get("judge"), ctx.data.encoder, ctx.data.tokenizer)
         results, samples = evaluate(policies, upstream["sft"], ctx.scorer(upstream["rm"]), prompts, ctx.data.encoder,
