@@ -104,6 +104,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ppo.kl_estimator": _one_of(KL_ESTIMATORS),
     "ppo.max_grad_norm": _optional(POSITIVE),
     "ppo.target_kl": _optional(POSITIVE),
+    "ppo.val_every": _optional(COUNT),
+    "ppo.val_prompts": COUNT,
     "eval.n_prompts": _optional(COUNT),
     "eval.prompt_set": _one_of(("val", "test")),
     "eval.batch_size": COUNT,

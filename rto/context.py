@@ -98,7 +98,7 @@ class RunContext:
     def resume_dir(self, stage: str) -> Path:
         return self.ckpt_dir / f"{stage}-resume"
 
-    def fit(self, recipe, module, loaders: Callable, **trainer_overrides) -> None:
+    def fit(self, recipe, module, loaders: Callable, callbacks: tuple = (), **trainer_overrides) -> None:
         """`trainer.fit`, resumed from `<stage>-resume/` when an earlier run of this stage was interrupted.
         `loaders()` gives `(train, val)` once the stage's trainer exists: training rows are dealt to its ranks."""
         resume = self.cfg.resume
@@ -106,7 +106,8 @@ class RunContext:
         with fast_stage(module, self.cfg.compile):
             fit_resumable(partial(self.trainer, **trainer_overrides), module, loaders,
                           folder=self.resume_dir(recipe.name), cfg_hash=self.config_hash(recipe.config_keys),
-                          every_n_steps=recipe.resume_every or resume.every_n_steps, enabled=resume.enabled)
+                          every_n_steps=recipe.resume_every or resume.every_n_steps, enabled=resume.enabled,
+                          callbacks=callbacks)
 
     # ---- texts ------------------------------------------------------------------------------
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:

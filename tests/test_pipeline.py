@@ -13,6 +13,7 @@ import pytest
 from rto.main import train
 from rto.pipeline import MissingStageError
 from tests.conftest import compose_config
+from tests.csv_log import logged
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_KEYS = ("gold_reward", "gold_reward_stderr", "kl", "win_rate", "rm_score")
@@ -99,3 +100,26 @@ def test_cli_runs_the_default_entry_point(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| RTO (token) |" in result.stdout
     assert (tmp_path / "metrics.json").exists()
+
+
+def test_validation_curve_is_logged_before_rl_and_at_the_last_iteration(finished_run):
+    """The sample-efficiency curve: val/* at iteration 0 (the SFT policy) and at the last iteration
+    (debug=tiny: 2 iterations of 8 responses, ppo.val_every=5), on the validation prompts."""
+    from rto.data import load_data
+    from rto.evaluation import sample_policy
+    from rto.models import load_policy
+    from rto.models.reward import judge_scorer
+
+    out, _ = finished_run
+    assert logged(out, "val/iteration") == [0.0, 2.0]
+    assert logged(out, "val/sampled_responses") == [0.0, 16.0]
+    cfg = compose_config("reward=token", output_dir=out)
+    data = load_data(cfg.data)
+    sft = load_policy(out / "checkpoints" / "sft", cfg.model).eval()
+    rm = judge_scorer(str(out / "checkpoints" / "rm"), data.encoder, data.tokenizer)
+    decode = lambda ids, mask: [data.tokenizer.decode(r[m.bool()].tolist()) for r, m in zip(ids, mask)]  # noqa: E731
+    start = sample_policy(sft, sft, rm, data.val_prompts[:cfg.ppo.val_prompts], data.encoder,
+                          batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                          temperature=cfg.eval.temperature, seed=cfg.eval.seed, decode=decode, gold=data.gold)
+    assert logged(out, "val/gold_reward")[0] == pytest.approx(float(start.gold.mean()), abs=1e-9)
+    assert logged(out, "val/kl")[0] == pytest.approx(0.0, abs=1e-6)

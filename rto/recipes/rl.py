@@ -21,6 +21,7 @@ from rto.data import PromptCollator
 from rto.models import load_policy
 from rto.models.reward import new_critic
 from rto.recipes.base import StageRecipe, Upstream
+from rto.rl.validation import ValidationCurve
 from rto.stages import PPOModule
 
 
@@ -42,6 +43,19 @@ class Learner:
 
 
 LEARNERS: dict[str, Learner] = {"ppo": Learner(ppo_module)}
+
+
+def validation_curve(ctx) -> tuple:
+    """The sample-efficiency curve on the first `ppo.val_prompts` validation prompts (none if `ppo.val_every`
+    is null), sampled as the final evaluation samples."""
+    cfg = ctx.cfg.ppo
+    if not cfg.val_every:
+        return ()
+    return (ValidationCurve(
+        ctx.data.val_prompts[:cfg.val_prompts], ctx.data.encoder, ctx.decode, ctx.data.gold, every=cfg.val_every,
+        iterations=cfg.iterations, responses_per_rank=cfg.rollout_batch_size,
+        batch_size=ctx.cfg.eval.batch_size, max_new_tokens=ctx.cfg.eval.max_new_tokens,
+        temperature=ctx.cfg.eval.temperature, seed=ctx.cfg.eval.seed),)
 
 
 def learner_name(cfg) -> str:
@@ -74,5 +88,5 @@ class RLRecipe(StageRecipe):
             return ctx.training_loader(Subset(ctx.data.train_prompts, order.tolist()),
                                        PromptCollator(ctx.data.encoder), cfg.rollout_batch_size, shuffle=False), None
         # every iteration is expensive and worth a log line
-        ctx.fit(self, module, prompts, max_epochs=1, log_every_n_steps=1)
+        ctx.fit(self, module, prompts, callbacks=validation_curve(ctx), max_epochs=1, log_every_n_steps=1)
         return actor
