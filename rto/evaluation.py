@@ -62,16 +62,29 @@ def sample_policy(policy, reference, reward_model, prompts: list[str], encoder: 
                    np.concatenate(lengths), gold_scores, np.concatenate(judged) if judged else None)
 
 
-def summarize(samples: Samples, baseline: Samples) -> dict[str, float]:
+def distinct_ratio(response: str, special: frozenset = frozenset()) -> float:
+    """Distinct words over words (special tokens left out); 1.0 for an empty response. A policy that
+    hacks its reward by repeating what pays shows it here first."""
+    words = [w for w in response.split() if w not in special]
+    return len(set(words)) / len(words) if words else 1.0
+
+
+def summarize(samples: Samples, baseline: Samples, optimum: Optional[np.ndarray] = None,
+              special: frozenset = frozenset()) -> dict[str, float]:
+    distinct = np.asarray([distinct_ratio(r, special) for r in samples.responses])
     out = {
         "kl": float(samples.kl.mean()), "kl_stderr": stderr(samples.kl),
         "rm_score": float(samples.rm_score.mean()), "rm_score_stderr": stderr(samples.rm_score),
         "response_length": float(samples.length.mean()),
+        "distinct_ratio": float(distinct.mean()),
     }
     if samples.gold is not None:
         wins = (samples.gold > baseline.gold) + 0.5 * (samples.gold == baseline.gold)
         out.update(gold_reward=float(samples.gold.mean()), gold_reward_stderr=stderr(samples.gold),
                    win_rate=float(wins.mean()), win_rate_stderr=stderr(wins))
+        if optimum is not None:  # per prompt, the share of the best reachable gold
+            fraction = samples.gold / optimum
+            out.update(gold_fraction=float(fraction.mean()), gold_fraction_stderr=stderr(fraction))
     if samples.judge is not None:
         wins = (samples.judge > baseline.judge) + 0.5 * (samples.judge == baseline.judge)
         out.update(judge_score=float(samples.judge.mean()), judge_win_rate=float(wins.mean()),
@@ -80,7 +93,8 @@ def summarize(samples: Samples, baseline: Samples) -> dict[str, float]:
 
 
 def evaluate(policies: dict, reference, reward_model, prompts: list[str], encoder: Encoder, eval_cfg,
-             decode: Callable, gold: Optional[Callable], judge=None) -> tuple[dict[str, dict[str, float]], dict[str, Samples]]:
+             decode: Callable, gold: Optional[Callable], judge=None,
+             optimum: Optional[Callable] = None) -> tuple[dict[str, dict[str, float]], dict[str, Samples]]:
     """`policies` maps a row name to a model; the one named "sft" is the win-rate baseline."""
     samples = {
         name: sample_policy(model, reference, reward_model, prompts, encoder, batch_size=eval_cfg.batch_size,
@@ -89,7 +103,9 @@ def evaluate(policies: dict, reference, reward_model, prompts: list[str], encode
         for name, model in policies.items()
     }
     baseline = samples["sft"]
-    return {name: summarize(s, baseline) for name, s in samples.items()}, samples
+    best = optimum(prompts) if optimum is not None else None
+    special = frozenset(encoder.tokenizer.all_special_tokens)
+    return {name: summarize(s, baseline, best, special) for name, s in samples.items()}, samples
 
 
 def format_table(results: dict[str, dict[str, float]], labels: dict[str, str]) -> str:

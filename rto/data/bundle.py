@@ -27,6 +27,8 @@ class DataBundle:
     val_prompts: list[str]     # every tuning, stopping or selection choice is made on these
     test_prompts: list[str]    # the final table only
     gold: Optional[GoldJudge] = None
+    # the best gold reward reachable on each prompt, where the task knows it (for "fraction of optimum")
+    optimum: Optional[Callable[[list[str]], np.ndarray]] = None
 
     def prompts(self, prompt_set: str) -> list[str]:
         """`train`, `val` or `test`."""

@@ -13,7 +13,7 @@ from rto.data.bundle import DataBundle, split_pairs
 from rto.data.collate import Encoder
 from rto.data.preference_data import load_preference_data
 from rto.data.validate import validate_bundle
-from rto.tasks.embedded import EmbeddedTask, build_tokenizer, gold_rewards
+from rto.tasks.embedded import EmbeddedTask, build_tokenizer, gold_rewards, optimal_rewards
 
 
 def load_embedded(data_cfg: DictConfig) -> DataBundle:
@@ -42,6 +42,7 @@ def load_embedded(data_cfg: DictConfig) -> DataBundle:
         val_prompts=task.prompts("val"),
         test_prompts=task.prompts("test"),
         gold=lambda prompts, responses: np.asarray(gold_rewards(prompts, responses), dtype=float),
+        optimum=optimal_rewards,
     )
 
 

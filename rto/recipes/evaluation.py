@@ -31,7 +31,7 @@ class EvaluationRecipe(StageRecipe):
         start = time.perf_counter()
         judge = judge_scorer(cfg.get("judge"), ctx.data.encoder, ctx.data.tokenizer)
         results, samples = evaluate(policies, upstream["sft"], ctx.scorer(upstream["rm"]), prompts, ctx.data.encoder,
-                                    cfg, ctx.decode, ctx.data.gold, judge)
+                                    cfg, ctx.decode, ctx.data.gold, judge, optimum=ctx.data.optimum)
         ctx.metrics["time/eval_seconds"] = time.perf_counter() - start
         reward = ctx.cfg.reward.name
         table = format_table(results, {"sft": "SFT", "dpo": "DPO",

@@ -10,6 +10,7 @@ from rto.tasks.embedded.gold import (
     gold_rewards,
     gold_token_rewards,
     optimal_response,
+    optimal_rewards,
 )
 from rto.tasks.embedded.language import BOS, EOS, PAD, UNK, build_tokenizer, vocabulary
 from rto.tasks.embedded.prompts import PROMPT_SETS, PromptSpec, all_prompts, parse, prompt_set, split_prompts
@@ -33,6 +34,7 @@ __all__ = [
     "PROMPT_SETS",
     "label_agreement",
     "optimal_response",
+    "optimal_rewards",
     "parse",
     "sample_response",
     "split_prompts",

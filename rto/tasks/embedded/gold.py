@@ -109,6 +109,11 @@ def gold_rewards(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray
     return np.array([gold_reward(p, r) for p, r in zip(prompts, responses)], dtype=np.float64)
 
 
+def optimal_rewards(prompts: Sequence[str]) -> np.ndarray:
+    """The maximum of r* for each prompt (L * ON_TOPIC + KEYWORD_BONUS): what a perfect policy scores."""
+    return np.asarray([gold_reward(p, optimal_response(p)) for p in prompts], dtype=float)
+
+
 def optimal_response(prompt: str) -> str:
     """A response reaching the maximum of r*: L distinct on-topic words, keyword first, `<eos>`."""
     spec = parse(prompt)
