@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from rto.cache import CACHED_STAGES, StageCache
 from rto.config import validate
-from rto.report import POLICY_LABELS, write_report
+from rto.report import write_report
+from rto.report.multirun import POLICY_LABELS
 from rto.wandb_report import CURVES, build_report, report_spec
 from tests.conftest import CONF_DIR
 from tests.wandb_records import logged
@@ -107,11 +108,25 @@ def test_every_experiment_sweeps_valid_values(experiment):
             validate(compose_hydra(f"experiment={experiment}", f"{key}={value}"))
 
 
-def test_hparams_search_tunes_dpo_scale_with_optuna():
-    cfg = compose_hydra("hparams_search=rto_dpo_scale")
+@pytest.mark.parametrize("arm, tuned", [
+    ("ppo", {"ppo.actor_optimizer.lr", "beta"}),
+    ("rto", {"ppo.actor_optimizer.lr", "beta", "reward.dpo_scale", "reward.dpo_clip"}),
+    ("dpo", {"dpo.optimizer.lr", "dpo.beta", "dpo.epochs"}),
+])
+def test_each_arm_is_tuned_on_validation_prompts_with_the_same_budget(arm, tuned):
+    from rto.verdict import ARMS, METRIC
+    cfg = compose_hydra(f"hparams_search={arm}")
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
-    assert "reward.dpo_scale" in cfg.hydra.sweeper.params and cfg.reward.name == "token"
-    assert cfg.optimized_metric == "eval/policy/gold_reward"
+    assert set(cfg.hydra.sweeper.params) == tuned
+    assert cfg.hydra.sweeper.n_trials == 6 and cfg.eval.prompt_set == "val" and cfg.seed == 0
+    assert cfg.optimized_metric == METRIC[arm]
+    for key, value in ARMS[arm].items():  # the verdict's final runs keep what makes the arm that arm
+        key = "reward.name" if key == "reward" else key  # a config group chosen by name
+        assert str(OmegaConf.select(cfg, key)).replace(" ", "").replace("'", "") == str(value), key
+    for key, values in cfg.hydra.sweeper.params.items():  # every bound composes and passes the checks
+        for value in str(values).replace("tag(log, interval(", "").replace("))", "").replace("choice(", "") \
+                .replace("range(", "").replace(")", "").split(","):
+            validate(compose_hydra(f"hparams_search={arm}", f"{key}={value.strip()}"))
 
 
 def test_wandb_sweeps_use_the_experiment_keys():
@@ -137,7 +152,7 @@ def test_wandb_report_has_the_standard_panels():
 @pytest.mark.slow
 def test_optuna_sweeper_runs_and_gets_the_metric(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "rto.main", "-m", "hparams_search=rto_dpo_scale", "debug=tiny",
+        [sys.executable, "-m", "rto.main", "-m", "hparams_search=rto", "debug=tiny",
          "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
          f"hydra.sweep.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)

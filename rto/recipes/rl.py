@@ -52,7 +52,8 @@ def validation_curve(ctx) -> tuple:
     if not cfg.val_every:
         return ()
     return (ValidationCurve(
-        ctx.data.val_prompts[:cfg.val_prompts], ctx.data.encoder, ctx.decode, ctx.data.gold, every=cfg.val_every,
+        ctx.data.val_prompts[:cfg.val_prompts], ctx.data.encoder, ctx.decode, ctx.data.gold,
+        optimum=ctx.data.optimum, every=cfg.val_every,
         iterations=cfg.iterations, responses_per_rank=cfg.rollout_batch_size,
         batch_size=ctx.cfg.eval.batch_size, max_new_tokens=ctx.cfg.eval.max_new_tokens,
         temperature=ctx.cfg.eval.temperature, seed=ctx.cfg.eval.seed),)

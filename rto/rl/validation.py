@@ -1,7 +1,8 @@
 """The sample-efficiency curve: the policy's gold reward on a fixed subset of validation prompts,
 measured during RL every few iterations (never on training rollouts, never on test prompts).
 
-Logged as `val/gold_reward` (where the task has a gold reward), `val/rm_score` and `val/kl`, with
+Logged as `val/gold_reward` (where the task has a gold reward; `val/gold_fraction`, its share of the
+optimum, where the task knows that), `val/rm_score` and `val/kl`, with
 `val/sampled_responses` (responses the learner had sampled so far) and `val/iteration`, before the
 first iteration and after every `every`-th and the last. The subset, its sampling seed and settings
 are the same at every point, so the curve moves only because the policy does.
@@ -20,10 +21,12 @@ from rto.evaluation import sample_policy
 
 
 class ValidationCurve(Callback):
-    def __init__(self, prompts: list, encoder: Encoder, decode: Callable, gold: Optional[Callable], *, every: int,
+    def __init__(self, prompts: list, encoder: Encoder, decode: Callable, gold: Optional[Callable], *,
+                 optimum: Optional[Callable] = None, every: int,
                  iterations: int, responses_per_rank: int, batch_size: int, max_new_tokens: int,
                  temperature: float, seed: int):
         self.prompts, self.encoder, self.decode, self.gold = prompts, encoder, decode, gold
+        self.optimum = optimum
         # an iteration samples `responses_per_rank` on every data-parallel rank
         self.every, self.iterations, self.responses_per_rank = every, iterations, responses_per_rank
         self.sampling = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -41,7 +44,7 @@ class ValidationCurve(Callback):
     def measure(self, trainer, pl_module, iteration: int) -> None:
         # each data-parallel rank scores its own share of the subset; the sums are added over ranks
         shard = self.prompts[trainer.global_rank::trainer.world_size]
-        totals = torch.zeros(4, dtype=torch.float64)
+        totals = torch.zeros(5, dtype=torch.float64)
         if shard:
             was_training = pl_module.actor.training
             pl_module.actor.eval()  # the policy as it would be deployed: no dropout
@@ -49,7 +52,8 @@ class ValidationCurve(Callback):
                                     decode=self.decode, gold=self.gold, **self.sampling)
             pl_module.actor.train(was_training)
             gold = samples.gold if samples.gold is not None else np.zeros(len(shard))
-            totals += torch.tensor([len(shard), gold.sum(), samples.rm_score.sum(), samples.kl.sum()],
+            fraction = gold / self.optimum(shard) if self.optimum is not None else np.zeros(len(shard))
+            totals += torch.tensor([len(shard), gold.sum(), samples.rm_score.sum(), samples.kl.sum(), fraction.sum()],
                                    dtype=torch.float64)
         totals = trainer.strategy.reduce(totals.to(pl_module.device), reduce_op="sum").cpu()
         n = float(totals[0])
@@ -58,5 +62,7 @@ class ValidationCurve(Callback):
                    "val/rm_score": float(totals[2]) / n, "val/kl": float(totals[3]) / n}
         if self.gold is not None:
             metrics["val/gold_reward"] = float(totals[1]) / n
+            if self.optimum is not None:
+                metrics["val/gold_fraction"] = float(totals[4]) / n
         for logger in trainer.loggers:  # straight to the loggers: Lightning's `log` is not allowed in every hook
             logger.log_metrics(metrics, step=trainer.global_step)
