@@ -7,12 +7,18 @@ responses run into the token limit (from a second, longer run: its first L token
 a run with limit L samples, so "not ended within L tokens" is read off its lengths).
 
     nice -n 10 python benchmarks/sentiment_probe.py [--n-prompts 64] [--max-new-tokens 48]
+    nice -n 10 python benchmarks/sentiment_probe.py --n-prompts 16 --long-prompts 0 --json ...  # speed only
+
+The JSON records the machine's load average and the process CPU time: on a shared machine tokens/s
+falls with the load, so read the speed together with them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -23,7 +29,7 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's rto first (the venv may hold another checkout's)
-import rto.config  # noqa: E402,F401  (registers ${package_dir:...})
+from rto.config import validate  # noqa: E402  (importing it registers ${package_dir:...})
 from rto.models.factory import build_policy, load_tokenizer  # noqa: E402
 from rto.tasks.sentiment import (bradley_terry_labels, chat_encoder, gold_breakdown, gold_rewards,  # noqa: E402
                                  sample_response_pairs, sentiment_prompts)
@@ -32,6 +38,7 @@ from rto.tasks.sentiment import (bradley_terry_labels, chat_encoder, gold_breakd
 def load_smollm2():
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["model=smollm2-135m-gguf"])
+    validate(cfg)
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model)
     model = build_policy(cfg.model, tokenizer).eval()
@@ -73,6 +80,7 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/sentiment_probe.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     model, tokenizer, load_s = load_smollm2()
     encoder = chat_encoder(tokenizer, max_prompt_tokens=128, max_response_tokens=args.long_max_new_tokens)
     prompts = sentiment_prompts(args.seed, args.n_prompts, 0, 0).train
@@ -85,7 +93,7 @@ def main() -> None:
     gold = parts["total"]
     result = {
         "command": "python benchmarks/sentiment_probe.py " + " ".join(sys.argv[1:]),
-        "threads": args.threads, "load_seconds": load_s,
+        "threads": args.threads, "model_load_seconds": load_s,
         "sampling": {"prompts": len(prompts), "responses": len(responses), "max_new_tokens": args.max_new_tokens,
                      "batch_rows": 2 * args.batch_size, "seconds": pairs.seconds, "tokens": pairs.n_tokens,
                      "tokens_per_second": pairs.n_tokens / pairs.seconds,
@@ -99,30 +107,37 @@ def main() -> None:
         "share_penalised": {k: float((v > 0).mean()) for k, v in parts.items() if k not in ("vader", "total")},
         "pair_margin_abs": describe(np.abs(gold_rewards(prompts, pairs.first) - gold_rewards(prompts, pairs.second))),
         "label_agreement": agreement_table(prompts, pairs, args.label_temperatures, args.label_seeds),
-        "examples": [{"prompt": p, "response": r, "gold": float(g)}
-                     for p, r, g in list(zip(prompts + prompts, responses, gold))[:8]],
+        "responses": [{"prompt": p, "response": r, "gold": float(g), "ended": bool(e)}
+                      for p, r, g, e in zip(prompts + prompts, responses, gold, ended)],
     }
-
-    long_prompts = prompts[:args.long_prompts]
-    long = sample_response_pairs(model, encoder, long_prompts, args.long_max_new_tokens, args.temperature,
-                                 args.seed + 1, args.batch_size)
-    lengths = np.array(long.first_lengths + long.second_lengths)
-    long_ended = np.array(long.first_ended + long.second_ended)
-    limits = [lim for lim in (24, 32, 48, 64, 96, args.long_max_new_tokens) if lim <= args.long_max_new_tokens]
-    result["limit_run"] = {
-        "prompts": len(long_prompts), "max_new_tokens": args.long_max_new_tokens, "seconds": long.seconds,
-        "tokens_per_second": long.n_tokens / long.seconds,
-        "ended_length_quantiles": {q: float(np.quantile(lengths[long_ended], q)) for q in (0.25, 0.5, 0.75, 0.9)}
-        if long_ended.any() else None,
-        # not ended within L tokens: cut off at L, or ended after L
-        "share_not_ended_within": {lim: float((~long_ended | (lengths > lim)).mean()) for lim in limits},
-    }
-    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=1))
-    for ex in result["examples"]:
+    print(f"sampled {len(responses)} responses in {pairs.seconds:.0f} s", file=sys.stderr)
+    if args.long_prompts > 0:
+        result["limit_run"] = limit_run(model, encoder, prompts[:args.long_prompts], args)
+    result["load_average_1min"] = {"start": load_before[0], "end": os.getloadavg()[0]}
+    result["process_cpu_seconds"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+    print(json.dumps({k: v for k, v in result.items() if k != "responses"}, indent=1))
+    for ex in result["responses"][:8]:
         print(f"\n[{ex['gold']:+.2f}] {ex['prompt']}\n    {ex['response']!r}")
     out = ROOT / args.json
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def limit_run(model, encoder, prompts, args) -> dict:
+    """How often responses run past each token limit, read off one long run."""
+    long = sample_response_pairs(model, encoder, prompts, args.long_max_new_tokens, args.temperature,
+                                 args.seed + 1, args.batch_size)
+    lengths = np.array(long.first_lengths + long.second_lengths)
+    ended = np.array(long.first_ended + long.second_ended)
+    limits = [lim for lim in (24, 32, 48, 64, 96, args.long_max_new_tokens) if lim <= args.long_max_new_tokens]
+    return {
+        "prompts": len(prompts), "max_new_tokens": args.long_max_new_tokens, "seconds": long.seconds,
+        "tokens_per_second": long.n_tokens / long.seconds,
+        "ended_length_quantiles": {q: float(np.quantile(lengths[ended], q)) for q in (0.25, 0.5, 0.75, 0.9)}
+        if ended.any() else None,
+        # not ended within L tokens: cut off at L, or ended after L
+        "share_not_ended_within": {lim: float((~ended | (lengths > lim)).mean()) for lim in limits},
+    }
 
 
 if __name__ == "__main__":

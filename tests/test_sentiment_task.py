@@ -3,6 +3,7 @@ the two-sample helper (on a tiny saved model; the real SmolLM2 is measured by be
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import replace
 
@@ -19,6 +20,7 @@ from rto.tasks.sentiment import (END_MARKER, bradley_terry_labels, chat_encoder,
                                  sample_response_pairs, sentiment_prompts, things_by_split)
 from rto.tasks.sentiment import gold as gold_module
 from rto.tasks.sentiment.prompts import LENGTHS, REQUESTS, SPLITS, THINGS, TONES
+from tests.real_assets import THINGS as THINGS_IN_VOCAB
 from tests.real_assets import save_tiny_llama
 
 NATURAL_POSITIVE = ("I have used this mug every morning for a month. It keeps my coffee hot and the handle "
@@ -203,6 +205,18 @@ def test_two_samples_per_prompt_decoded_with_their_end(tiny_policy):
 def test_greedy_samples_of_one_prompt_coincide(tiny_policy):
     """Rows i and i + n of a sampler call belong to prompt i: greedy decoding makes them equal."""
     model, tok = tiny_policy
-    prompts = sentiment_prompts(1, 5, 0, 0).train
+    model = copy.deepcopy(model)
+    torch.manual_seed(0)
+    for param in model.parameters():  # large weights: the greedy answer depends on the prompt
+        torch.nn.init.normal_(param, std=1.0)
+    prompts = [f"what color is the {thing} ?" for thing in THINGS_IN_VOCAB]  # words the tiny tokenizer knows
     pairs = sample_response_pairs(model, chat_encoder(tok, 64, 8), prompts, 8, temperature=1e-4, seed=0, batch_size=3)
     assert pairs.first == pairs.second
+    assert len(set(pairs.first)) > 1  # prompts lead to different answers, so a mix-up would show
+
+
+def test_chat_encoder_keeps_a_cut_off_response_cut_off(tiny_policy):
+    _, tok = tiny_policy
+    encoder = chat_encoder(tok, 64, 16)
+    assert encoder.response("the sky is blue")[-1] != tok.eos_token_id
+    assert encoder.response("the sky is blue " + tok.eos_token)[-1] == tok.eos_token_id
