@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's rto first (the venv may hold an
 from rto.config import validate  # noqa: E402  (importing it registers ${package_dir:...})
 from rto.models.factory import build_policy, load_tokenizer  # noqa: E402
 from rto.tasks.sentiment import (bradley_terry_labels, chat_encoder, gold_breakdown, gold_rewards,  # noqa: E402
-                                 sample_response_pairs, sentiment_prompts)
+                                 prompt_pool, sample_response_pairs, sentiment_prompts)
 
 
 def load_smollm2():
@@ -99,6 +99,10 @@ def main() -> None:
                      "tokens_per_second": pairs.n_tokens / pairs.seconds,
                      "mean_length_tokens": float(np.mean(pairs.first_lengths + pairs.second_lengths)),
                      "share_hit_limit": float(1 - ended.mean())},
+        # prompt tokens through the chat template (system turn included), every prompt of each split
+        "prompt_tokens": {split: {"min": int(min(n)), "median": float(np.median(n)), "max": int(max(n))}
+                          for split in ("train", "validation", "test")
+                          for n in [[encoder.prompt_length(p) for p in prompt_pool(split)]]},
         "gold": describe(gold),
         "gold_ended": describe(gold[ended]) if ended.sum() > 1 else None,
         "gold_cut_off": describe(gold[~ended]) if (~ended).sum() > 1 else None,
