@@ -13,7 +13,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
-REWARDS = ("sentence", "token", "ddpo", "semi", "shaping")
+REWARDS = ("sentence", "token", "ddpo", "semi", "semi_window", "shaping")
 KL_ESTIMATORS = ("k1", "k3")
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
@@ -73,6 +73,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "reward.dpo_scale": NON_NEGATIVE,
     "reward.dpo_clip": _optional(POSITIVE),
     "reward.score_clip": _optional(POSITIVE),
+    "reward.segment_len": COUNT,
+    "reward.delimiters": ((lambda v: OmegaConf.is_list(v) and len(v) > 0 and all(isinstance(d, str) and d for d in v)),
+                          "a non-empty list of non-empty strings"),
+    "ppo.dropout": BOOL,
     "model.dtype": _one_of(DTYPES),
     "model.hidden_size": COUNT,
     "reward_model.critic_init": _one_of(("rm", "policy")),

@@ -36,6 +36,7 @@ from rto.models.retokenize import RewardScorer, check_same_tokenizer
 from rto.models.reward import judge_scorer, new_critic, new_reward_model, reward_tokenizer
 from rto.models.speed import fast_stage
 from rto.resume import fit_resumable, keep_previous_logs
+from rto.rl.segments import segments_for  # issue 12
 from rto.stages import DPOModule, PPOModule, RewardModelModule, SFTModule
 from rto.stages.dpo import with_reference_logps
 
@@ -68,6 +69,8 @@ class Run:
         # the reward model may have its own tokenizer (reward_model=pretrained): its own encoder too
         self.rm_tokenizer = reward_tokenizer(cfg.reward_model, self.data.tokenizer)
         self.rm_encoder = dataclasses.replace(self.data.encoder, tokenizer=self.rm_tokenizer)
+        # issue 12: Semi-RTO's segment ends; reward=semi without delimiter tokens is refused before any training
+        self.segments = segments_for(cfg.reward, self.data.tokenizer)
         keep_previous_logs(self.out)
         self.loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
         self.metrics: dict[str, float] = {}
@@ -282,7 +285,7 @@ class Run:
                 ppo_cfg=cfg, reward_cfg=self.cfg.reward, beta=self.cfg.beta,
                 actor_optimizer=instantiate(cfg.actor_optimizer), critic_optimizer=instantiate(cfg.critic_optimizer),
                 eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=self.decode, gold=self.data.gold,
-                seed=self.cfg.seed)
+                seed=self.cfg.seed, segments=self.segments)  # issue 12: segments
 
             def prompts():
                 # prompts drawn with replacement for the global batch (rollout_batch_size per rank), dealt

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)", "ddpo": "DDPO", "semi": "Semi-RTO",
-                 "shaping": "RS-PPO"}
+                 "semi_window": "Semi-RTO (window)", "shaping": "RS-PPO"}
 COLUMNS = {"gold_reward": "gold reward", "kl": "KL to ref", "win_rate": "win rate vs SFT", "rm_score": "RM score"}
 CURVE_X, CURVE_Y = "ppo/iteration", "ppo/gold_reward"
 

@@ -198,7 +198,8 @@ REWARD_FNS = {
     "sentence": sentence_rewards,
     "token": token_rewards,
     "ddpo": delayed_dpo_rewards,
-    "semi": semi_token_rewards,
+    "semi": semi_token_rewards,  # segments closed at sentence delimiters (rto/rl/segments.py)
+    "semi_window": semi_token_rewards,  # segments of a fixed number of tokens
     "shaping": shaping_dpo_rewards,
 }
 
