@@ -214,7 +214,7 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        args.out.write_text(f"`python benchmarks/trl_parity.py --out {args.out}`\n\n{text}\n")
         args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     sys.exit(0 if all(r["ok"] is not False for r in results) else 1)
 

@@ -24,6 +24,7 @@ from rto.models.factory import load_tokenizer
 from rto.models.reward import TokenizerMismatchError
 from rto.models.retokenize import RewardScorer
 from rto.models.scalar_head import ScalarHeadModel
+from rto.rl.segments import segments_for
 from tests.conftest import compose_config
 from tests.csv_log import logged
 from tests.real_assets import save_tiny_llama, write_preference_sets
@@ -201,6 +202,33 @@ def test_ultrafeedback_with_lora_runs_every_stage(ultrafeedback_lora_run):
     sft = load_file(str(out / "checkpoints" / "sft" / "adapter_model.safetensors"))
     ppo = load_file(str(out / "checkpoints" / "ppo" / "adapter_model.safetensors"))
     assert any(not torch.equal(sft[k], ppo[k]) for k in sft)
+
+
+def test_semi_rto_on_real_data_closes_segments_at_sentence_delimiters(assets, ultrafeedback_lora_run, tmp_path,
+                                                                     monkeypatch):
+    import rto.pipeline
+
+    calls = []
+
+    def recording(reward_cfg, tokenizer):
+        segments = segments_for(reward_cfg, tokenizer)
+
+        def record(ids, mask):
+            calls.append((ids, mask, segments(ids, mask)))
+            return calls[-1][2]
+        return record
+
+    monkeypatch.setattr(rto.pipeline, "segments_for", recording)
+    ckpt = ultrafeedback_lora_run[0] / "checkpoints"
+    train(real_cfg(assets, "ultrafeedback", "reward=semi", "stage=ppo", "ppo.iterations=1",
+                   "model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}",
+                   *(f"{s}.checkpoint={ckpt / s}" for s in ("sft", "rm", "dpo")), output_dir=tmp_path))
+    assert (tmp_path / "checkpoints" / "ppo" / "adapter_model.safetensors").exists()
+    tok = load_tokenizer(OmegaConf.create({"pretrained": str(assets["model"])}))
+    delimiters = torch.tensor(tok.convert_tokens_to_ids([".", "?"]))
+    (ids, mask, ends), = calls  # one rollout
+    assert mask.sum() > 4 * mask.shape[0] // 2  # long enough that a 4-token window would mark tokens
+    assert torch.equal(ends, torch.isin(ids, delimiters) & mask.bool())
 
 
 @pytest.fixture(scope="module")
