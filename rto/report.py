@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)", "ddpo": "DDPO", "semi": "Semi-RTO",
                  "semi_window": "Semi-RTO (window)", "shaping": "RS-PPO"}
-COLUMNS = {"gold_reward": "gold reward", "kl": "KL to ref", "win_rate": "win rate vs SFT", "rm_score": "RM score"}
+COLUMNS = {"gold_reward": "gold reward", "kl": "KL to ref", "win_rate": "win rate vs SFT", "tie_rate": "ties",
+           "rm_score": "RM score"}
 CURVE_X, CURVE_Y = "ppo/iteration", "ppo/gold_reward"
 
 
