@@ -10,7 +10,9 @@ PPO update and evaluation. A model's mode is never inherited from how it was loa
 - `update_mode`: the PPO update's forward and backward. Eval mode too (dropout off), except that a
   gradient-checkpointed decoder layer gets its own `training` flag back: transformers checkpoints a
   layer only in training mode, while dropout lives in the layer's submodules (attention, MLP, LoRA
-  layers), which stay in eval mode. With `ppo.dropout=true` the update runs in train mode instead
+  layers), which stay in eval mode (so in the Llama, Qwen2, Mistral, GPT-2 and GPT-NeoX layers,
+  checked; a layer that applies dropout itself with its own flag, as OPT's and Falcon's do, would
+  keep it under checkpointing). With `ppo.dropout=true` the update runs in train mode instead
   (dropout on; the ratio then starts away from 1 by design).
 """
 
