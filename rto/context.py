@@ -25,6 +25,7 @@ from rto.models.reward import reward_tokenizer
 from rto.models.scalar_head import ScalarHeadModel
 from rto.models.speed import fast_stage
 from rto.resume import fit_resumable, keep_previous_logs
+from rto.rl.segments import segments_for
 
 
 class RunContext:
@@ -42,6 +43,9 @@ class RunContext:
         # the reward model may have its own tokenizer (reward_model=pretrained): its own encoder too
         self.rm_tokenizer = reward_tokenizer(cfg.reward_model, self.data.tokenizer)
         self.rm_encoder = dataclasses.replace(self.data.encoder, tokenizer=self.rm_tokenizer)
+        # where Semi-RTO's segments end (delimiter tokens of this tokenizer, or fixed windows); checked
+        # here, before any training
+        self.segments = segments_for(cfg.reward, self.data.tokenizer)
         keep_previous_logs(self.out)
         self.loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
         self.metrics: dict[str, float] = {}

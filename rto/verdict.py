@@ -43,7 +43,8 @@ ARMS = {
     "dpo": {"eval.policies": "[sft,dpo]"},
 }
 METRIC = {"ppo": "eval/policy/gold_reward", "rto": "eval/policy/gold_reward", "dpo": "eval/dpo/gold_reward"}
-DENSITY_VARIANTS = ("sentence", "ddpo", "semi", "shaping")
+# the embedded task has no sentence delimiters: Semi-RTO over fixed windows of tokens (reward=semi_window)
+DENSITY_VARIANTS = ("sentence", "ddpo", "semi_window", "shaping")
 STEPS = ("tune", "final", "frontier", "density")
 
 

@@ -68,7 +68,7 @@ def test_report_holds_the_runs_numbers(sweep):
     table = (out / "report.md").read_text()
     for reward in REWARDS:
         metrics = [json.loads((jobs[(reward, s)] / "metrics.json").read_text()) for s in SEEDS]
-        for key in ("gold_reward", "kl", "win_rate"):
+        for key in ("gold_reward", "kl", "win_rate", "tie_rate"):
             values = [m[f"eval/policy/{key}"] for m in metrics]
             cell = f"{np.mean(values):.3f} ± {np.std(values, ddof=1) / np.sqrt(len(values)):.3f}"
             row = next(line for line in table.splitlines() if line.startswith(f"| {POLICY_LABELS[reward]} |"))

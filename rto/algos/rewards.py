@@ -215,7 +215,8 @@ REWARDS: dict[str, RewardVariant] = {
     "sentence": RewardVariant(sentence_rewards, _KL_INPUTS),
     "token": RewardVariant(token_rewards, _DPO_INPUTS),
     "ddpo": RewardVariant(delayed_dpo_rewards, _DPO_INPUTS),
-    "semi": RewardVariant(semi_token_rewards, _DPO_INPUTS + ("segment_end",)),
+    "semi": RewardVariant(semi_token_rewards, _DPO_INPUTS + ("segment_end",)),  # closed at delimiter tokens
+    "semi_window": RewardVariant(semi_token_rewards, _DPO_INPUTS + ("segment_end",)),  # fixed token windows
     "shaping": RewardVariant(shaping_dpo_rewards, _DPO_INPUTS),
 }
 KNOWN_INPUTS = frozenset(key for variant in REWARDS.values() for key in variant.inputs)

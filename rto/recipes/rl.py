@@ -33,7 +33,7 @@ def ppo_module(ctx, upstream: Upstream, actor, critic) -> PPOModule:
         ppo_cfg=cfg, reward_cfg=ctx.cfg.reward, beta=ctx.cfg.beta,
         actor_optimizer=instantiate(cfg.actor_optimizer), critic_optimizer=instantiate(cfg.critic_optimizer),
         eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=ctx.decode, gold=ctx.data.gold,
-        seed=ctx.cfg.seed)
+        seed=ctx.cfg.seed, segments=ctx.segments)
 
 
 @dataclass(frozen=True)

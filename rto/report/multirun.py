@@ -28,8 +28,9 @@ from rto.report.stats import mean_se
 log = logging.getLogger(__name__)
 
 POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)", "ddpo": "DDPO", "semi": "Semi-RTO",
-                 "shaping": "RS-PPO"}
-COLUMNS = {"gold_reward": "gold reward", "kl": "KL to ref", "win_rate": "win rate vs SFT", "rm_score": "RM score"}
+                 "semi_window": "Semi-RTO (window)", "shaping": "RS-PPO"}
+COLUMNS = {"gold_reward": "gold reward", "kl": "KL to ref", "win_rate": "win rate vs SFT", "tie_rate": "ties",
+           "rm_score": "RM score"}
 
 
 def summarize(jobs: list[Job]) -> list[dict]:

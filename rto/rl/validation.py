@@ -46,11 +46,9 @@ class ValidationCurve(Callback):
         shard = self.prompts[trainer.global_rank::trainer.world_size]
         totals = torch.zeros(5, dtype=torch.float64)
         if shard:
-            was_training = pl_module.actor.training
-            pl_module.actor.eval()  # the policy as it would be deployed: no dropout
+            # sample_policy runs every model in inference mode (rto/rl/modes.py); the next iteration sets its own
             samples = sample_policy(pl_module.actor, pl_module.reference, pl_module.reward_model, shard, self.encoder,
                                     decode=self.decode, gold=self.gold, **self.sampling)
-            pl_module.actor.train(was_training)
             gold = samples.gold if samples.gold is not None else np.zeros(len(shard))
             fraction = gold / self.optimum(shard) if self.optimum is not None else np.zeros(len(shard))
             totals += torch.tensor([len(shard), gold.sum(), samples.rm_score.sum(), samples.kl.sum(), fraction.sum()],
