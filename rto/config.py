@@ -11,6 +11,11 @@ from numbers import Real
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from rto.errors import ConfigError, MachineError
+
+__all__ = ["ConfigError", "validate", "RULES"]
 
 STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
 REWARDS = ("sentence", "token", "ddpo", "semi", "shaping")
@@ -25,15 +30,11 @@ def package_dir(name: str) -> str:
 
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})")
+        raise MachineError(f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})")
     return str(Path(spec.origin).parent)
 
 
 OmegaConf.register_new_resolver("package_dir", package_dir, replace=True)
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key."""
 
 
 def _number(pred: Callable[[float], bool], what: str) -> tuple[Callable[[Any], bool], str]:
@@ -103,7 +104,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ppo.kl_estimator": _one_of(KL_ESTIMATORS),
     "ppo.max_grad_norm": _optional(POSITIVE),
     "ppo.target_kl": _optional(POSITIVE),
-    "eval.n_prompts": COUNT,
+    # a standard error (the table's ±) needs two samples; it defaults to data.n_eval_prompts
+    "eval.n_prompts": _integer(lambda v: v >= 2, "an integer >= 2 (a standard error needs two prompts)"),
     "eval.batch_size": COUNT,
     "eval.temperature": POSITIVE,
     "eval.max_new_tokens": COUNT,
@@ -135,9 +137,41 @@ def lora_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first value that is out of range, naming its key."""
+def _shown(cfg: DictConfig, key: str) -> str:
+    """`key`, with the interpolation it takes its value from (`eval.n_prompts (${data.n_eval_prompts})`)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if OmegaConf.is_dict(node) and OmegaConf.is_interpolation(node, leaf):
+        return f"{key} ({OmegaConf.to_container(node)[leaf]})"
+    return key
+
+
+def unset_or_unresolvable(cfg: DictConfig) -> list[str]:
+    """Mandatory values left at `???` (e.g. `data.path` of `data=jsonl`) and interpolations that fail
+    (e.g. `${package_dir:...}` of a package that is not installed), by key."""
     problems = []
+    for key in map(str, cfg):
+        if key in ("hydra", "paths"):  # filled in by Hydra for the job
+            continue
+        try:
+            node = OmegaConf.select(cfg, key, throw_on_missing=True, throw_on_resolution_failure=True)
+            if OmegaConf.is_config(node):
+                problems += [f"{full} has no value (??? in its preset): set {full}=..."
+                             for full in sorted(OmegaConf.missing_keys(node))]
+                OmegaConf.to_container(node, resolve=True)
+        except MissingMandatoryValue:
+            problems.append(f"{key} has no value (??? in its preset): set {key}=...")
+        except Exception as err:  # noqa: BLE001 - the resolver's message, with the key it is in
+            full = getattr(err, "full_key", None) or key
+            problems.append(f"{full}: cannot be resolved ({str(err).splitlines()[0]})")
+    return problems
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every value that is unset or out of range, naming its key."""
+    problems = unset_or_unresolvable(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     rules = dict(RULES, **{key: POSITIVE for key in LR_KEYS})
     for key, (check, what) in rules.items():
         try:
@@ -148,7 +182,7 @@ def validate(cfg: DictConfig) -> None:
         if value is None and OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
             continue  # optional group key not present in this preset
         if not check(value):
-            problems.append(f"{key} must be {what}, got {value!r}")
+            problems.append(f"{_shown(cfg, key)} must be {what}, got {value!r}")
     problems += lora_problems(cfg)
     ppo = cfg.get("ppo")
     if ppo is not None and not problems and ppo.minibatch_size > ppo.rollout_batch_size:

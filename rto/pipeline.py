@@ -29,6 +29,7 @@ from rto.artifacts import atomic_write_text, config_hash, publish_folder, verify
 from rto.cache import StageCache, cacheable, stage_inputs, stage_key
 from rto.data import DataBundle, PairCollator, PromptCollator, SFTCollator, load_data
 from rto.data.preference_formats import chat_prompt
+from rto.errors import MissingStageError
 from rto.evaluation import evaluate, format_table
 from rto.models import ScalarHeadModel, build_policy, load_policy, save_policy
 from rto.models.factory import policy_tokenizer
@@ -47,10 +48,6 @@ POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)"}
 STAGE_CONFIG = {"sft": ("seed", "model", "data", "sft"), "rm": ("seed", "model", "data", "sft", "rm"),
                 "dpo": ("seed", "model", "data", "sft", "dpo"),
                 "ppo": ("seed", "model", "data", "sft", "rm", "dpo", "ppo", "reward", "beta")}
-
-
-class MissingStageError(FileNotFoundError):
-    """A stage needs an earlier stage's checkpoint that is neither in the run folder nor configured."""
 
 
 class Run:
