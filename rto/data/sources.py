@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
 from rto.data.collate import Encoder
-from rto.data.validate import validate_bundle
+from rto.data.validate import check_set_sizes, validate_bundle
+from rto.errors import ConfigError
 
 # a gold judge scores (prompt, response) texts; None where the data has no known reward
 GoldJudge = Callable[[list[str], list[str]], np.ndarray]
@@ -38,23 +39,27 @@ def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list
 def load_embedded(data_cfg: DictConfig) -> DataBundle:
     from rto.task import EmbeddedTask, build_tokenizer, gold_rewards
 
-    task = EmbeddedTask(
-        seed=data_cfg.seed,
-        n_sft=data_cfg.n_sft,
-        n_pairs=data_cfg.n_pairs,
-        n_train_prompts=data_cfg.n_train_prompts,
-        n_eval_prompts=data_cfg.n_eval_prompts,
-        eval_fraction=data_cfg.eval_fraction,
-        bt_temperature=data_cfg.bt_temperature,
-        max_response_words=data_cfg.max_response_words,
-    )
+    try:  # the task checks its sizes (`n_sft must be >= 0, got -1`): they are data.* keys
+        task = EmbeddedTask(
+            seed=data_cfg.seed,
+            n_sft=data_cfg.n_sft,
+            n_pairs=data_cfg.n_pairs,
+            n_train_prompts=data_cfg.n_train_prompts,
+            n_eval_prompts=data_cfg.n_eval_prompts,
+            eval_fraction=data_cfg.eval_fraction,
+            bt_temperature=data_cfg.bt_temperature,
+            max_response_words=data_cfg.max_response_words,
+        )
+        sft_rows, pairs = task.sft_rows(), task.preference_rows()
+    except ValueError as err:
+        raise ConfigError(f"data.{err}") from err
     tokenizer = build_tokenizer()
     encoder = Encoder(tokenizer, data_cfg.max_prompt_tokens, data_cfg.max_response_tokens, append_eos=False)
-    train_pairs, val_pairs = split_pairs(task.preference_rows(), data_cfg.val_fraction, data_cfg.seed)
+    train_pairs, val_pairs = split_pairs(pairs, data_cfg.val_fraction, data_cfg.seed)
     return DataBundle(
         tokenizer=tokenizer,
         encoder=encoder,
-        sft_rows=task.sft_rows(),
+        sft_rows=sft_rows,
         train_pairs=train_pairs,
         val_pairs=val_pairs,
         train_prompts=task.train_prompts(),
@@ -78,8 +83,10 @@ SOURCES: dict[str, Callable[[DictConfig, Optional[PreTrainedTokenizerBase]], Dat
 def load_data(data_cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> DataBundle:
     source = data_cfg.get("source") or data_cfg.name
     if source not in SOURCES:
-        raise ValueError(f"data.source={source!r} is not a known source ({', '.join(SOURCES)})")
+        raise ConfigError(f"data.source={source!r} is not a known source ({', '.join(SOURCES)})")
     # every source's rows are validated here, before any training
     # (real sources apply `data.truncate_prompts` to long prompts themselves)
-    return validate_bundle(SOURCES[source](data_cfg, tokenizer), data_cfg.get("on_invalid", "raise"),
-                           check_prompt_length="truncate_prompts" not in data_cfg)
+    bundle = validate_bundle(SOURCES[source](data_cfg, tokenizer), data_cfg.get("on_invalid", "raise"),
+                             check_prompt_length="truncate_prompts" not in data_cfg)
+    check_set_sizes(bundle, data_cfg)  # an empty set stops here, not after training on nothing
+    return bundle
