@@ -15,8 +15,6 @@ from omegaconf.errors import MissingMandatoryValue
 
 from rto.errors import ConfigError, MachineError
 
-__all__ = ["ConfigError", "validate", "RULES"]
-
 STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
 REWARDS = ("sentence", "token", "ddpo", "semi", "shaping")
 KL_ESTIMATORS = ("k1", "k3")

@@ -57,7 +57,7 @@ def write_files(folder: Path) -> dict[str, Path]:
 
 def cases(assets: Path, files: dict[str, Path], runs: Path) -> list[tuple[str, list[str]]]:
     real = ["model=hf", f"model.pretrained={assets / 'llama'}", "data=jsonl", "data.max_prompt_tokens=32",
-            "data.max_response_tokens=12", "data.eval_fraction=0.2", "data.n_eval_prompts=4", "stage=sft"]
+            "data.max_response_tokens=12", "data.eval_fraction=0.4", "data.n_eval_prompts=4", "stage=sft"]
     on = lambda key: real + [f"data.path={files[key]}"]  # noqa: E731
     sft_done = runs / "sft_done"
     return [
@@ -106,7 +106,8 @@ def summary(proc: subprocess.CompletedProcess) -> tuple[int, bool, str]:
         skipped = [re.sub(r"^\[.*?\]\[.*?\]\[\w+\] - ", "", line) for line in lines if "skipp" in line]
         return len(lines), False, "; ".join(skipped) or "ok (trained)"
     err = [line for line in proc.stderr.splitlines() if line.strip() and HINT not in line]
-    return len(lines), "Traceback" in out, " / ".join(err[-3:])[:400]
+    start = next((i for i, line in enumerate(err) if line.startswith("Error (")), max(0, len(err) - 3))
+    return len(lines), "Traceback" in out, " / ".join(err[start:start + 4])[:600]
 
 
 def main() -> int:
@@ -134,7 +135,9 @@ def main() -> int:
                 continue
             key = "hydra.sweep.dir" if "-m" in overrides else "hydra.run.dir"
             run_dir = [] if any(o.startswith("hydra.run.dir") for o in overrides) else [f"{key}={runs / str(i)}"]
-            proc = subprocess.run(base + overrides + run_dir, cwd=args.tree, env=env, capture_output=True, text=True)
+            flags = [o for o in overrides if o == "-m"]  # before the overrides, for Hydra's parser
+            command = base[:3] + flags + base[3:] + [o for o in overrides if o != "-m"] + run_dir
+            proc = subprocess.run(command, cwd=args.tree, env=env, capture_output=True, text=True)
             n, tb, message = summary(proc)
             shown = " ".join(o.replace(tmp, "<tmp>") for o in overrides)
             message = message.replace(tmp, "<tmp>").replace("|", "\\|")

@@ -182,16 +182,14 @@ def load_table(path: str, split: str = "train", limit: Optional[int] = None):
     try:
         if local.is_dir() and (local / "state.json").exists():
             table = datasets.load_from_disk(str(local))
-            if isinstance(table, datasets.DatasetDict):
-                if split not in table:
-                    raise DataError(f"{path}: no split {split!r} (it has {', '.join(table)})")
-                table = table[split]
         else:  # a local folder of data files, or a hub id
             table = datasets.load_dataset(str(local) if local.is_dir() else path, split=split)
     except (datasets.exceptions.DatasetsError, ConnectionError, FileNotFoundError, ValueError) as err:
-        if isinstance(err, DataError):
-            raise
         raise _unloadable(path, split, local, err) from err
+    if isinstance(table, datasets.DatasetDict):
+        if split not in table:
+            raise DataError(f"{path}: no split {split!r} (it has {', '.join(table)})")
+        table = table[split]
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
     return table

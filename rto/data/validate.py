@@ -200,5 +200,6 @@ def check_set_sizes(bundle, data_cfg) -> None:
         small = [key for key in keys if key.startswith("n_") and isinstance(data_cfg.get(key), int)
                  and data_cfg.get(key) < need]
         todo = f"set data.{small[0]}>={need}" if small else "give it more rows"
-        raise EmptySetError(f"data={data_cfg.get('name')}: the {field.name} set has {len(rows)} row{'' if len(rows) == 1 else 's'}{sized_by}, "
+        count = f"{len(rows)} row{'' if len(rows) == 1 else 's'}"
+        raise EmptySetError(f"data={data_cfg.get('name')}: the {field.name} set has {count}{sized_by}, "
                             f"it needs at least {need}{why}: {todo}")
