@@ -43,7 +43,7 @@ def test_unreadable_jsonl_lines_name_file_and_line(tmp_path, caplog):
     bad = [row for row in table if isinstance(row, UnreadableRow)]
     assert [(r.where, r.problem.split(" (")[0]) for r in bad] == [
         ("line 3", "not valid JSON"), ("line 4", "a JSON list, not an object {...}"), ("line 5", "not UTF-8 text")]
-    with pytest.raises(RowError, match=rf"{path}, line 3: not valid JSON .*data.on_invalid=skip"):
+    with pytest.raises(RowError, match=rf"{path}, line 3: not valid JSON \(Expecting value at column 11\) .*on_invalid=skip"):
         plain(table)
     with caplog.at_level(logging.WARNING):
         assert len(plain(table, "skip")) == 2

@@ -42,7 +42,7 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw.decode("utf-8-sig"))
+                row = json.loads(raw.decode("utf-8-sig").rstrip())  # the newline would move the error's column
             except UnicodeDecodeError as err:
                 yield UnreadableRow(str(path), f"line {number}", f"not UTF-8 text (byte {err.start + 1} of the line)")
                 continue
