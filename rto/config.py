@@ -8,10 +8,9 @@ with a message that names the key, so a typo costs seconds, not a training run.
 from __future__ import annotations
 
 from numbers import Real
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 from rto.errors import ConfigError, MachineError
 
@@ -19,6 +18,7 @@ STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
 REWARDS = ("sentence", "token", "ddpo", "semi", "shaping")
 KL_ESTIMATORS = ("k1", "k3")
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+HYDRA_NODES = ("hydra", "paths")  # filled in by Hydra for the job
 
 
 def package_dir(name: str) -> str:
@@ -144,24 +144,28 @@ def _shown(cfg: DictConfig, key: str) -> str:
     return key
 
 
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, (dict, list)):
+        for key, value in (node.items() if isinstance(node, dict) else enumerate(node)):
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
 def unset_or_unresolvable(cfg: DictConfig) -> list[str]:
     """Mandatory values left at `???` (e.g. `data.path` of `data=jsonl`) and interpolations that fail
-    (e.g. `${package_dir:...}` of a package that is not installed), by key."""
+    (e.g. `${package_dir:...}` of a package that is not installed), by key. Hydra's own values
+    (`hydra.*`, `paths.*` and what points at them) exist only inside a job and are left to it."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
     problems = []
-    for key in map(str, cfg):
-        if key in ("hydra", "paths"):  # filled in by Hydra for the job
-            continue
-        try:
-            node = OmegaConf.select(cfg, key, throw_on_missing=True, throw_on_resolution_failure=True)
-            if OmegaConf.is_config(node):
-                problems += [f"{full} has no value (??? in its preset): set {full}=..."
-                             for full in sorted(OmegaConf.missing_keys(node))]
-                OmegaConf.to_container(node, resolve=True)
-        except MissingMandatoryValue:
+    for key, value in _leaves({k: v for k, v in raw.items() if k not in HYDRA_NODES}):
+        if value == "???":
             problems.append(f"{key} has no value (??? in its preset): set {key}=...")
-        except Exception as err:  # noqa: BLE001 - the resolver's message, with the key it is in
-            full = getattr(err, "full_key", None) or key
-            problems.append(f"{full}: cannot be resolved ({str(err).splitlines()[0]})")
+        elif isinstance(value, str) and "${" in value and not any(f"${{{n}" in value for n in ("hydra:", "paths.")):
+            try:
+                OmegaConf.select(cfg, key, throw_on_missing=True, throw_on_resolution_failure=True)
+            except Exception as err:  # noqa: BLE001 - the resolver's message, with the key it is in
+                problems.append(f"{key} ({value}): cannot be resolved ({str(err).splitlines()[0]})")
     return problems
 
 
