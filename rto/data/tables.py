@@ -172,13 +172,12 @@ def _first_unreadable(folder: Path) -> Optional[UnreadableRow]:
 def load_table(path: str, split: str = "train", limit: Optional[int] = None):
     """Rows of a local file (a list, see `read_file`), or a `datasets.Dataset` from a folder of data
     files, a `save_to_disk` folder or a hub id (`datasets.load_dataset(path, split=...)`)."""
-    import datasets
-
     local = Path(path).expanduser()
     if local.is_file():
         return read_file(local, limit)
     if not local.exists() and _looks_local(path):
         raise DataError(f"{path}: no such file or folder")
+    import datasets
     try:
         if local.is_dir() and (local / "state.json").exists():
             table = datasets.load_from_disk(str(local))
