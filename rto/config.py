@@ -8,15 +8,17 @@ with a message that names the key, so a typo costs seconds, not a training run.
 from __future__ import annotations
 
 from numbers import Real
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
 from rto.algos.rewards import REWARDS
+from rto.errors import ConfigError, MachineError
 
 STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
 KL_ESTIMATORS = ("k1", "k3")
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+HYDRA_NODES = ("hydra", "paths")  # filled in by Hydra for the job
 
 
 def package_dir(name: str) -> str:
@@ -26,15 +28,11 @@ def package_dir(name: str) -> str:
 
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})")
+        raise MachineError(f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})")
     return str(Path(spec.origin).parent)
 
 
 OmegaConf.register_new_resolver("package_dir", package_dir, replace=True)
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key."""
 
 
 def _number(pred: Callable[[float], bool], what: str) -> tuple[Callable[[Any], bool], str]:
@@ -110,7 +108,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ppo.target_kl": _optional(POSITIVE),
     "ppo.val_every": _optional(COUNT),
     "ppo.val_prompts": COUNT,
-    "eval.n_prompts": _optional(COUNT),
+    # a standard error (the table's ±) needs two samples; null: the whole prompt set (checked to hold 2)
+    "eval.n_prompts": _optional(_integer(lambda v: v >= 2, "an integer >= 2 (a standard error needs two prompts)")),
     "eval.prompt_set": _one_of(("val", "test")),
     "eval.batch_size": COUNT,
     "eval.temperature": POSITIVE,
@@ -143,9 +142,45 @@ def lora_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first value that is out of range, naming its key."""
+def _shown(cfg: DictConfig, key: str) -> str:
+    """`key`, with the interpolation it takes its value from (`dpo.beta (${beta})`)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if OmegaConf.is_dict(node) and OmegaConf.is_interpolation(node, leaf):
+        return f"{key} ({OmegaConf.to_container(node)[leaf]})"
+    return key
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, (dict, list)):
+        for key, value in (node.items() if isinstance(node, dict) else enumerate(node)):
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+def unset_or_unresolvable(cfg: DictConfig) -> list[str]:
+    """Mandatory values left at `???` (e.g. `data.path` of `data=jsonl`) and interpolations that fail
+    (e.g. `${package_dir:...}` of a package that is not installed), by key. Hydra's own values
+    (`hydra.*`, `paths.*` and what points at them) exist only inside a job and are left to it."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
     problems = []
+    for key, value in _leaves({k: v for k, v in raw.items() if k not in HYDRA_NODES}):
+        if value == "???":
+            problems.append(f"{key} has no value (??? in its preset): set {key}=...")
+        elif isinstance(value, str) and "${" in value and not any(f"${{{n}" in value for n in ("hydra:", "paths.")):
+            try:
+                OmegaConf.select(cfg, key, throw_on_missing=True, throw_on_resolution_failure=True)
+            except Exception as err:  # noqa: BLE001 - the resolver's message, with the key it is in
+                problems.append(f"{key} ({value}): cannot be resolved ({str(err).splitlines()[0]})")
+    return problems
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every value that is unset or out of range, naming its key."""
+    problems = unset_or_unresolvable(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     rules = dict(RULES, **{key: POSITIVE for key in LR_KEYS})
     for key, (check, what) in rules.items():
         try:
@@ -156,7 +191,7 @@ def validate(cfg: DictConfig) -> None:
         if value is None and OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
             continue  # optional group key not present in this preset
         if not check(value):
-            problems.append(f"{key} must be {what}, got {value!r}")
+            problems.append(f"{_shown(cfg, key)} must be {what}, got {value!r}")
     problems += lora_problems(cfg)
     policies = OmegaConf.select(cfg, "eval.policies", default=None)
     if policies is not None and (not OmegaConf.is_list(policies) or "sft" not in policies

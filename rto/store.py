@@ -24,12 +24,9 @@ import lightning as L
 from rto.artifacts import publish_folder, verify_manifest, write_manifest
 from rto.cache import StageCache, cacheable, stage_inputs, stage_key
 from rto.context import RunContext
+from rto.errors import MissingStageError
 
 log = logging.getLogger(__name__)
-
-
-class MissingStageError(FileNotFoundError):
-    """A stage needs an earlier stage's checkpoint that is neither in the run folder nor configured."""
 
 
 class ArtifactStore:

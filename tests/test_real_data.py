@@ -18,7 +18,8 @@ from transformers import AutoModel
 from rto.config import ConfigError, validate
 from rto.data import load_data
 from rto.data.collate import Encoder, SFTCollator, encode_prompts, right_pad
-from rto.data.preference_formats import FORMATS, RowError, chat_prompt, convert_rows, load_table
+from rto.data.preference_formats import FORMATS, RowError, chat_prompt, convert_rows
+from rto.data.tables import load_table
 from rto.main import train
 from rto.models.factory import load_tokenizer
 from rto.models.reward import TokenizerMismatchError

@@ -24,8 +24,9 @@ from transformers import PreTrainedTokenizerBase
 
 from rto.data.bundle import DataBundle, split_pairs
 from rto.data.collate import Encoder
-from rto.data.preference_formats import (FORMATS, Prompt, convert_rows, load_table, prompt_key, prompt_row,
-                                         sft_row)
+from rto.data.preference_formats import FORMATS, Prompt, convert_rows, prompt_key, prompt_row, sft_row
+from rto.data.tables import load_table
+from rto.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _table(cfg: DictConfig, path: str, split: Optional[str]):
 def _apply_prompt_limit(rows: list, prompt_of, encoder: Encoder, policy: str, what: str) -> list:
     """Count prompts over `max_prompt_tokens`; keep them (the encoder keeps their last tokens) or drop them."""
     if policy not in ("left", "drop"):
-        raise ValueError(f"data.truncate_prompts must be left or drop, got {policy!r}")
+        raise ConfigError(f"data.truncate_prompts must be left or drop, got {policy!r}")
     too_long = [encoder.prompt_length(prompt_of(row)) > encoder.max_prompt_tokens for row in rows]
     n_long = int(sum(too_long))
     if n_long:
@@ -49,10 +50,10 @@ def _apply_prompt_limit(rows: list, prompt_of, encoder: Encoder, policy: str, wh
 
 def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]) -> DataBundle:
     if tokenizer is None:
-        raise ValueError(f"data={cfg.name} is text from a real preference set: it needs the tokenizer of a "
+        raise ConfigError(f"data={cfg.name} is text from a real preference set: it needs the tokenizer of a "
                          f"pretrained model, so set model.pretrained (e.g. model=smollm2-135m-instruct)")
     if cfg.format not in FORMATS:
-        raise ValueError(f"data.format={cfg.format!r} is not one of {', '.join(FORMATS)}")
+        raise ConfigError(f"data.format={cfg.format!r} is not one of {', '.join(FORMATS)}")
     encoder = Encoder(tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens, append_eos=True,
                       chat_template=cfg.chat_template)
     on_invalid, column = cfg.on_invalid, cfg.prompt_column
@@ -90,7 +91,7 @@ def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenize
     for name, rows in (("preference pairs", pairs), ("SFT rows", sft_rows), ("RL prompts", prompts),
                        ("validation prompts", val), ("test prompts", test)):
         if not rows:
-            raise ValueError(f"data={cfg.name}: no {name} left after conversion, limits and the held-out split")
+            raise DataError(f"data={cfg.name}: no {name} left after conversion, limits and the held-out split")
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     val, test = val[:cfg.n_val_prompts], test[:cfg.n_test_prompts]
     log.info("data=%s: %d SFT rows, %d/%d train/held-out pairs, %d/%d/%d train/validation/test prompts", cfg.name,

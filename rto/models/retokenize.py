@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rto.data.collate import Encoder, encode_prompts, right_pad
 from rto.data.preference_formats import Prompt
+from rto.errors import TokenizerMismatchError
 from rto.models.scalar_head import ScalarHeadModel
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bo
 
 def check_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, a_name: str, b_name: str) -> None:
     if not same_tokenizer(a, b):
-        raise ValueError(f"{a_name} and {b_name} have different tokenizers ({len(a)} vs {len(b)} tokens): "
+        raise TokenizerMismatchError(f"{a_name} and {b_name} have different tokenizers ({len(a)} vs {len(b)} tokens): "
                          f"one's ids would be fed to a model of the other; use data with text that the "
                          f"model's tokenizer encodes (a real preference set) or a model built from scratch")
 
