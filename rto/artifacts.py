@@ -18,14 +18,17 @@ from typing import Any, Callable, Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from rto.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
 
-class CorruptArtifactError(RuntimeError):
-    """An artifact on disk does not match its manifest (truncated, edited or half-written)."""
+class CorruptArtifactError(CheckpointError, RuntimeError):
+    """An artifact on disk does not match its manifest (truncated, edited or half-written); the
+    message names the file and says what to delete."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

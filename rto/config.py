@@ -8,14 +8,17 @@ with a message that names the key, so a typo costs seconds, not a training run.
 from __future__ import annotations
 
 from numbers import Real
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
-REWARDS = ("sentence", "token", "ddpo", "semi", "shaping")
+from rto.algos.rewards import REWARDS
+from rto.errors import ConfigError, MachineError
+
+STAGES = ("all", "sft", "pairs", "rm", "dpo", "ppo", "eval")
 KL_ESTIMATORS = ("k1", "k3")
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+HYDRA_NODES = ("hydra", "paths")  # filled in by Hydra for the job
 
 
 def package_dir(name: str) -> str:
@@ -25,15 +28,11 @@ def package_dir(name: str) -> str:
 
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})")
+        raise MachineError(f"package {name!r} is not installed (pip install --no-deps {name.replace('_', '-')})")
     return str(Path(spec.origin).parent)
 
 
 OmegaConf.register_new_resolver("package_dir", package_dir, replace=True)
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key."""
 
 
 def _number(pred: Callable[[float], bool], what: str) -> tuple[Callable[[Any], bool], str]:
@@ -68,11 +67,15 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "compile": BOOL,
     "dpo.share_prompt": BOOL,
     "rm.share_prompt": BOOL,
-    "reward.name": _one_of(REWARDS),
+    "reward.name": _one_of(tuple(REWARDS)),
     "reward.rm_scale": NON_NEGATIVE,
     "reward.dpo_scale": NON_NEGATIVE,
     "reward.dpo_clip": _optional(POSITIVE),
     "reward.score_clip": _optional(POSITIVE),
+    "reward.segment_len": COUNT,
+    "reward.delimiters": ((lambda v: OmegaConf.is_list(v) and len(v) > 0 and all(isinstance(d, str) and d for d in v)),
+                          "a non-empty list of non-empty strings"),
+    "ppo.dropout": BOOL,
     "model.dtype": _one_of(DTYPES),
     "model.hidden_size": COUNT,
     "reward_model.critic_init": _one_of(("rm", "policy")),
@@ -83,8 +86,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.max_prompt_tokens": COUNT,
     "data.max_response_tokens": COUNT,
     "data.val_fraction": _number(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "sft.epochs": COUNT,
+    "sft.epochs": _integer(lambda v: v >= 0, "an integer >= 0 (0: the starting model is the reference)"),
     "sft.batch_size": COUNT,
+    "pairs.n_prompts": COUNT,
+    "pairs.temperature": POSITIVE,
+    "pairs.max_new_tokens": COUNT,
+    "pairs.batch_size": COUNT,
     "rm.epochs": COUNT,
     "rm.batch_size": COUNT,
     "dpo.beta": POSITIVE,
@@ -103,7 +110,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ppo.kl_estimator": _one_of(KL_ESTIMATORS),
     "ppo.max_grad_norm": _optional(POSITIVE),
     "ppo.target_kl": _optional(POSITIVE),
-    "eval.n_prompts": COUNT,
+    "ppo.val_every": _optional(COUNT),
+    "ppo.val_prompts": COUNT,
+    # a standard error (the table's ±) needs two samples; null: the whole prompt set (checked to hold 2)
+    "eval.n_prompts": _optional(_integer(lambda v: v >= 2, "an integer >= 2 (a standard error needs two prompts)")),
+    "eval.prompt_set": _one_of(("val", "test")),
     "eval.batch_size": COUNT,
     "eval.temperature": POSITIVE,
     "eval.max_new_tokens": COUNT,
@@ -135,30 +146,45 @@ def lora_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-# the packages each tracker needs (the optional ones are extras of this project), and how to get them
-LOGGER_PACKAGES = {
-    "TensorBoardLogger": (("tensorboard", "tensorboardX"), 'pip install -e ".[tensorboard]"'),
-    "MLFlowLogger": (("mlflow",), 'pip install -e ".[mlflow]"'),
-    "WandbLogger": (("wandb",), "pip install wandb"),
-}
+def _shown(cfg: DictConfig, key: str) -> str:
+    """`key`, with the interpolation it takes its value from (`dpo.beta (${beta})`)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if OmegaConf.is_dict(node) and OmegaConf.is_interpolation(node, leaf):
+        return f"{key} ({OmegaConf.to_container(node)[leaf]})"
+    return key
 
 
-def logger_problems(cfg: DictConfig) -> list[str]:
-    """A configured logger whose package is not installed (before any training, not after SFT)."""
-    import importlib.util
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, (dict, list)):
+        for key, value in (node.items() if isinstance(node, dict) else enumerate(node)):
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
 
+
+def unset_or_unresolvable(cfg: DictConfig) -> list[str]:
+    """Mandatory values left at `???` (e.g. `data.path` of `data=jsonl`) and interpolations that fail
+    (e.g. `${package_dir:...}` of a package that is not installed), by key. Hydra's own values
+    (`hydra.*`, `paths.*` and what points at them) exist only inside a job and are left to it."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
     problems = []
-    for name, node in (cfg.get("logger") or {}).items():
-        target = str(node.get("_target_", "")) if OmegaConf.is_dict(node) else ""
-        modules, install = LOGGER_PACKAGES.get(target.rsplit(".", 1)[-1], ((), ""))
-        if modules and not any(importlib.util.find_spec(m) for m in modules):
-            problems.append(f"logger.{name} needs the {modules[0]} package, which is not installed: {install}")
+    for key, value in _leaves({k: v for k, v in raw.items() if k not in HYDRA_NODES}):
+        if value == "???":
+            problems.append(f"{key} has no value (??? in its preset): set {key}=...")
+        elif isinstance(value, str) and "${" in value and not any(f"${{{n}" in value for n in ("hydra:", "paths.")):
+            try:
+                OmegaConf.select(cfg, key, throw_on_missing=True, throw_on_resolution_failure=True)
+            except Exception as err:  # noqa: BLE001 - the resolver's message, with the key it is in
+                problems.append(f"{key} ({value}): cannot be resolved ({str(err).splitlines()[0]})")
     return problems
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first value that is out of range, naming its key."""
-    problems = []
+    """Raise ConfigError listing every value that is unset or out of range, naming its key."""
+    problems = unset_or_unresolvable(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     rules = dict(RULES, **{key: POSITIVE for key in LR_KEYS})
     for key, (check, what) in rules.items():
         try:
@@ -169,9 +195,13 @@ def validate(cfg: DictConfig) -> None:
         if value is None and OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
             continue  # optional group key not present in this preset
         if not check(value):
-            problems.append(f"{key} must be {what}, got {value!r}")
+            problems.append(f"{_shown(cfg, key)} must be {what}, got {value!r}")
     problems += lora_problems(cfg)
-    problems += logger_problems(cfg)
+    policies = OmegaConf.select(cfg, "eval.policies", default=None)
+    if policies is not None and (not OmegaConf.is_list(policies) or "sft" not in policies
+                                 or not set(policies) <= {"sft", "dpo", "policy"}):
+        problems.append(f"eval.policies must be a list of sft, dpo and policy that includes sft (the win-rate "
+                        f"baseline), got {policies!r}")
     ppo = cfg.get("ppo")
     if ppo is not None and not problems and ppo.minibatch_size > ppo.rollout_batch_size:
         problems.append(

@@ -1,10 +1,15 @@
 """Credit assignment: do DPO's token rewards point at the tokens the gold reward credits?
 
-On the embedded task the gold reward has a dense part with one term per word (`rto.task.gold`).
+On the embedded task the gold reward has a dense part with one term per word (`rto/tasks/embedded/gold.py`).
 The metric pairs, token by token over held-out responses, the DPO token reward
 ``log pi_dpo(y_h|s_h) - log pi_ref(y_h|s_h)`` with that word's gold term, and reports their
 Spearman and Pearson correlations. Both are invariant to a positive scale, so the DPO reward's
-weight (``reward.dpo_scale`` or ``dpo.beta``) does not enter.
+weight (``reward.dpo_scale`` or ``dpo.beta``) does not enter. Both models are read at the sampling
+temperature of RL (``ppo.temperature``), as the token reward RTO hands out is.
+
+The responses are the SFT policy's samples of the evaluation (`eval.prompt_set`, test by default;
+the first `eval.n_prompts`; the SFT policy's own stream, `rto.evaluation.stream_seed`), so the
+evaluation's `eval/credit/*` and `python -m rto.credit` give the same numbers.
 
 Tokens and words: the task's tokenizer is word-level, one token per word; `word_tokens` checks that
 for every token rather than assuming it. Padding is left out by the response mask. `<eos>` is left
@@ -20,18 +25,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from rto.algos.masked import as_bool, masked_fill_zero
+from rto.data.bundle import GoldTokens
 from rto.data.collate import Encoder, encode_prompts, right_pad
+from rto.errors import UserError
 from rto.models.forward import policy_logprobs
-
-# gold per-word rewards of one response: (prompt text, response text) -> one value per word
-GoldTokens = Callable[[str, str], Sequence[float]]
+from rto.rl.modes import inference_mode
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
@@ -103,17 +108,18 @@ def credit_pairs(prompts: Sequence[str], response_ids: Tensor, response_mask: Te
 
 
 @torch.no_grad()
-def dpo_log_ratios(dpo, reference, batch: dict) -> Tensor:
-    """``log pi_dpo(y_h|s_h) - log pi_ref(y_h|s_h)`` of the batch's response tokens ``[B, R]``, 0 on padding."""
-    return masked_fill_zero(policy_logprobs(dpo, batch)[0] - policy_logprobs(reference, batch)[0],
-                            batch["response_mask"])
+def dpo_log_ratios(dpo, reference, batch: dict, temperature: float = 1.0) -> Tensor:
+    """``log pi_dpo(y_h|s_h) - log pi_ref(y_h|s_h)`` of the batch's response tokens ``[B, R]``, both read
+    at `temperature` (RL's sampling temperature, as `rto.rl.experience` reads them), 0 on padding."""
+    inference_mode(dpo, reference)
+    return masked_fill_zero(policy_logprobs(dpo, batch, temperature=temperature)[0]
+                            - policy_logprobs(reference, batch, temperature=temperature)[0], batch["response_mask"])
 
 
 @torch.no_grad()
 def credit_on_texts(dpo, reference, prompts: Sequence[str], responses: Sequence[str], encoder: Encoder,
-                    gold_tokens: GoldTokens, batch_size: int = 128) -> dict[str, float]:
-    """The metric on (prompt, response) texts, e.g. the evaluation's samples of a policy."""
-    dpo.eval(), reference.eval()
+                    gold_tokens: GoldTokens, batch_size: int = 128, temperature: float = 1.0) -> dict[str, float]:
+    """The metric on (prompt, response) texts, e.g. the evaluation's samples of the SFT policy."""
     ratios, golds = [], []
     for start in range(0, len(prompts), batch_size):
         chunk, texts = list(prompts[start:start + batch_size]), list(responses[start:start + batch_size])
@@ -121,34 +127,36 @@ def credit_on_texts(dpo, reference, prompts: Sequence[str], responses: Sequence[
         batch["response_ids"], batch["response_mask"] = right_pad([encoder.response(t) for t in texts],
                                                                   encoder.pad_id)
         x, y = credit_pairs(chunk, batch["response_ids"], batch["response_mask"],
-                            dpo_log_ratios(dpo, reference, batch), encoder.tokenizer, gold_tokens)
+                            dpo_log_ratios(dpo, reference, batch, temperature), encoder.tokenizer, gold_tokens)
         ratios.append(x)
         golds.append(y)
     return credit_correlation(np.concatenate(ratios), np.concatenate(golds))
 
 
 def credit_of_run(folder: Path, n_prompts: Optional[int] = None) -> dict[str, float]:
-    """The metric of a run folder's DPO model, on its SFT policy's samples of held-out prompts."""
+    """The metric of a run folder's DPO model, on its SFT policy's samples of the evaluation's prompts."""
     from rto.run_folder import RunFolder  # loads checkpoints: only the command needs it
 
     run = RunFolder(folder)
     if run.data.gold_tokens is None:
-        raise ValueError(f"{folder}: data={run.cfg.data.name} has no per-word gold reward (only data=embedded has)")
+        raise UserError(f"{folder}: data={run.cfg.data.name} has no per-word gold reward (only data=embedded has)")
     sft, dpo = run.policy("sft"), run.policy("dpo")
-    prompts = run.prompts(n_prompts or run.cfg.eval.n_prompts)
-    texts = run.sample_texts(sft, prompts)
-    return credit_on_texts(dpo, sft, prompts, texts, run.data.encoder, run.data.gold_tokens, run.cfg.eval.batch_size)
+    prompts = run.prompts(n_prompts)
+    texts = run.sample_texts(sft, "sft", prompts)
+    return credit_on_texts(dpo, sft, prompts, texts, run.data.encoder, run.data.gold_tokens, run.cfg.eval.batch_size,
+                           run.cfg.ppo.temperature)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rto.credit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a run folder with checkpoints/sft and checkpoints/dpo")
-    parser.add_argument("--n-prompts", type=int, help="held-out prompts to sample (default: eval.n_prompts)")
+    parser.add_argument("--n-prompts", type=int,
+                        help="the first N prompts of the run's eval.prompt_set (default: eval.n_prompts)")
     args = parser.parse_args(argv)
     try:
         metrics = credit_of_run(args.folder, args.n_prompts)
-    except (FileNotFoundError, ValueError) as err:
+    except UserError as err:
         sys.exit(f"error: {err}")
     print(json.dumps({f"credit/{k}": v for k, v in metrics.items()}, indent=2))
 

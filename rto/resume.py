@@ -117,7 +117,7 @@ def resume_callback(folder: str | Path, every_n_steps: int) -> ModelCheckpoint:
 
 
 def fit_resumable(trainer_factory, module, loaders, *, folder: str | Path,
-                  cfg_hash: str, every_n_steps: int, enabled: bool = True) -> None:
+                  cfg_hash: str, every_n_steps: int, enabled: bool = True, callbacks: tuple = ()) -> None:
     """`trainer.fit`, resumed from the newest checkpoint in `folder` if one exists. `loaders()` gives
     `(train_loader, val_loader)`; it is called after the trainer is made (samplers read its ranks).
 
@@ -125,9 +125,10 @@ def fit_resumable(trainer_factory, module, loaders, *, folder: str | Path,
     """
     from rto.algos.finite import NonFiniteError
 
-    kwargs = {"plugins": [VerifiedCheckpointIO(cfg_hash)]}
+    kwargs = {"plugins": [VerifiedCheckpointIO(cfg_hash)], "callbacks": list(callbacks)}
     if enabled:
-        kwargs.update(callbacks=[resume_callback(folder, every_n_steps)], enable_checkpointing=True)
+        kwargs["callbacks"].append(resume_callback(folder, every_n_steps))
+        kwargs["enable_checkpointing"] = True
     trainer = trainer_factory(**kwargs)
     train_loader, val_loader = loaders()
     last = latest_checkpoint(folder, cfg_hash) if enabled else None

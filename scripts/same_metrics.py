@@ -47,6 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="git ref of the code to compare against")
     parser.add_argument("--keep", type=Path, help="write both sides' metrics as JSON into this folder")
+    parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=list(RUNS), help="which runs to compare")
     args = parser.parse_args()
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +55,8 @@ def main() -> int:
         subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), args.base], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            for name, overrides in RUNS.items():
+            for name in args.runs:
+                overrides = RUNS[name]
                 before = run(base_tree, Path(tmp) / f"{name}-base", overrides)
                 after = run(ROOT, Path(tmp) / f"{name}-here", overrides)
                 if args.keep:

@@ -27,7 +27,7 @@ from rto.algos.masked import (
     sequence_lengths,
 )
 from rto.algos.rewards import (
-    REWARD_FNS,
+    REWARDS,
     clamp_score,
     compute_rewards,
     delayed_dpo_rewards,
@@ -229,7 +229,7 @@ def test_shaping_return_telescopes_to_the_sentence_return():
     close(shaping_dpo_rewards(**args).sum(-1), 1.5 * args["score"] - 0.05 * kl_sum, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(REWARD_FNS))
+@pytest.mark.parametrize("name", sorted(REWARDS))
 def test_rewards_nan_in_padding_is_harmless(name):
     segment_end = torch.tensor([[False, True, False], [True, False, True]])
     with_nan = compute_rewards(name, **_reward_inputs(nan_padding=True), segment_end=segment_end, dpo_clip=0.6)

@@ -20,6 +20,9 @@ from tests.conftest import compose_config
     ("stage=train", "stage"),
     ("dpo.beta=0", "dpo.beta"),
     ("ppo.minibatch_size=64", "ppo.minibatch_size"),
+    ("eval.policies=[dpo,policy]", "eval.policies"),  # no SFT baseline for the win rate
+    ("eval.policies=[sft,ppo]", "eval.policies"),
+    ("eval.prompt_set=train", "eval.prompt_set"),
 ])
 def test_out_of_range_value_names_the_key(tmp_path, override, key):
     cfg = compose_config(override, output_dir=tmp_path)

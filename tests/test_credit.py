@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from rto.credit import aligned_gold, average_ranks, credit_correlation, credit_pairs, pearson, spearman
-from rto.task import build_tokenizer, gold_token_rewards
+from rto.tasks.embedded import build_tokenizer, gold_token_rewards
 
 PROMPT = "write about food in 5 words mentioning cake :"
 

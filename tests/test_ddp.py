@@ -137,7 +137,8 @@ def test_ddp_nan_on_one_rank_skips_the_rollout_on_every_rank(ddp_run, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, str(script), *COMMON, "trainer=ddp_cpu", "trainer.devices=2",
-                             *batches(1), "stage=ppo", "on_nonfinite=skip", *from_ddp(ddp_run, "sft", "rm", "dpo"),
+                             *batches(1), "stage=ppo", "on_nonfinite=skip", "ppo.val_every=null",  # score calls: rollouts only
+                             *from_ddp(ddp_run, "sft", "rm", "dpo"),
                              f"hydra.run.dir={out}", f"paths.cache_dir={out}/cache"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rto.config import ConfigError, validate
+from rto.errors import MachineError
 from rto.main import train
+from rto.preflight import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,9 +52,12 @@ def test_mlflow_logs_to_its_default_local_store_in_the_run_folder(make_cfg, tmp_
 
 @pytest.mark.parametrize("logger, package, extra", [("mlflow", "mlflow", "mlflow"),
                                                     ("tensorboard", "tensorboard", "tensorboard")])
-def test_missing_tracker_is_named_before_training(make_cfg, monkeypatch, logger, package, extra):
+def test_missing_tracker_is_named_before_training(make_cfg, monkeypatch, tmp_path, logger, package, extra):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in (package, "tensorboardX") else real(name, *a))
-    with pytest.raises(ConfigError, match=rf"logger.{logger} needs the {package} package.*\.\[{extra}\]"):
-        validate(make_cfg(f"logger={logger}"))
+    with pytest.raises(MachineError, match=rf"logger.{logger} needs the {package} package.*\.\[{extra}\]"):
+        preflight(make_cfg(f"logger={logger}"))
+    with pytest.raises(MachineError):  # the entry point checks it before any stage
+        train(make_cfg("stage=sft", f"logger={logger}"))
+    assert not (tmp_path / "checkpoints").exists()

@@ -55,16 +55,19 @@ def test_sampling_is_reproducible_and_matches_policy_logprobs():
     lm = tiny_lm(1)
     prompt_ids = torch.tensor([[PAD, 1, 4], [1, 5, 6]])
     prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
-    a = sample_responses(lm, prompt_ids, prompt_mask, 6, EOS, PAD, generator=torch.Generator().manual_seed(3))
-    b = sample_responses(lm, prompt_ids, prompt_mask, 6, EOS, PAD, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    ids, mask = a
-    assert ids.shape[1] <= 6
-    # the KV-cache loop and a full forward agree on each sampled token's probability being > 0
+    a = sample_responses(lm, prompt_ids, prompt_mask, 6, EOS, PAD, generator=torch.Generator().manual_seed(3),
+                         return_logprobs=True)
+    b = sample_responses(lm, prompt_ids, prompt_mask, 6, EOS, PAD, generator=torch.Generator().manual_seed(3),
+                         return_logprobs=True)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    ids, mask, sampled = a
+    assert ids.shape[1] <= 6 and mask.sum() > 2
+    # the KV-cache loop's log-probs are those of one full forward over prompt + response, token for token
     batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": ids, "response_mask": mask}
     with torch.no_grad():
         logprobs, _ = policy_logprobs(lm, batch)
-    assert torch.isfinite(logprobs).all() and (logprobs[mask.bool()] < 0).all()
+    torch.testing.assert_close(sampled, logprobs, atol=1e-6, rtol=1e-6)
+    assert (sampled[mask == 0] == 0).all() and (sampled[mask.bool()] < 0).all()
 
 
 def test_kv_cache_sampling_matches_full_forward_distribution():

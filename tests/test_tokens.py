@@ -15,7 +15,7 @@ import torch
 from rto.artifacts import verify_manifest
 from rto.models import ScalarHeadModel
 from rto.models.critic import load_critic
-from rto.task import build_tokenizer, gold_parts, gold_token_rewards
+from rto.tasks.embedded import build_tokenizer, gold_parts, gold_token_rewards
 from tests.browser import chromium
 from tests.wandb_records import logged
 
@@ -73,6 +73,20 @@ def test_page_data_is_what_the_reward_hands_out(page_run):
             assert s["dpo"] == pytest.approx([0.05 * r for r in s["log_ratio"]], abs=1e-4)
         sft = prompt["responses"][0]
         assert sft["signals"]["kl"] == pytest.approx([0.0] * len(sft["ids"]), abs=1e-5)  # pi = pi_ref
+
+
+def test_page_shows_the_evaluations_responses(page_run):
+    """The page's prompts are the first of the evaluation's set (test) and each policy's responses are
+    the ones the evaluation drew from that policy's stream (its samples.jsonl)."""
+    data = json.loads((page_run / "tokens.json").read_text())
+    saved = [json.loads(line) for line in (page_run / "samples.jsonl").read_text().splitlines()]
+    tok = build_tokenizer()
+    shown = [(view["policy"], prompt["prompt"], tok.decode(view["ids"]))
+             for prompt in data["prompts"] for view in prompt["responses"]]
+    evaluated = {(row["policy"], row["prompt"]): row["response"] for row in saved}
+    assert len(shown) == 3 * N_PROMPTS
+    for policy, prompt, response in shown:
+        assert evaluated[(policy, prompt)] == response, (policy, prompt)
 
 
 def test_page_renders_and_switches_signal_in_chromium(page_run, tmp_path):

@@ -10,7 +10,7 @@ from rto.data import sources
 from rto.data.collate import Encoder
 from rto.data.validate import InvalidDataError, prompt_problems, row_problems, validate_rows
 from rto.main import train
-from rto.task import build_tokenizer
+from rto.tasks.embedded import build_tokenizer
 from tests.conftest import compose_config
 
 ENCODER = Encoder(build_tokenizer(), max_prompt_tokens=16, max_response_tokens=16)

@@ -10,14 +10,15 @@ Notation: response ``y = y_1..y_H`` to prompt ``x``, ``s_h = (x, y_<h)``, ``H`` 
 
 Every reward function takes keyword arguments ``score, logprobs, ref_logprobs, mask, beta`` (plus
 ``kl_kind``); the DPO variants also ``dpo_logprobs, dpo_scale, rm_scale, dpo_clip`` and ``semi``
-needs ``segment_end``. ``compute_rewards(name, **kw)`` dispatches by name and drops the DPO-only
-arguments a variant does not take, so one call site serves the whole sweep. All return ``[B, R]``
+needs ``segment_end``. ``REWARDS`` registers each variant with the inputs it declares;
+``compute_rewards(name, **available)`` passes each variant exactly those. All return ``[B, R]``
 with exactly 0 in masked slots.
 """
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -194,27 +195,45 @@ def shaping_dpo_rewards(
     return masked_fill_zero(rewards + at_last_token(terminal, mask), mask)
 
 
-REWARD_FNS = {
-    "sentence": sentence_rewards,
-    "token": token_rewards,
-    "ddpo": delayed_dpo_rewards,
-    "semi": semi_token_rewards,
-    "shaping": shaping_dpo_rewards,
+@dataclass(frozen=True)
+class RewardVariant:
+    """A reward variant and the inputs it reads: the registry says, in one place, what each needs
+    (``uses_dpo``: the experience must compute DPO log-probs; a pipeline must provide a DPO model)."""
+
+    fn: Callable[..., torch.Tensor]
+    inputs: tuple[str, ...]
+
+    @property
+    def uses_dpo(self) -> bool:
+        return "dpo_logprobs" in self.inputs
+
+
+_KL_INPUTS = ("score", "logprobs", "ref_logprobs", "mask", "beta", "kl_kind")
+_DPO_INPUTS = _KL_INPUTS + ("dpo_logprobs", "dpo_scale", "rm_scale", "dpo_clip")
+
+REWARDS: dict[str, RewardVariant] = {
+    "sentence": RewardVariant(sentence_rewards, _KL_INPUTS),
+    "token": RewardVariant(token_rewards, _DPO_INPUTS),
+    "ddpo": RewardVariant(delayed_dpo_rewards, _DPO_INPUTS),
+    "semi": RewardVariant(semi_token_rewards, _DPO_INPUTS + ("segment_end",)),  # closed at delimiter tokens
+    "semi_window": RewardVariant(semi_token_rewards, _DPO_INPUTS + ("segment_end",)),  # fixed token windows
+    "shaping": RewardVariant(shaping_dpo_rewards, _DPO_INPUTS),
 }
-
-# Arguments only some variants take; compute_rewards drops them for the others.
-_VARIANT_ONLY_KWARGS = {"dpo_logprobs", "dpo_scale", "rm_scale", "dpo_clip", "segment_end"}
+KNOWN_INPUTS = frozenset(key for variant in REWARDS.values() for key in variant.inputs)
 
 
-def compute_rewards(name: str, **kwargs) -> torch.Tensor:
-    """Call ``REWARD_FNS[name]`` with the keyword arguments it takes.
+def reward_variant(name: str) -> RewardVariant:
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; expected one of {sorted(REWARDS)}")
+    return REWARDS[name]
 
-    DPO-only arguments (``dpo_logprobs, dpo_scale, rm_scale, dpo_clip, segment_end``) are dropped for
-    variants that do not use them (e.g. ``sentence``); any other unknown argument is an error.
-    """
-    if name not in REWARD_FNS:
-        raise ValueError(f"unknown reward {name!r}; expected one of {sorted(REWARD_FNS)}")
-    fn = REWARD_FNS[name]
-    accepted = inspect.signature(fn).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted or k not in _VARIANT_ONLY_KWARGS}
-    return fn(**kwargs)
+
+def compute_rewards(name: str, **available) -> torch.Tensor:
+    """Call the variant ``name`` with the inputs it declares, picked from ``available``: one call
+    site serves the whole sweep. A declared input left out takes the function's default (``kl_kind``,
+    ``dpo_clip``); a keyword no variant declares is a caller's typo and an error."""
+    variant = reward_variant(name)
+    unknown = sorted(set(available) - KNOWN_INPUTS)
+    if unknown:
+        raise TypeError(f"compute_rewards got {unknown}, which no reward variant reads")
+    return variant.fn(**{key: available[key] for key in variant.inputs if key in available})

@@ -3,8 +3,10 @@
 - preference pairs: `data.path` / `data.split` in `data.format` (see `preference_formats`);
 - SFT demonstrations: the chosen responses, or `data.sft_path` (`messages`, or prompt + response);
 - RL prompts: the pairs' prompts, or `data.prompts_path` (its `data.prompt_column`);
-- evaluation prompts: `data.eval_path` / `data.eval_split`, or `data.eval_fraction` of the prompts
-  held out (no training row ever uses a held-out prompt).
+- test prompts (the final table): `data.test_path` / `data.test_split`, or `data.test_prompt_fraction`
+  of the distinct prompts held out;
+- validation prompts (tuning and selection): `data.val_prompt_fraction` of the remaining distinct
+  prompts held out. No training row ever uses a validation or test prompt.
 
 There is no gold judge: `DataBundle.gold` is None, and evaluation reports the reward model's score,
 the KL and, when `eval.judge` names a held-out reward model, the win rate it judges.
@@ -20,9 +22,11 @@ import numpy as np
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
+from rto.data.bundle import DataBundle, split_pairs
 from rto.data.collate import Encoder
-from rto.data.preference_formats import (FORMATS, Prompt, convert_rows, load_table, prompt_key, prompt_row,
-                                         sft_row)
+from rto.data.preference_formats import FORMATS, Prompt, convert_rows, prompt_key, prompt_row, sft_row
+from rto.data.tables import load_table
+from rto.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ def _table(cfg: DictConfig, path: str, split: Optional[str]):
 def _apply_prompt_limit(rows: list, prompt_of, encoder: Encoder, policy: str, what: str) -> list:
     """Count prompts over `max_prompt_tokens`; keep them (the encoder keeps their last tokens) or drop them."""
     if policy not in ("left", "drop"):
-        raise ValueError(f"data.truncate_prompts must be left or drop, got {policy!r}")
+        raise ConfigError(f"data.truncate_prompts must be left or drop, got {policy!r}")
     too_long = [encoder.prompt_length(prompt_of(row)) > encoder.max_prompt_tokens for row in rows]
     n_long = int(sum(too_long))
     if n_long:
@@ -44,14 +48,12 @@ def _apply_prompt_limit(rows: list, prompt_of, encoder: Encoder, policy: str, wh
     return [row for row, long in zip(rows, too_long) if not long] if policy == "drop" else rows
 
 
-def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]) -> "DataBundle":
-    from rto.data.sources import DataBundle, split_pairs
-
+def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]) -> DataBundle:
     if tokenizer is None:
-        raise ValueError(f"data={cfg.name} is text from a real preference set: it needs the tokenizer of a "
+        raise ConfigError(f"data={cfg.name} is text from a real preference set: it needs the tokenizer of a "
                          f"pretrained model, so set model.pretrained (e.g. model=smollm2-135m-instruct)")
     if cfg.format not in FORMATS:
-        raise ValueError(f"data.format={cfg.format!r} is not one of {', '.join(FORMATS)}")
+        raise ConfigError(f"data.format={cfg.format!r} is not one of {', '.join(FORMATS)}")
     encoder = Encoder(tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens, append_eos=True,
                       chat_template=cfg.chat_template)
     on_invalid, column = cfg.on_invalid, cfg.prompt_column
@@ -71,28 +73,31 @@ def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenize
     sft_rows = _apply_prompt_limit(sft_rows, lambda r: r["prompt"], encoder, policy, "SFT rows")
     prompts = _apply_prompt_limit(_unique(prompts), lambda p: p, encoder, policy, "RL prompts")
 
-    if cfg.eval_path or cfg.eval_split:
-        eval_table = _table(cfg, cfg.eval_path or cfg.path, cfg.eval_split)
-        if cfg.eval_format == "prompts":
-            held_out = convert_rows(eval_table, partial(prompt_row, prompt_column=column), "eval prompts", on_invalid)
+    if cfg.test_path or cfg.test_split:
+        test_table = _table(cfg, cfg.test_path or cfg.path, cfg.test_split)
+        if cfg.test_format == "prompts":
+            test = convert_rows(test_table, partial(prompt_row, prompt_column=column), "test prompts", on_invalid)
         else:
-            held_out = [r["prompt"] for r in convert_rows(eval_table, convert, "eval pairs", on_invalid)]
-        held_out = _apply_prompt_limit(_unique(held_out), lambda p: p, encoder, policy, "eval prompts")
+            test = [r["prompt"] for r in convert_rows(test_table, convert, "test pairs", on_invalid)]
+        test = _apply_prompt_limit(_unique(test), lambda p: p, encoder, policy, "test prompts")
     else:
-        held_out = _hold_out(prompts, cfg.eval_fraction, cfg.seed)
-    keys = {prompt_key(p) for p in held_out}
+        test = _hold_out(prompts, cfg.test_prompt_fraction, cfg.seed)
+    test_keys = {prompt_key(p) for p in test}
+    val = _hold_out([p for p in prompts if prompt_key(p) not in test_keys], cfg.val_prompt_fraction, cfg.seed + 1)
+    keys = test_keys | {prompt_key(p) for p in val}
     pairs = [r for r in pairs if prompt_key(r["prompt"]) not in keys]
     sft_rows = [r for r in sft_rows if prompt_key(r["prompt"]) not in keys]
     prompts = [p for p in prompts if prompt_key(p) not in keys]
     for name, rows in (("preference pairs", pairs), ("SFT rows", sft_rows), ("RL prompts", prompts),
-                       ("eval prompts", held_out)):
+                       ("validation prompts", val), ("test prompts", test)):
         if not rows:
-            raise ValueError(f"data={cfg.name}: no {name} left after conversion, limits and the held-out split")
+            raise DataError(f"data={cfg.name}: no {name} left after conversion, limits and the held-out split")
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
-    log.info("data=%s: %d SFT rows, %d/%d train/val pairs, %d RL prompts, %d eval prompts", cfg.name,
-             len(sft_rows), len(train_pairs), len(val_pairs), len(prompts), len(held_out))
+    val, test = val[:cfg.n_val_prompts], test[:cfg.n_test_prompts]
+    log.info("data=%s: %d SFT rows, %d/%d train/held-out pairs, %d/%d/%d train/validation/test prompts", cfg.name,
+             len(sft_rows), len(train_pairs), len(val_pairs), len(prompts), len(val), len(test))
     return DataBundle(tokenizer=tokenizer, encoder=encoder, sft_rows=sft_rows, train_pairs=train_pairs,
-                      val_pairs=val_pairs, train_prompts=prompts, eval_prompts=held_out[:cfg.n_eval_prompts],
+                      val_pairs=val_pairs, train_prompts=prompts, val_prompts=val, test_prompts=test,
                       gold=None)
 
 

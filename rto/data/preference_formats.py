@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Union
+
+from rto.data.tables import UnreadableRow
+from rto.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -27,31 +29,9 @@ HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
-class RowError(ValueError):
-    """A row that does not fit its schema; the message names the source, row number and problem."""
-
-
-# ---- loading a table (hub id or local file / folder) ----------------------------------------------
-def load_table(path: str, split: str = "train", limit: Optional[int] = None):
-    """A `datasets.Dataset` from a hub id (`datasets.load_dataset(path, split=...)`), a local
-    .jsonl/.json/.parquet/.csv file, a folder of such files, or a `save_to_disk` folder."""
-    import datasets
-
-    local = Path(path).expanduser()
-    if local.is_file():
-        builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(local.suffix)
-        if builder is None:
-            raise ValueError(f"{path}: unknown file type {local.suffix!r} (use .jsonl, .json, .parquet or .csv)")
-        table = datasets.load_dataset(builder, data_files=str(local), split="train")
-    elif local.is_dir() and (local / "state.json").exists():
-        table = datasets.load_from_disk(str(local))
-        if isinstance(table, datasets.DatasetDict):
-            table = table[split]
-    else:  # a local folder of data files, or a hub id
-        table = datasets.load_dataset(str(local) if local.is_dir() else path, split=split)
-    if limit is not None:
-        table = table.select(range(min(limit, len(table))))
-    return table
+class RowError(DataError):
+    """A row that does not fit its schema (or a line that cannot be parsed); the message names the
+    source and row number (or the file and line) and the problem."""
 
 
 # ---- one schema per function: a raw row -> {"prompt", "chosen", "rejected"} ---------------------------
@@ -146,8 +126,14 @@ def convert_rows(rows: Iterable[dict], convert: Callable[[dict], Any], source: s
     skipped and counted (`on_invalid=skip`)."""
     if on_invalid not in ("raise", "skip"):
         raise ValueError(f"data.on_invalid must be raise or skip, got {on_invalid!r}")
-    out, skipped = [], 0
+    out, skipped, unreadable = [], 0, []
     for index, row in enumerate(rows):
+        if isinstance(row, UnreadableRow):  # a line of a local file that could not be parsed
+            if on_invalid == "raise":
+                raise RowError(f"{row} (set data.on_invalid=skip to skip such lines)")
+            skipped += 1
+            unreadable.append(row.where)
+            continue
         try:
             out.append(convert(row))
         except (ValueError, KeyError, TypeError) as err:
@@ -155,7 +141,10 @@ def convert_rows(rows: Iterable[dict], convert: Callable[[dict], Any], source: s
                 raise RowError(f"{source}: row {index}: {err} (set data.on_invalid=skip to drop such rows)") from err
             skipped += 1
     if skipped:
-        log.warning("%s: skipped %d of %d malformed rows", source, skipped, skipped + len(out))
+        places = list(dict.fromkeys(unreadable))  # a Parquet row group counts each of its rows
+        lines = f" ({len(unreadable)} unreadable: {', '.join(places[:5])}{', ...' if len(places) > 5 else ''})" \
+            if unreadable else ""
+        log.warning("%s: skipped %d of %d malformed rows%s", source, skipped, skipped + len(out), lines)
     return out
 
 

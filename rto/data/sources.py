@@ -3,87 +3,71 @@ other sources (files, the hub) give the same row schemas without a gold judge.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
+from rto.data.bundle import DataBundle, split_pairs
 from rto.data.collate import Encoder
-from rto.data.validate import validate_bundle
-
-# a gold judge scores (prompt, response) texts; None where the data has no known reward
-GoldJudge = Callable[[list[str], list[str]], np.ndarray]
-# the dense part of a gold reward: one value per word of a (prompt, response); None where there is none
-GoldTokens = Callable[[str, str], list[float]]
-
-
-@dataclass
-class DataBundle:
-    tokenizer: PreTrainedTokenizerBase
-    encoder: Encoder
-    sft_rows: list[dict]
-    train_pairs: list[dict]
-    val_pairs: list[dict]
-    train_prompts: list[str]
-    eval_prompts: list[str]
-    gold: Optional[GoldJudge] = None
-    gold_tokens: Optional[GoldTokens] = None
-
-
-def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = int(round(len(pairs) * val_fraction))
-    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
+from rto.data.preference_data import load_preference_data
+from rto.data.validate import check_set_sizes, validate_bundle
+from rto.errors import ConfigError
+from rto.tasks.embedded import EmbeddedTask, build_tokenizer, gold_rewards, gold_token_rewards, optimal_rewards
+from rto.tasks.sentiment.source import load_sentiment
 
 
 def load_embedded(data_cfg: DictConfig) -> DataBundle:
-    from rto.task import EmbeddedTask, build_tokenizer, gold_rewards, gold_token_rewards
-
-    task = EmbeddedTask(
-        seed=data_cfg.seed,
-        n_sft=data_cfg.n_sft,
-        n_pairs=data_cfg.n_pairs,
-        n_train_prompts=data_cfg.n_train_prompts,
-        n_eval_prompts=data_cfg.n_eval_prompts,
-        eval_fraction=data_cfg.eval_fraction,
-        bt_temperature=data_cfg.bt_temperature,
-        max_response_words=data_cfg.max_response_words,
-    )
+    try:  # the task checks its sizes (`n_sft must be >= 0, got -1`): they are data.* keys
+        task = EmbeddedTask(
+            seed=data_cfg.seed,
+            n_sft=data_cfg.n_sft,
+            n_pairs=data_cfg.n_pairs,
+            n_train_prompts=data_cfg.n_train_prompts,
+            n_val_prompts=data_cfg.n_val_prompts,
+            n_test_prompts=data_cfg.n_test_prompts,
+            val_prompt_fraction=data_cfg.val_prompt_fraction,
+            test_prompt_fraction=data_cfg.test_prompt_fraction,
+            bt_temperature=data_cfg.bt_temperature,
+            max_response_words=data_cfg.max_response_words,
+        )
+        sft_rows, pairs = task.sft_rows(), task.preference_rows()
+    except ValueError as err:
+        raise ConfigError(f"data.{err}") from err
     tokenizer = build_tokenizer()
     encoder = Encoder(tokenizer, data_cfg.max_prompt_tokens, data_cfg.max_response_tokens, append_eos=False)
-    train_pairs, val_pairs = split_pairs(task.preference_rows(), data_cfg.val_fraction, data_cfg.seed)
+    train_pairs, val_pairs = split_pairs(pairs, data_cfg.val_fraction, data_cfg.seed)
     return DataBundle(
         tokenizer=tokenizer,
         encoder=encoder,
-        sft_rows=task.sft_rows(),
+        sft_rows=sft_rows,
         train_pairs=train_pairs,
         val_pairs=val_pairs,
-        train_prompts=task.train_prompts(),
-        eval_prompts=task.eval_prompts(),
+        train_prompts=task.prompts("train"),
+        val_prompts=task.prompts("val"),
+        test_prompts=task.prompts("test"),
         gold=lambda prompts, responses: np.asarray(gold_rewards(prompts, responses), dtype=float),
         gold_tokens=gold_token_rewards,
+        optimum=optimal_rewards,
     )
-
-
-def load_preferences(data_cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]) -> DataBundle:
-    from rto.data.preference_data import load_preference_data
-    return load_preference_data(data_cfg, tokenizer)
 
 
 # each source gets the data config and the pretrained model's tokenizer (None for a model built from scratch)
 SOURCES: dict[str, Callable[[DictConfig, Optional[PreTrainedTokenizerBase]], DataBundle]] = {
     "embedded": lambda data_cfg, tokenizer: load_embedded(data_cfg),  # the task brings its own tokenizer
-    "preferences": load_preferences,
+    "preferences": load_preference_data,
+    "sentiment": load_sentiment,  # prompts and gold; the pairs come from the `pairs` stage
 }
 
 
 def load_data(data_cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> DataBundle:
     source = data_cfg.get("source") or data_cfg.name
     if source not in SOURCES:
-        raise ValueError(f"data.source={source!r} is not a known source ({', '.join(SOURCES)})")
+        raise ConfigError(f"data.source={source!r} is not a known source ({', '.join(SOURCES)})")
     # every source's rows are validated here, before any training
     # (real sources apply `data.truncate_prompts` to long prompts themselves)
-    return validate_bundle(SOURCES[source](data_cfg, tokenizer), data_cfg.get("on_invalid", "raise"),
-                           check_prompt_length="truncate_prompts" not in data_cfg)
+    bundle = validate_bundle(SOURCES[source](data_cfg, tokenizer), data_cfg.get("on_invalid", "raise"),
+                             check_prompt_length="truncate_prompts" not in data_cfg)
+    check_set_sizes(bundle, data_cfg)  # an empty set stops here, not after training on nothing
+    return bundle

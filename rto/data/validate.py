@@ -8,6 +8,7 @@ stops with the row numbers and reasons; `skip` drops the rows and logs how many,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from functools import partial
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from rto.data.collate import Encoder
+from rto.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,27 @@ RESPONSE_FIELDS = ("response", "chosen", "rejected")
 MAX_LISTED = 10
 
 
-class InvalidDataError(ValueError):
+# Every list of rows in a DataBundle is a set that must hold rows (a new set is checked without
+# listing it here): at least MIN_ROWS of them, 1 unless listed; OPTIONAL_SETS may be empty.
+OPTIONAL_SETS = ("val_pairs",)  # data.val_fraction=0: no held-out pairs, no RM accuracy reported
+MIN_ROWS = {"val_prompts": 2, "test_prompts": 2}  # an evaluation's ± is a standard error: two samples at least
+# the data.* keys that size each set (shown with their values); what an empty set would break
+SIZE_KEYS = {"sft_rows": ("n_sft", "sft_path", "limit"), "train_pairs": ("n_pairs", "val_fraction", "path", "limit"),
+             "train_prompts": ("n_train_prompts", "prompts_path", "limit"),
+             "val_prompts": ("n_val_prompts", "val_prompt_fraction"),
+             "test_prompts": ("n_test_prompts", "test_prompt_fraction", "test_path", "test_split")}
+USES = {"sft_rows": "SFT would train on nothing", "train_pairs": "the reward model and DPO would train on nothing",
+        "train_prompts": "PPO would have no prompts",
+        "val_prompts": "tuning and the validation curve need a standard error, so two prompts",
+        "test_prompts": "a standard error needs two prompts"}
+
+
+class InvalidDataError(DataError):
     """Rows that cannot be trained on; the message lists row numbers and reasons."""
+
+
+class EmptySetError(DataError):
+    """A set of rows (SFT rows, preference pairs, prompts) that is empty, or too small to use."""
 
 
 def _ids(encoder: Encoder, text: str, tokenized: Optional[dict] = None) -> list[int]:
@@ -160,5 +181,29 @@ def validate_bundle(bundle, on_invalid: str = "raise", check_prompt_length: bool
     bundle.val_pairs = check(bundle.val_pairs, "pair", name="preference pairs (val)") \
         if bundle.val_pairs else bundle.val_pairs
     bundle.train_prompts = check(bundle.train_prompts, "prompt", name="train prompts")
-    bundle.eval_prompts = check(bundle.eval_prompts, "prompt", name="eval prompts")
+    bundle.val_prompts = check(bundle.val_prompts, "prompt", name="validation prompts")
+    bundle.test_prompts = check(bundle.test_prompts, "prompt", name="test prompts")
     return bundle
+
+
+def check_set_sizes(bundle, data_cfg) -> None:
+    """Stop before training when a set of the bundle is empty (or below its minimum), naming the set
+    and the `data.*` keys that size it: training on nothing would finish and print a table as if all
+    went well."""
+    for field in dataclasses.fields(bundle):
+        rows = getattr(bundle, field.name)
+        if not isinstance(rows, list) or field.name in OPTIONAL_SETS or field.name in getattr(bundle, "deferred", ()):
+            continue
+        need = MIN_ROWS.get(field.name, 1)
+        if len(rows) >= need:
+            continue
+        keys = [key for key in SIZE_KEYS.get(field.name, ()) if data_cfg.get(key) is not None]
+        sized_by = f" ({', '.join(f'data.{key}={data_cfg.get(key)}' for key in keys)})" if keys else ""
+        why = f" ({USES[field.name]})" if field.name in USES else ""
+        # a size key below the minimum is the one to raise; else the files or fractions feed too few rows
+        small = [key for key in keys if key.startswith("n_") and isinstance(data_cfg.get(key), int)
+                 and data_cfg.get(key) < need]
+        todo = f"set data.{small[0]}>={need}" if small else "give it more rows"
+        count = f"{len(rows)} row{'' if len(rows) == 1 else 's'}"
+        raise EmptySetError(f"data={data_cfg.get('name')}: the {field.name} set has {count}{sized_by}, "
+                            f"it needs at least {need}{why}: {todo}")

@@ -17,12 +17,45 @@ from omegaconf import DictConfig
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
+from rto.errors import ConfigError, ModelError
 from rto.models.lora import add_lora, is_adapter_folder, load_adapter
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+
+
+def source_key(model_cfg: DictConfig) -> str:
+    """The key a user set to name this model: `model.pretrained`, or `reward_model.path`."""
+    return "model.pretrained" if "pretrained" in model_cfg else "reward_model.path"
+
+
+def from_pretrained(loader, source: str | Path, key: Optional[str], **kwargs):
+    """`loader.from_pretrained(source, **kwargs)`; a source that cannot be found or read (transformers
+    raises OSError: no such hub id, no network, files missing) becomes a ModelError naming `key`."""
+    try:
+        return loader.from_pretrained(str(source), **kwargs)
+    except OSError as err:
+        raise ModelError(unloadable(key, str(source), err)) from err
+
+
+def _named(key: Optional[str], source: str | Path) -> str:
+    return f"{key}={source}" if key else str(source)
+
+
+def unloadable(key: Optional[str], source: str, err: Exception) -> str:
+    from huggingface_hub import constants
+
+    reason = (str(err).splitlines() or [type(err).__name__])[0]
+    if looks_local(source):
+        return f"{_named(key, source)}: cannot be loaded ({reason})"
+    if constants.HF_HUB_OFFLINE:
+        return (f"{_named(key, source)}: cannot be downloaded (HF_HUB_OFFLINE=1) and is not in the Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}); give a local folder ({key}=/path/to/a/save_pretrained/folder), or run "
+                f"once with network (HF_HUB_OFFLINE unset) to fill the cache")
+    return (f"{_named(key, source)}: cannot be loaded from the hub ({reason}); check the id and the network (without "
+            f"network: give a local folder, {key}=/path/to/a/save_pretrained/folder)")
 
 
 def pretrained_kwargs(model_cfg: DictConfig) -> dict:
@@ -33,16 +66,18 @@ def pretrained_kwargs(model_cfg: DictConfig) -> dict:
     # a local folder never reaches for the hub, and one without a model is a clear error
     source = model_cfg.get("pretrained") or model_cfg.get("path")
     if source:
-        kwargs.update(local_model_kwargs(source, need=None if kwargs.get("gguf_file") else "config.json"))
+        kwargs.update(local_model_kwargs(source, need=None if kwargs.get("gguf_file") else "config.json",
+                                         key=source_key(model_cfg)))
     return kwargs
 
 
 def load_tokenizer(model_cfg: DictConfig, path: Optional[str | Path] = None) -> PreTrainedTokenizerBase:
     """The pretrained model's own tokenizer. A missing pad token becomes EOS: every position and
     score in the pipeline is found from attention masks, so pad == eos is safe."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path or model_cfg.pretrained), **pretrained_kwargs(model_cfg))
+    tokenizer = from_pretrained(AutoTokenizer, path or model_cfg.pretrained, source_key(model_cfg),
+                                **pretrained_kwargs(model_cfg))
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"the tokenizer of {path or model_cfg.pretrained} has no EOS token: responses could "
+        raise ModelError(f"the tokenizer of {path or model_cfg.pretrained} has no EOS token: responses could "
                          f"never end; pick a model whose tokenizer defines one")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -74,10 +109,10 @@ def build_policy(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> P
     """The policy SFT trains: pretrained (with LoRA when configured) or fresh from the preset's shape,
     with special-token ids that agree with `tokenizer`."""
     if model_cfg.pretrained:
-        model = AutoModelForCausalLM.from_pretrained(str(model_cfg.pretrained), dtype=DTYPES[model_cfg.dtype],
-                                                     **pretrained_kwargs(model_cfg))
+        model = from_pretrained(AutoModelForCausalLM, model_cfg.pretrained, "model.pretrained",
+                                dtype=DTYPES[model_cfg.dtype], **pretrained_kwargs(model_cfg))
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
-            raise ValueError(f"{model_cfg.pretrained}: its embedding has {model.get_input_embeddings().num_embeddings}"
+            raise ModelError(f"{model_cfg.pretrained}: its embedding has {model.get_input_embeddings().num_embeddings}"
                              f" rows but its tokenizer {len(tokenizer)} tokens")
         log.info("loaded %s: %.2fM parameters", model_cfg.pretrained, model.num_parameters() / 1e6)
         return _finish(model, model_cfg, tokenizer, trainable=True)
@@ -99,7 +134,7 @@ def build_policy(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> P
         config.n_inner = model_cfg.intermediate_size
     for key, value in (model_cfg.get("config_overrides") or {}).items():
         if not hasattr(config, key):
-            raise ValueError(f"model.config_overrides.{key}: {model_cfg.arch} configs have no such field")
+            raise ConfigError(f"model.config_overrides.{key}: {model_cfg.arch} configs have no such field")
         setattr(config, key, value)
     model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[model_cfg.dtype])
     log.info("built %s from config: %.2fM parameters", model_cfg.arch,
@@ -121,34 +156,36 @@ def load_policy(path: str | Path, model_cfg: DictConfig | None = None, trainable
         kwargs["trust_remote_code"] = bool(model_cfg.get("trust_remote_code", False))
     if is_adapter_folder(folder):
         if model_cfg is None or not model_cfg.pretrained:
-            raise ValueError(f"{folder} holds a LoRA adapter: loading it needs model.pretrained (its base model)")
-        base = AutoModelForCausalLM.from_pretrained(str(model_cfg.pretrained), dtype=kwargs["dtype"],
-                                                    **pretrained_kwargs(model_cfg))
+            raise ConfigError(f"{folder} holds a LoRA adapter: loading it needs model.pretrained (its base model)")
+        base = from_pretrained(AutoModelForCausalLM, model_cfg.pretrained, "model.pretrained", dtype=kwargs["dtype"],
+                               **pretrained_kwargs(model_cfg))
         if trainable and model_cfg.get("gradient_checkpointing"):
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.enable_input_require_grads()
         return load_adapter(base, folder)
-    kwargs.update(local_model_kwargs(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    kwargs.update(local_model_kwargs(path, key=None))
+    model = from_pretrained(AutoModelForCausalLM, path, None, **kwargs)
     if model_cfg is not None and trainable and model_cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
-def local_model_kwargs(path: str | Path, need: str | None = "config.json") -> dict:
-    """`local_files_only=True` for a local folder; a clear error for a path that holds no model.
-
-    Something that looks like a path (absolute, `./`, `~`, or existing) is never sent to the hub.
-    """
+def looks_local(path: str | Path) -> bool:
+    """Absolute, `./`, `~`, more than one `/`, or existing: a path, never sent to the hub."""
     text = str(path)
-    folder = Path(text).expanduser()
-    looks_local = folder.exists() or text.startswith(("/", "./", "../", "~", ".")) or text.count("/") > 1
-    if not looks_local:
+    return Path(text).expanduser().exists() or text.startswith(("/", "./", "../", "~", ".")) or text.count("/") > 1
+
+
+def local_model_kwargs(path: str | Path, need: str | None = "config.json", key: Optional[str] = None) -> dict:
+    """`local_files_only=True` for a local folder; a clear error (naming `key`) for a path that holds no model."""
+    folder = Path(str(path)).expanduser()
+    if not looks_local(path):
         return {}  # a hub id ("org/name"): transformers resolves it (from its cache when offline)
     if not folder.is_dir():
-        raise FileNotFoundError(f"no model at {text}: the folder does not exist")
+        raise ModelError(f"{_named(key, path)}: no model at {path}: the folder does not exist")
     if need and not (folder / need).exists():
-        raise FileNotFoundError(f"no model in {folder}: {need} is missing (expected a save_pretrained folder)")
+        raise ModelError(f"{_named(key, path)}: no model in {folder}: {need} is missing "
+                         f"(expected a save_pretrained folder)")
     return {"local_files_only": True}
 
 

@@ -121,13 +121,18 @@ def pair_response_forward(model, batch: dict) -> Tensor:
     return torch.cat([prompt_out.logits[:, -1:][rows], response_out.logits[:, :-1]], dim=1).float()
 
 
-def policy_logprobs(model, batch: dict, share_prompt: bool = False) -> tuple[Tensor, Tensor]:
+def policy_logprobs(model, batch: dict, share_prompt: bool = False,
+                    temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """`(logprobs [B, R], logits [B, R, V])` of the batch's response tokens under `model`;
-    masked slots of `logprobs` are exactly 0. `share_prompt`: a pair batch runs each prompt once."""
+    masked slots of `logprobs` are exactly 0. `share_prompt`: a pair batch runs each prompt once.
+    `temperature`: the distribution `softmax(logits / T)` that sampling at T draws from (the
+    returned logits are divided by T too); the RL loop reads every model at the sampling T."""
     if share_prompt:
         logits = pair_response_forward(model, batch)
     else:
         logits = response_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
                                   batch["response_mask"])
+    if temperature != 1.0:
+        logits = logits / temperature
     # logits are already aligned (index t predicts token t): a prompt of length 1 in algos' layout
     return response_logprobs(logits, batch["response_ids"], 1, batch["response_mask"]), logits

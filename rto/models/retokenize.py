@@ -7,6 +7,7 @@ template, BOS and EOS), the prompt re-rendered from its original text or message
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -15,7 +16,10 @@ from transformers import PreTrainedTokenizerBase
 
 from rto.data.collate import Encoder, encode_prompts, right_pad
 from rto.data.preference_formats import Prompt
+from rto.errors import TokenizerMismatchError
 from rto.models.scalar_head import ScalarHeadModel
+
+log = logging.getLogger(__name__)
 
 
 def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
@@ -28,13 +32,19 @@ def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bo
 
 def check_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, a_name: str, b_name: str) -> None:
     if not same_tokenizer(a, b):
-        raise ValueError(f"{a_name} and {b_name} have different tokenizers ({len(a)} vs {len(b)} tokens): "
+        raise TokenizerMismatchError(f"{a_name} and {b_name} have different tokenizers ({len(a)} vs {len(b)} tokens): "
                          f"one's ids would be fed to a model of the other; use data with text that the "
                          f"model's tokenizer encodes (a real preference set) or a model built from scratch")
 
 
 class RewardScorer(nn.Module):
-    """`score(policy batch, prompts) -> [B]` for a reward model with its own tokenizer."""
+    """`score(policy batch, prompts) -> [B]` for a reward model with its own tokenizer.
+
+    Re-tokenized responses keep their ending: a response that ended with the policy's EOS gets the
+    reward model's EOS, one cut at the length limit without EOS gets none (as on the same-tokenizer
+    path, where the policy's ids are scored as they are). A re-tokenized response longer than the
+    reward model's limit (`max_response_tokens` of its encoder) is cut there and counted:
+    `last_truncated` (the last call) and `truncated` (in total)."""
 
     def __init__(self, model: ScalarHeadModel, encoder: Encoder, policy_tokenizer: PreTrainedTokenizerBase):
         super().__init__()
@@ -42,10 +52,26 @@ class RewardScorer(nn.Module):
         self.encoder = encoder
         self.policy_tokenizer = policy_tokenizer
         self.retokenize = not same_tokenizer(encoder.tokenizer, policy_tokenizer)
+        self.last_truncated = self.truncated = 0
 
     def response_texts(self, response_ids: Tensor, response_mask: Tensor) -> list[str]:
         return [self.policy_tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True)
                 for row, m in zip(response_ids.cpu(), response_mask.cpu())]
+
+    def response_ids(self, response_ids: Tensor, response_mask: Tensor) -> list[list[int]]:
+        """The responses in the reward model's ids, each ending with its EOS iff the policy's did."""
+        ids, mask = response_ids.cpu(), response_mask.bool().cpu()
+        last = (mask.long().cumsum(dim=1) == mask.sum(dim=1, keepdim=True)).long().argmax(dim=1)  # last real slot
+        ended = (ids.gather(1, last.unsqueeze(1)).squeeze(1) == self.policy_tokenizer.eos_token_id) & mask.any(dim=1)
+        tokenizer, limit = self.encoder.tokenizer, self.encoder.max_response_tokens
+        rows = [tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
+                for text, eos in zip(self.response_texts(response_ids, response_mask), ended.tolist())]
+        self.last_truncated = sum(len(r) > limit for r in rows)
+        self.truncated += self.last_truncated
+        if self.last_truncated:
+            log.debug("%d of %d re-tokenized responses cut at the reward model's %d tokens",
+                      self.last_truncated, len(rows), limit)
+        return [r[:limit] for r in rows]
 
     @torch.no_grad()
     def score(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
@@ -56,7 +82,6 @@ class RewardScorer(nn.Module):
             raise ValueError("re-tokenizing for the reward model needs the prompts' text")
         device = response_ids.device
         batch = encode_prompts(self.encoder, list(prompt_text))
-        ids, mask = right_pad([self.encoder.response(t) for t in self.response_texts(response_ids, response_mask)],
-                              self.encoder.pad_id)
+        ids, mask = right_pad(self.response_ids(response_ids, response_mask), self.encoder.pad_id)
         return self.model.score(batch["prompt_ids"].to(device), batch["prompt_mask"].to(device),
                                 ids.to(device), mask.to(device))

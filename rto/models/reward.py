@@ -13,16 +13,13 @@ from peft import TaskType
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from rto.data.collate import Encoder
-from rto.models.factory import DTYPES, load_policy, load_tokenizer, pretrained_kwargs
+from rto.errors import ModelError, TokenizerMismatchError
+from rto.models.factory import DTYPES, from_pretrained, load_policy, load_tokenizer, pretrained_kwargs
 from rto.models.lora import add_lora
 from rto.models.retokenize import RewardScorer, same_tokenizer
 from rto.models.scalar_head import ScalarHeadModel
 
 log = logging.getLogger(__name__)
-
-
-class TokenizerMismatchError(ValueError):
-    """Two models that must share token positions have different tokenizers."""
 
 
 def reward_tokenizer(rm_cfg: DictConfig, policy_tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -49,7 +46,8 @@ def new_reward_model(rm_cfg: DictConfig, model_cfg: DictConfig, sft) -> ScalarHe
     if rm_cfg.source == "same":
         model = ScalarHeadModel.from_causal_lm(sft)
     else:
-        backbone = AutoModel.from_pretrained(str(rm_cfg.path), dtype=DTYPES[rm_cfg.dtype], **pretrained_kwargs(rm_cfg))
+        backbone = from_pretrained(AutoModel, rm_cfg.path, "reward_model.path", dtype=DTYPES[rm_cfg.dtype],
+                                   **pretrained_kwargs(rm_cfg))
         log.info("reward model backbone %s: %.2fM parameters", rm_cfg.path, backbone.num_parameters() / 1e6)
         model = ScalarHeadModel(backbone)
     return _trainable_options(model, *_options_of(rm_cfg, model_cfg))
@@ -78,8 +76,8 @@ def judge_scorer(path: Optional[str], policy_encoder: Encoder,
         return None
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"eval.judge={path} is not a folder")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        raise ModelError(f"eval.judge={path} is not a folder")
+    tokenizer = from_pretrained(AutoTokenizer, folder, "eval.judge")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     judge = ScalarHeadModel.from_pretrained(folder).eval().requires_grad_(False)

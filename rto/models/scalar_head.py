@@ -15,6 +15,7 @@ from peft import PeftModel
 from torch import Tensor, nn
 from transformers import AutoModel, PreTrainedModel
 
+from rto.errors import ModelError
 from rto.models.forward import sequence_inputs, shared_prompt_forward
 
 HEAD_FILE = "scalar_head.safetensors"
@@ -91,7 +92,8 @@ class ScalarHeadModel(nn.Module):
     def from_pretrained(cls, folder: str | Path, **kwargs) -> "ScalarHeadModel":
         folder = Path(folder)
         if not (folder / HEAD_FILE).exists():
-            raise FileNotFoundError(f"no scalar-head model in {folder}: {HEAD_FILE} is missing")
+            raise ModelError(f"no scalar-head model in {folder}: {HEAD_FILE} is missing (expected a reward model "
+                             f"folder, e.g. a run's checkpoints/rm)")
         from rto.models.factory import local_model_kwargs
 
         model = cls(AutoModel.from_pretrained(str(folder), **{**local_model_kwargs(folder), **kwargs}))

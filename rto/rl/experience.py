@@ -13,9 +13,10 @@ from torch import Tensor
 from rto.algos.advantages import RunningMoments, gae
 from rto.algos.finite import check_finite
 from rto.algos.masked import SumReduce, masked_whiten
-from rto.algos.rewards import clamp_score, compute_rewards, dpo_token_rewards
+from rto.algos.rewards import clamp_score, compute_rewards, dpo_token_rewards, reward_variant
 from rto.models.forward import policy_logprobs
 from rto.rl.rollout import Rollout
+from rto.rl.segments import Segments
 
 
 @dataclass
@@ -42,49 +43,60 @@ class Experience:
                 "response_ids": self.response_ids, "response_mask": self.response_mask}
 
 
-def segment_ends(mask: Tensor, segment_len: int) -> Tensor:
-    """Semi-RTO's segment boundaries: every `segment_len`-th real token (the last is added by the reward)."""
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    return ((positions + 1) % segment_len == 0) & mask.bool()
+def critic_values(critic, batch: dict, score_moments: Optional[RunningMoments] = None) -> Tensor:
+    """The critic's per-token values `[B, R]` on the scale of the rewards: with reward normalisation
+    on, its output goes through the same `(x - mean) / std` as the reward-model score. The critic
+    starts from the reward model, in raw score units; the reference code normalises the RM and the
+    critic with one (fixed) mean and std, here the running statistics the score is normalised with.
+    Used by the experience and by the update alike, so old and new values share one scale."""
+    values = critic.response_values(**batch)
+    return values if score_moments is None else score_moments.normalize(values)
 
 
 @torch.no_grad()
 def make_experience(rollout: Rollout, *, actor, critic, reference, reward_model, dpo_policy,
                     reward_cfg: DictConfig, beta: float, ppo_cfg: DictConfig,
                     score_moments: Optional[RunningMoments] = None, reduce: SumReduce = None,
-                    check: Callable = check_finite) -> Experience:
+                    check: Callable = check_finite, segments: Optional[Segments] = None) -> Experience:
     """`reduce` sums over data-parallel ranks: reward normalisation and advantage whitening then use
     the statistics of the global rollout, as one process holding every rank's samples would.
     `check(name, tensor, mask)` runs on every tensor as soon as it exists (default: raise
     NonFiniteError), so a NaN is named where it first appears and never enters the running
-    reward statistics."""
+    reward statistics. `segments(response_ids, mask)` marks Semi-RTO's segment ends.
+
+    Every model reads the rollout at the sampling temperature (`ppo_cfg.temperature`): pi_old, the
+    reference and the DPO model alike, so the KL term and the DPO reward compare the distributions
+    the tokens were drawn from."""
     batch = {"prompt_ids": rollout.prompt_ids, "prompt_mask": rollout.prompt_mask,
              "response_ids": rollout.response_ids, "response_mask": rollout.response_mask}
     mask = rollout.response_mask
-    # pi_old's log-probs come with the rollout when the sampler kept them (one forward fewer)
-    logprobs = rollout.logprobs if rollout.logprobs is not None else policy_logprobs(actor, batch)[0]
+    temperature = ppo_cfg.temperature
+    # pi_old: the sampler's log-probs where they equal a full forward's (fp32), else one full forward
+    logprobs = rollout.logprobs
+    if logprobs is None:
+        logprobs, _ = policy_logprobs(actor, batch, temperature=temperature)
     check("logprobs", logprobs, mask)
-    ref_logprobs, _ = policy_logprobs(reference, batch)
+    ref_logprobs, _ = policy_logprobs(reference, batch, temperature=temperature)
     check("ref_logprobs", ref_logprobs, mask)
-    values = critic.response_values(**batch)
-    check("values", values, mask)
     score = reward_model.score(**batch, prompt_text=rollout.prompt_text)  # a RewardScorer: re-tokenizes if needed
     check("score", score)
     if score_moments is not None:
         score_moments.update(score, reduce=reduce)
         score = score_moments.normalize(score)
-    score = clamp_score(score, reward_cfg.score_clip)
+    score = clamp_score(score, reward_cfg.score_clip)  # after normalising: the clamp is in normalised units
+    values = critic_values(critic, batch, score_moments)  # the statistics that now include this rollout
+    check("values", values, mask)
 
     dpo_logprobs = dpo_rewards = None
-    if reward_cfg.name != "sentence":
-        dpo_logprobs, _ = policy_logprobs(dpo_policy, batch)
+    if reward_variant(reward_cfg.name).uses_dpo:
+        dpo_logprobs, _ = policy_logprobs(dpo_policy, batch, temperature=temperature)
         check("dpo_logprobs", dpo_logprobs, mask)
         dpo_rewards = dpo_token_rewards(dpo_logprobs, ref_logprobs, mask, reward_cfg.dpo_scale, reward_cfg.dpo_clip)
+    segment_end = None if segments is None else segments(rollout.response_ids, mask)
     rewards = compute_rewards(
         reward_cfg.name, score=score, logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask, beta=beta,
         kl_kind=ppo_cfg.kl_estimator, dpo_logprobs=dpo_logprobs, dpo_scale=reward_cfg.dpo_scale,
-        rm_scale=reward_cfg.rm_scale, dpo_clip=reward_cfg.dpo_clip,
-        segment_end=segment_ends(mask, reward_cfg.get("segment_len", 1)))
+        rm_scale=reward_cfg.rm_scale, dpo_clip=reward_cfg.dpo_clip, segment_end=segment_end)
     check("rewards", rewards, mask)
     advantages, returns = gae(rewards, values, mask, ppo_cfg.gamma, ppo_cfg.lam)
     if ppo_cfg.whiten_advantages:

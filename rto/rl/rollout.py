@@ -24,7 +24,8 @@ class Rollout:
     response_ids: Tensor    # [B, R] right-padded
     response_mask: Tensor   # [B, R] 1 on real tokens, the first EOS included
     prompt_text: list[str] = field(default_factory=list)
-    # log pi(y_t) of the sampled tokens, from the sampling logits (masked slots 0); saves PPO a forward
+    # log pi_T(y_t) of the sampled tokens under the tempered sampling distribution (masked slots 0),
+    # kept only where they equal a full forward's (`sampler_logprobs_are_exact`): saves PPO a forward
     logprobs: Optional[Tensor] = None
 
 
@@ -35,14 +36,29 @@ def mask_after_eos(response_ids: Tensor, eos_id: int) -> Tensor:
     return (eos_before == 0).long()
 
 
+def sampler_logprobs_are_exact(model) -> bool:
+    """Whether the sampler's KV-cache log-probs can stand in for pi_old: only when every weight is
+    fp32, no autocast is active and fp32 matmuls are not lowered (TF32). Otherwise (bf16 weights,
+    `bf16-mixed`, ...) one-token decoding steps and a full forward round differently (about 1e-3 on
+    a tiny model in bf16), pi_old != pi at the first minibatch, and PPO recomputes pi_old with one
+    full forward in the update's precision, as OpenRLHF does."""
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    if any(p.dtype != torch.float32 for p in params) or torch.is_autocast_enabled(device.type):
+        return False
+    return device.type != "cuda" or torch.get_float32_matmul_precision() == "highest"
+
+
 @torch.no_grad()
 def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos_id: int,
                      pad_id: int, temperature: float = 1.0,
                      generator: Optional[torch.Generator] = None, return_logprobs: bool = False):
-    """Sample up to `max_new_tokens` tokens per prompt. Returns `(response_ids, response_mask)`,
-    trimmed to the longest response in the batch, and with `return_logprobs` also the `[B, R]`
-    log-probs of the sampled tokens under the untempered policy (masked slots 0): the same numbers
-    a forward over prompt + response gives, read off the logits the loop has anyway."""
+    """Sample up to `max_new_tokens` tokens per prompt from `softmax(logits / temperature)`, in eval
+    mode (dropout off). Returns `(response_ids, response_mask)`, trimmed to the longest response in
+    the batch, and with `return_logprobs` also the `[B, R]` log-probs of the sampled tokens under
+    that same tempered distribution (masked slots 0), read off the logits the loop has anyway: the
+    numbers `policy_logprobs(..., temperature=temperature)` gives, in full fp32 (see
+    `sampler_logprobs_are_exact`)."""
     was_training = model.training
     model.eval()
     attention = prompt_mask.long()
@@ -55,10 +71,10 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tok
     ones = torch.ones_like(finished, dtype=torch.long).unsqueeze(1)
     tokens, logprobs = [], []
     for step in range(max_new_tokens):
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        if return_logprobs:
-            logprobs.append(torch.log_softmax(logits.float(), dim=-1).gather(1, token.unsqueeze(1)).squeeze(1))
+        scaled = logits.float() / temperature
+        token = torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator).squeeze(1)
+        if return_logprobs:  # the log of the probability the token was drawn with
+            logprobs.append(torch.log_softmax(scaled, dim=-1).gather(1, token.unsqueeze(1)).squeeze(1))
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         tokens.append(token)
         finished |= token == eos_id

@@ -4,6 +4,11 @@ One `training_step` is one PPO iteration: sample a rollout, score it once (`make
 then `ppo_epochs` passes of clipped policy and value updates over minibatches. Optimisation is
 manual because an iteration makes many optimizer steps on two optimizers (actor and critic).
 
+Modes and numbers (`rto/rl/modes.py`): sampling and experience run in eval mode, the update with
+dropout off too, so pi_old and pi agree at the first minibatch (ratio 1); every model reads the
+rollout at the sampling temperature; pi_old comes from the sampler only in full fp32, else from one
+full forward in the update's precision (`sampler_logprobs_are_exact`).
+
 Under DDP each rank samples its own prompts; reward normalisation, advantage whitening, the
 target-KL stop and the logged metrics use statistics over all ranks (`sum_over_ranks`). The frozen
 reference, reward and DPO models have no trainable parameter, so DDP's reducer never syncs them,
@@ -25,14 +30,16 @@ from omegaconf import DictConfig
 from rto.algos.advantages import RunningMoments
 from rto.algos.finite import NonFiniteError
 from rto.algos.logprobs import entropy_from_logits
-from rto.algos.losses import explained_variance, ppo_policy_loss, value_loss
-from rto.algos.masked import masked_mean, masked_sum
-from rto.algos.rewards import kl_penalty
+from rto.algos.losses import ppo_policy_loss, value_loss
+from rto.algos.masked import masked_mean
 from rto.models.forward import policy_logprobs
 from rto.models.retokenize import RewardScorer
 from rto.models.scalar_head import ScalarHeadModel
-from rto.rl.experience import Experience, make_experience
-from rto.rl.rollout import Rollout, sample_responses
+from rto.rl.experience import Experience, critic_values, make_experience
+from rto.rl.metrics import rollout_metrics
+from rto.rl.modes import inference_mode, update_mode
+from rto.rl.rollout import Rollout, sample_responses, sampler_logprobs_are_exact
+from rto.rl.segments import Segments, segments_for
 from rto.stages.distributed import token_share
 from rto.stages.guard import NonFiniteGuard
 
@@ -45,7 +52,8 @@ class PPOModule(NonFiniteGuard, L.LightningModule):
     def __init__(self, actor, critic: ScalarHeadModel, reference, reward_model: RewardScorer,
                  dpo_policy, *, ppo_cfg: DictConfig, reward_cfg: DictConfig, beta: float,
                  actor_optimizer: Callable, critic_optimizer: Callable, eos_id: int, pad_id: int,
-                 decode: Callable, gold: Optional[Callable] = None, seed: int = 0, on_nonfinite: str = "raise"):
+                 decode: Callable, gold: Optional[Callable] = None, seed: int = 0, on_nonfinite: str = "raise",
+                 segments: Optional[Segments] = None):
         super().__init__()
         self.on_nonfinite = on_nonfinite
         self.automatic_optimization = False
@@ -58,6 +66,8 @@ class PPOModule(NonFiniteGuard, L.LightningModule):
         self.eos_id, self.pad_id = eos_id, pad_id
         self.decode, self.gold = decode, gold
         self.score_moments = RunningMoments() if ppo_cfg.normalize_rewards else None
+        # Semi-RTO's segment ends; `reward=semi` needs the tokenizer's delimiters (built by the caller)
+        self.segments = segments if segments is not None else segments_for(reward_cfg, None)
         # sampling and minibatch order draw from this generator, whose state travels in the resume
         # checkpoint: a resumed run draws exactly what the uninterrupted run would have drawn
         self.seed, self._generator, self._generator_state = seed, None, None
@@ -97,15 +107,17 @@ class PPOModule(NonFiniteGuard, L.LightningModule):
         return float(self.trainer.strategy.reduce(torch.tensor(value, device=self.device), reduce_op="mean"))
 
     def rollout(self, batch: dict) -> Rollout:
-        response_ids, response_mask, logprobs = sample_responses(
+        exact = sampler_logprobs_are_exact(self.actor)  # else make_experience recomputes pi_old
+        response_ids, response_mask, *logprobs = sample_responses(
             self.actor, batch["prompt_ids"], batch["prompt_mask"], self.ppo_cfg.max_new_tokens,
-            self.eos_id, self.pad_id, self.ppo_cfg.temperature, self.generator, return_logprobs=True)
+            self.eos_id, self.pad_id, self.ppo_cfg.temperature, self.generator, return_logprobs=exact)
         return Rollout(batch["prompt_ids"], batch["prompt_mask"], response_ids, response_mask,
-                       batch.get("prompt_text", []), logprobs=logprobs)
+                       batch.get("prompt_text", []), logprobs=logprobs[0] if exact else None)
 
     def training_step(self, batch, batch_idx):
         start = time.perf_counter()
         iteration = batch_idx + 1
+        inference_mode(self.actor, self.critic, self.reference, self.reward_model, self.dpo_policy)
         rollout = self.rollout(batch)
         sampling_seconds = time.perf_counter() - start
         try:
@@ -113,13 +125,16 @@ class PPOModule(NonFiniteGuard, L.LightningModule):
                 rollout, actor=self.actor, critic=self.critic, reference=self.reference,
                 reward_model=self.reward_model, dpo_policy=self.dpo_policy, reward_cfg=self.reward_cfg,
                 beta=self.beta, ppo_cfg=self.ppo_cfg, score_moments=self.score_moments,
-                reduce=self.sum_over_ranks, check=partial(self.check_on_all_ranks, step=iteration))
+                reduce=self.sum_over_ranks, check=partial(self.check_on_all_ranks, step=iteration),
+                segments=self.segments)
         except NonFiniteError as err:
             self.skip_or_raise(err)
             return None  # skip: this rollout is not trained on
         rollout_seconds = time.perf_counter() - start
         update_stats = self.update(experience, iteration)
-        metrics = {**self.rollout_metrics(rollout, experience), **update_stats}
+        metrics = {**rollout_metrics(rollout, experience, self.eos_id, self.decode, self.gold), **update_stats}
+        if getattr(self.reward_model, "retokenize", False):  # responses cut at the reward model's limit
+            metrics["ppo/rm_truncated"] = self.reward_model.last_truncated / rollout.response_ids.shape[0]
         metrics["ppo/iteration"] = float(iteration)
         metrics["ppo/rollout_seconds"] = rollout_seconds
         metrics["ppo/rollout_tokens_per_second"] = float(rollout.response_mask.sum()) / sampling_seconds
@@ -131,6 +146,7 @@ class PPOModule(NonFiniteGuard, L.LightningModule):
         cfg = self.ppo_cfg
         actor_opt, critic_opt = self.optimizers()
         n = exp.response_ids.shape[0]
+        update_mode(self.actor, self.critic, dropout=cfg.dropout)
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             epoch_kl = []
@@ -138,8 +154,8 @@ class PPOModule(NonFiniteGuard, L.LightningModule):
             for index in order.split(cfg.minibatch_size):
                 mb = exp.minibatch(index)
                 mask = mb.response_mask
-                logprobs, logits = policy_logprobs(self.actor, mb.batch())
-                values = self.critic.response_values(**mb.batch())
+                logprobs, logits = policy_logprobs(self.actor, mb.batch(), temperature=cfg.temperature)
+                values = critic_values(self.critic, mb.batch(), self.score_moments)
                 pg_loss, pg_stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range)
                 vf_loss, vf_stats = value_loss(values, mb.values, mb.returns, mask, cfg.value_clip_range)
                 if not (self.finite("ppo/policy_loss", pg_loss, step=iteration)
@@ -165,23 +181,3 @@ class PPOModule(NonFiniteGuard, L.LightningModule):
             if cfg.target_kl is not None and epoch_kl and self.mean_over_ranks(np.mean(epoch_kl)) > cfg.target_kl:
                 break  # CleanRL's early stop: the policy moved far enough from the rollout's
         return {f"ppo/{key}": float(np.mean(values)) for key, values in stats.items()}
-
-    @torch.no_grad()
-    def rollout_metrics(self, rollout: Rollout, exp: Experience) -> dict[str, float]:
-        mask = exp.response_mask
-        metrics = {
-            "ppo/score": float(exp.score.mean()),
-            "ppo/reward_total": float(masked_sum(exp.rewards, mask, dim=1).mean()),
-            "ppo/kl_k1": float(masked_sum(kl_penalty(exp.logprobs, exp.ref_logprobs, mask, "k1"), mask, dim=1).mean()),
-            "ppo/kl_k3": float(masked_sum(kl_penalty(exp.logprobs, exp.ref_logprobs, mask, "k3"), mask, dim=1).mean()),
-            "ppo/response_length": float(mask.sum(1).float().mean()),
-            "ppo/eos_rate": float((exp.response_ids == self.eos_id).logical_and(mask.bool()).any(1).float().mean()),
-            "ppo/explained_variance": float(explained_variance(exp.values, exp.returns, mask)),
-            "ppo/advantage_mean": float(masked_mean(exp.advantages, mask)),
-        }
-        if exp.dpo_rewards is not None:
-            metrics["ppo/dpo_reward"] = float(masked_sum(exp.dpo_rewards, mask, dim=1).mean())
-        if self.gold is not None and rollout.prompt_text:
-            responses = self.decode(rollout.response_ids, rollout.response_mask)
-            metrics["ppo/gold_reward"] = float(np.mean(self.gold(rollout.prompt_text, responses)))
-        return metrics

@@ -14,84 +14,37 @@ and `csv/metrics.csv` (one row per PPO iteration), and writes
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import logging
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from omegaconf import OmegaConf
+
+from rto.report.jobs import Job, load_jobs
+from rto.report.stats import mean_se
 
 log = logging.getLogger(__name__)
 
 POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)", "ddpo": "DDPO", "semi": "Semi-RTO",
-                 "shaping": "RS-PPO"}
-COLUMNS = {"gold_reward": "gold reward", "kl": "KL to ref", "win_rate": "win rate vs SFT", "rm_score": "RM score"}
-CURVE_X, CURVE_Y = "ppo/iteration", "ppo/gold_reward"
+                 "semi_window": "Semi-RTO (window)", "shaping": "RS-PPO"}
+COLUMNS = {"gold_reward": "gold reward", "kl": "KL to ref", "win_rate": "win rate vs SFT", "tie_rate": "ties",
+           "rm_score": "RM score"}
 TOKEN_PAGE = "tokens.html"  # rto.tokens' page, linked where a job has one
-
-
-@dataclass
-class Job:
-    folder: Path
-    reward: str
-    beta: float
-    model: str
-    seed: int
-    metrics: dict[str, float]
-    curve: dict[int, float] = field(default_factory=dict)  # PPO iteration -> rollout gold reward
-
-
-def _select(cfg, key: str):
-    return OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
-
-
-def read_curve(path: Path) -> dict[int, float]:
-    if not path.is_file():
-        return {}
-    with open(path) as f:
-        return {int(float(row[CURVE_X])): float(row[CURVE_Y]) for row in csv.DictReader(f)
-                if row.get(CURVE_X) and row.get(CURVE_Y)}
-
-
-def load_jobs(folder: Path) -> list[Job]:
-    """Every finished job under a multirun folder (a job without `metrics.json` is skipped, with a warning)."""
-    jobs = []
-    for config in sorted(folder.glob("*/.hydra/config.yaml"), key=lambda p: p.parts):
-        job_dir = config.parent.parent
-        if not (job_dir / "metrics.json").is_file():
-            log.warning("skipping %s: no metrics.json (failed or still running)", job_dir)
-            continue
-        cfg = OmegaConf.load(config)
-        jobs.append(Job(job_dir, str(_select(cfg, "reward.name")), float(_select(cfg, "beta")),
-                        str(_select(cfg, "model.name")), int(_select(cfg, "seed")),
-                        json.loads((job_dir / "metrics.json").read_text()),
-                        read_curve(job_dir / "csv" / "metrics.csv")))
-    if not jobs:
-        raise FileNotFoundError(f"{folder} holds no finished job (<job>/.hydra/config.yaml and <job>/metrics.json)")
-    return jobs
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error over seeds (nan error for a single seed)."""
-    arr = np.asarray(values, dtype=float)
-    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else float("nan")
-    return float(arr.mean()), se
 
 
 def summarize(jobs: list[Job]) -> list[dict]:
     """One row per (policy, beta, model): the PPO policy per reward type, then SFT and DPO as references."""
     groups: dict[tuple, dict[int, dict[str, float]]] = defaultdict(dict)
     for job in jobs:
-        groups[(POLICY_LABELS.get(job.reward, job.reward), "policy", job.beta, job.model)][job.seed] = job.metrics
-        for ref in ("sft", "dpo"):  # every job evaluates them; one value per seed
-            groups[(ref.upper(), ref, job.beta, job.model)].setdefault(job.seed, job.metrics)
+        if "eval/policy/kl" in job.metrics:  # a job that ran RL (`eval.policies` may leave it out)
+            groups[(POLICY_LABELS.get(job.reward, job.reward), "policy", job.beta, job.model)][job.seed] = job.metrics
+        for ref in ("sft", "dpo"):  # the jobs that evaluated them; one value per seed
+            if f"eval/{ref}/kl" in job.metrics:
+                groups[(ref.upper(), ref, job.beta, job.model)].setdefault(job.seed, job.metrics)
     rows = []
     for (label, prefix, beta, model), by_seed in groups.items():
         row = {"policy": label, "beta": beta, "model": model, "seeds": sorted(by_seed)}
@@ -175,6 +128,13 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def prompt_sets(jobs: list[Job]) -> str:
+    """Which prompt set the jobs' final evaluation read, in words."""
+    names = {"test": "test prompts", "val": "validation prompts"}
+    sets = sorted({str(job.get("eval.prompt_set", "test")) for job in jobs})
+    return " and ".join(names.get(s, s) for s in sets)
+
+
 def token_pages(jobs: list[Job], out: Path) -> str:
     """Links to the jobs' token pages (`python -m rto.tokens <job>` writes `<job>/tokens.html`)."""
     links = [f"- [{job.folder.name}: {POLICY_LABELS.get(job.reward, job.reward)}, beta={job.beta:g}, {job.model}, "
@@ -183,18 +143,14 @@ def token_pages(jobs: list[Job], out: Path) -> str:
     return "\n## Token pages\n\nEvery response token coloured by its reward:\n\n" + "\n".join(links) + "\n" if links else ""
 
 
-def write_report(folder: Path, out: Optional[Path] = None) -> Path:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder (expected a multirun folder, outputs/<task>/multiruns/<time>)")
-    out = Path(out) if out else folder / "report"
+def write_multirun_report(folder: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     jobs = load_jobs(folder)
     rows = summarize(jobs)
     table = markdown_table(rows)
     (out / "report.md").write_text(
-        f"# {folder.name}: {len(jobs)} runs\n\nFinal evaluation on held-out prompts, mean ± standard error over "
-        f"seeds.\n\n{table}\n\n![gold reward during RL](gold_vs_steps.png)\n\n![frontier](frontier.png)\n"
+        f"# {folder.name}: {len(jobs)} runs\n\nFinal evaluation on {prompt_sets(jobs)}, mean ± standard error "
+        f"over seeds.\n\n{table}\n\n![gold reward during RL](gold_vs_steps.png)\n\n![frontier](frontier.png)\n"
         + token_pages(jobs, out))
     (out / "summary.json").write_text(json.dumps(
         {"rows": rows, "jobs": [{"folder": str(j.folder), "reward": j.reward, "beta": j.beta, "model": j.model,
@@ -204,17 +160,3 @@ def write_report(folder: Path, out: Optional[Path] = None) -> Path:
     print(table)
     print(f"\nreport written to {out}")
     return out
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rto.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="a multirun folder (outputs/<task>/multiruns/<time>)")
-    parser.add_argument("--out", type=Path, help="where to write (default: <folder>/report)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    write_report(args.folder, args.out)
-
-
-if __name__ == "__main__":
-    main()

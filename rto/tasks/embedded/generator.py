@@ -12,8 +12,8 @@ from functools import cache
 
 import numpy as np
 
-from rto.task.language import EOS, NEGATIVE_WORDS, NEUTRAL_WORDS, TOPICS
-from rto.task.prompts import PromptSpec
+from rto.tasks.embedded.language import EOS, NEGATIVE_WORDS, NEUTRAL_WORDS, TOPICS
+from rto.tasks.embedded.prompts import PromptSpec
 
 
 @dataclass(frozen=True)

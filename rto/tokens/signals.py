@@ -1,4 +1,4 @@
-"""Per-token signals of a run's policies, for the token page (`rto.tokens`).
+"""Per-token signals of a run's policies, for the token page (`python -m rto.tokens`).
 
 For each policy's responses to the same prompts, every response token gets:
 
@@ -6,6 +6,7 @@ For each policy's responses to the same prompts, every response token gets:
   (``reward.dpo_scale``, clipped by ``reward.dpo_clip``); a run whose reward does not use it
   (``reward=sentence``) shows DPO's own implicit reward ``dpo.beta * log pi_dpo/pi_ref``;
 - `log_ratio`: the raw ``log pi_dpo/pi_ref``;
+  (every model is read at RL's sampling temperature, ``ppo.temperature``, as PPO reads them)
 - `kl`: the KL term of the reward, ``-beta * k_h`` (``ppo.kl_estimator``), with pi the policy that
   wrote the response;
 - `reward`, `value`, `advantage`: what PPO's experience step (`rto.rl.experience.make_experience`)
@@ -33,7 +34,9 @@ from rto.algos.masked import as_bool, masked_sum
 from rto.algos.rewards import kl_penalty
 from rto.credit import aligned_gold, dpo_log_ratios
 from rto.rl.experience import make_experience
+from rto.rl.modes import inference_mode
 from rto.rl.rollout import Rollout
+from rto.rl.segments import segments_for
 
 SIGNALS = ("dpo", "log_ratio", "kl", "reward", "value", "advantage", "gold")
 
@@ -82,21 +85,32 @@ class RunModels:
 
 
 @torch.no_grad()
-def policy_views(run, models: RunModels, name: str, policy, prompts: list[str],
-                 seed: int) -> tuple[list[ResponseView], str]:
-    """The views of one policy's responses to `prompts` (`run`: a `RunFolder`), and the label of its DPO signal."""
-    cfg, tokenizer = run.cfg, run.tokenizer
-    policy.eval()
-    batch = run.sample(policy, prompts, torch.Generator().manual_seed(seed))
-    mask = batch["response_mask"]
-    rollout = Rollout(batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], mask, list(prompts))
-    exp = make_experience(rollout, actor=policy, critic=models.critic, reference=models.reference,
-                          reward_model=models.reward_model, dpo_policy=models.dpo, reward_cfg=cfg.reward,
-                          beta=cfg.beta, ppo_cfg=cfg.ppo,
-                          score_moments=copy.deepcopy(models.score_moments))  # each policy from PPO's final ones
-    log_ratio = dpo_log_ratios(models.dpo, models.reference, batch)
-    dpo, dpo_label = dpo_signal(cfg, log_ratio, exp.dpo_rewards)
-    per_token = {"dpo": dpo, "log_ratio": log_ratio,
+def policy_views(run, models: RunModels, name: str, policy, prompts: list) -> tuple[list[ResponseView], str]:
+    """The views of one policy's responses to `prompts` (`run`: a `RunFolder`; `name`: sft, dpo or
+    policy, whose evaluation stream draws them), and the label of its DPO signal."""
+    cfg = run.cfg
+    inference_mode(policy, models.reference, models.dpo, models.reward_model, models.critic)
+    moments = copy.deepcopy(models.score_moments)  # each policy from PPO's final statistics
+    segments = segments_for(cfg.reward, run.tokenizer)
+    views, start = [], 0
+    for batch in run.sample(policy, name, prompts):
+        chunk = list(prompts[start:start + len(batch["prompt_ids"])])
+        start += len(chunk)
+        rollout = Rollout(batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"],
+                          chunk)
+        exp = make_experience(rollout, actor=policy, critic=models.critic, reference=models.reference,
+                              reward_model=models.reward_model, dpo_policy=models.dpo, reward_cfg=cfg.reward,
+                              beta=cfg.beta, ppo_cfg=cfg.ppo, score_moments=moments, segments=segments)
+        log_ratio = dpo_log_ratios(models.dpo, models.reference, batch, cfg.ppo.temperature)
+        dpo, dpo_label = dpo_signal(cfg, log_ratio, exp.dpo_rewards)
+        views += batch_views(run, name, chunk, batch, exp, {"dpo": dpo, "log_ratio": log_ratio}, models)
+    return views, dpo_label
+
+
+def batch_views(run, name: str, prompts: list, batch: dict, exp, dpo_signals: dict, models: RunModels) -> list:
+    """One view per row of a sampled batch, from its experience (`make_experience`)."""
+    cfg, tokenizer, mask = run.cfg, run.tokenizer, batch["response_mask"]
+    per_token = {**dpo_signals,
                  "kl": -cfg.beta * kl_penalty(exp.logprobs, exp.ref_logprobs, mask, cfg.ppo.kl_estimator),
                  "reward": exp.rewards, "value": exp.values, "advantage": exp.advantages}
     rm_raw = models.reward_model.score(**batch, prompt_text=list(prompts))
@@ -114,8 +128,10 @@ def policy_views(run, models: RunModels, name: str, policy, prompts: list[str],
             signals["gold"] = [float(v) for v in gold]
             total = float(run.data.gold([prompt], [tokenizer.decode(ids, skip_special_tokens=False)])[0])
             scores.update(gold=total, gold_dense=float(gold.sum()), gold_sequence=total - float(gold.sum()))
-        views.append(ResponseView(name, prompt, ids, token_texts(tokenizer, ids), signals, scores))
-    return views, dpo_label
+        elif run.data.gold is not None:
+            scores["gold"] = float(run.data.gold([prompt], [tokenizer.decode(ids, skip_special_tokens=False)])[0])
+        views.append(ResponseView(name, run.prompt_text(prompt), ids, token_texts(tokenizer, ids), signals, scores))
+    return views
 
 
 def signal_scales(views: list[ResponseView], quantile: float = 0.95) -> dict[str, float]:

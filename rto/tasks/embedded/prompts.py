@@ -1,8 +1,10 @@
-"""Prompts of the embedded task and their train / eval split.
+"""Prompts of the embedded task and their train / validation / test split.
 
 A prompt asks for a topic, a length and a keyword: `write about <topic> in <N> words mentioning
-<keyword> :`. The split is a stable hash of the prompt text, so an eval prompt is never a training
-prompt, whatever the seed, the sizes or the order in which prompts were drawn.
+<keyword> :`. The split is a stable hash of the prompt text, so a validation or test prompt is never a
+training prompt, whatever the seed, the sizes or the order in which prompts were drawn. The test band
+is the one the single held-out "eval" set used before validation prompts existed, so the test
+prompts are those earlier results were read on.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from rto.task.language import MAX_LENGTH, MIN_LENGTH, TOPICS
+from rto.tasks.embedded.language import MAX_LENGTH, MIN_LENGTH, TOPICS
 
 
 @dataclass(frozen=True)
@@ -59,17 +61,24 @@ def all_prompts() -> list[PromptSpec]:
     ]
 
 
-def is_eval_prompt(text: str, eval_fraction: float) -> bool:
-    """Whether `text` is held out for evaluation: a hash, so the answer depends on nothing else."""
-    if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+PROMPT_SETS = ("train", "val", "test")
+
+
+def prompt_set(text: str, val_fraction: float, test_fraction: float) -> str:
+    """Which set `text` belongs to: a hash of the text alone, cut into bands (test first, then
+    validation), so the answer depends on no seed, size or order, and a test prompt stays a test
+    prompt whatever the validation share."""
+    if not (0.0 <= val_fraction < 1.0 and 0.0 < test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+        raise ValueError(f"val_prompt_fraction={val_fraction} and test_prompt_fraction={test_fraction} must be "
+                         f"shares in [0, 1) (test > 0) that leave prompts for training")
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < eval_fraction
+    u = int.from_bytes(digest, "big") / 2**64
+    return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
 
 
-def split_prompts(eval_fraction: float) -> tuple[list[PromptSpec], list[PromptSpec]]:
-    """(train, eval) pools: disjoint, and together every prompt."""
-    train, held_out = [], []
+def split_prompts(val_fraction: float, test_fraction: float) -> dict[str, list[PromptSpec]]:
+    """The train / val / test pools: disjoint, and together every prompt."""
+    pools: dict[str, list[PromptSpec]] = {name: [] for name in PROMPT_SETS}
     for spec in all_prompts():
-        (held_out if is_eval_prompt(spec.text, eval_fraction) else train).append(spec)
-    return train, held_out
+        pools[prompt_set(spec.text, val_fraction, test_fraction)].append(spec)
+    return pools

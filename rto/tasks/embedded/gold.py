@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rto.task.language import EOS, NEUTRAL_WORDS, TOPICS, WORD_TO_TOPIC
-from rto.task.prompts import parse
+from rto.tasks.embedded.language import EOS, NEUTRAL_WORDS, TOPICS, WORD_TO_TOPIC
+from rto.tasks.embedded.prompts import parse
 
 ON_TOPIC = 1.0
 KEYWORD_BONUS = 2.0
@@ -107,6 +107,11 @@ def gold_rewards(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     return np.array([gold_reward(p, r) for p, r in zip(prompts, responses)], dtype=np.float64)
+
+
+def optimal_rewards(prompts: Sequence[str]) -> np.ndarray:
+    """The maximum of r* for each prompt (L * ON_TOPIC + KEYWORD_BONUS): what a perfect policy scores."""
+    return np.asarray([gold_reward(p, optimal_response(p)) for p in prompts], dtype=float)
 
 
 def optimal_response(prompt: str) -> str:

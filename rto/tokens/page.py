@@ -1,22 +1,10 @@
-"""The token page of a finished run: every response token coloured by its reward.
-
-    python -m rto.tokens <run folder> [--n-prompts 8]     # -> <run folder>/tokens.html (+ tokens.json)
-
-Samples responses to held-out prompts from each policy of the run (SFT = pi_ref, DPO, the PPO/RTO
-policy) and writes one self-contained HTML page (no network; open it from disk) with a switch
-between the per-token signals of `rto.token_signals` (DPO token reward, its raw log-ratio, the KL
-term, the run's total reward, the critic's value, the advantage and, on the embedded task, the gold
-per-word reward), numbers on hover, a legend, and the sequence scores (gold, RM, KL) beside each
-response. `tokens.json` holds the same numbers. When the run logged to W&B, the page is logged to
-that W&B run too (`tokens/page`, an HTML panel; offline runs get an offline record to sync).
-"""
+"""The token page's data (`page_data`: the per-token signals of every policy, the summaries, the
+help texts with this run's coefficients) and writing it (`write_page`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -25,10 +13,11 @@ import numpy as np
 
 from rto.artifacts import atomic_write_text
 from rto.credit import spearman
-from rto.report import POLICY_LABELS
+from rto.report.multirun import POLICY_LABELS
 from rto.run_folder import RunFolder
-from rto.token_page import render
-from rto.token_signals import SIGNALS, ResponseView, RunModels, policy_views, signal_scales
+from rto.tokens.html import render
+from rto.tokens.signals import SIGNALS, ResponseView, RunModels, policy_views, signal_scales
+from rto.tokens.wandb_panel import log_to_wandb
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +68,8 @@ def page_data(run: RunFolder, n_prompts: int) -> dict:
     labels = {"sft": "SFT", "dpo": "DPO", "policy": POLICY_LABELS.get(cfg.reward.name, f"PPO ({cfg.reward.name})")}
     prompts = run.prompts(n_prompts)
     views: dict[str, list[ResponseView]] = {}
-    for n, (name, policy) in enumerate(policies.items()):  # each policy draws from its own random stream
-        views[name], dpo_label = policy_views(run, models, name, policy, prompts, seed=cfg.eval.seed + n)
+    for name, policy in policies.items():  # each from its own evaluation stream
+        views[name], dpo_label = policy_views(run, models, name, policy, prompts)
     every = [v for vs in views.values() for v in vs]
     scales = signal_scales(every)
     helps = signal_help(cfg, dpo_label)
@@ -90,38 +79,19 @@ def page_data(run: RunFolder, n_prompts: int) -> dict:
     meta = [("run", run.folder.resolve().name), ("reward", cfg.reward.name), ("beta", cfg.beta),
             ("reward.dpo_scale", cfg.reward.dpo_scale), ("dpo.beta", cfg.dpo.beta), ("model", cfg.model.name),
             ("data", cfg.data.name), ("ppo.iterations", cfg.ppo.iterations), ("seed", cfg.seed),
-            ("held-out prompts", len(prompts))]
+            (f"{cfg.eval.prompt_set} prompts", len(prompts))]
     return {
         "title": f"Token rewards: {labels['policy']} run", "meta": meta, "signals": signals,
         "default_signal": "dpo", "labels": labels,
         "policies": [{"key": k, "label": labels[k]} for k in policies], "summary": summary,
         "summary_columns": columns,
-        "prompts": [{"prompt": prompt, "responses": [asdict(views[name][i]) for name in policies]}
+        "prompts": [{"prompt": run.prompt_text(prompt), "responses": [asdict(views[name][i]) for name in policies]}
                     for i, prompt in enumerate(prompts)],
     }
 
 
-def wandb_run_id(folder: Path) -> Optional[str]:
-    """The id of the run's latest W&B run (folders `<offline-run|run>-<time>-<id>`), None if it has none."""
-    runs = sorted(p for p in (folder / "wandb").glob("*run-*-*") if p.is_dir() and not p.is_symlink())
-    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
-
-
-def log_to_wandb(run: RunFolder, html_text: str) -> Optional[str]:
-    """Log the page to the run's W&B run (resumed by id); returns the id, None without a W&B logger."""
-    node = (run.cfg.get("logger") or {}).get("wandb")
-    if node is None:
-        return None
-    import wandb
-
-    run_id = wandb_run_id(Path(node.save_dir))
-    with wandb.init(project=node.project, entity=node.entity, group=node.group, name=node.name, id=run_id,
-                    resume="allow", dir=str(node.save_dir), mode="offline" if node.offline else "online") as wb:
-        wb.log({"tokens/page": wandb.Html(html_text, inject=False)})  # inject=False: no stylesheet link
-        return wb.id
-
-
 def write_page(folder: Path, n_prompts: int = 8, out: Optional[Path] = None, use_wandb: bool = True) -> Path:
+    """`<folder>/tokens.html` and `tokens.json` (or `out`), and the W&B panel where the run has W&B."""
     run = RunFolder(folder)
     data = page_data(run, n_prompts)
     out = Path(out) if out else run.folder / PAGE
@@ -132,25 +102,3 @@ def write_page(folder: Path, n_prompts: int = 8, out: Optional[Path] = None, use
     if use_wandb and (run_id := log_to_wandb(run, html_text)):
         log.info("token page logged to W&B run %s (tokens/page)", run_id)
     return out
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rto.tokens", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="a finished run folder (outputs/rto/runs/<time>)")
-    parser.add_argument("--n-prompts", type=int, default=8, help="held-out prompts on the page (default 8)")
-    parser.add_argument("--out", type=Path, help=f"where to write the page (default <folder>/{PAGE})")
-    parser.add_argument("--no-wandb", action="store_true", help="do not log the page to the run's W&B run")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.n_prompts < 1:
-        sys.exit("error: --n-prompts must be >= 1")
-    try:
-        out = write_page(args.folder, args.n_prompts, args.out, use_wandb=not args.no_wandb)
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
-    print(out)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""The embedded task's data: SFT demonstrations, preference pairs and held-out eval prompts.
+"""The embedded task's data: SFT demonstrations, preference pairs, and train / validation / test prompts.
 
 Rows have the schemas real data uses (`{"prompt", "response"}` and `{"prompt", "chosen",
 "rejected"}`), so the pipeline cannot tell this task from UltraFeedback-style files. Preference
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rto.task.generator import GeneratorConfig, sample_response
-from rto.task.gold import gold_reward
-from rto.task.prompts import PromptSpec, split_prompts
+from rto.tasks.embedded.generator import GeneratorConfig, sample_response
+from rto.tasks.embedded.gold import gold_reward
+from rto.tasks.embedded.prompts import PromptSpec, split_prompts
 
 # One independent random stream per product, so that asking for one never shifts another, and the
-# eval prompts stay the same whatever the training sizes.
-_TRAIN_PROMPTS_STREAM, _SFT_STREAM, _PAIRS_STREAM, _EVAL_PROMPTS_STREAM = 0, 1, 2, 3
+# validation and test prompts stay the same whatever the training sizes.
+_STREAMS = {"train": 0, "sft": 1, "pairs": 2, "test": 3, "val": 4}
 
 
 @dataclass(frozen=True)
@@ -29,56 +29,61 @@ class EmbeddedTask:
     n_sft: int = 2000
     n_pairs: int = 2000
     n_train_prompts: int = 512
-    n_eval_prompts: int = 64
-    eval_fraction: float = 0.2
+    n_val_prompts: int = 64
+    n_test_prompts: int = 64
+    val_prompt_fraction: float = 0.15
+    test_prompt_fraction: float = 0.2
     bt_temperature: float = 2.0  # labels agree with the gold ranking ~85% of the time
     max_response_words: int = 16  # including <eos>
 
     def __post_init__(self) -> None:
-        for name in ("n_sft", "n_pairs", "n_train_prompts", "n_eval_prompts"):
+        for name in ("n_sft", "n_pairs", "n_train_prompts", "n_val_prompts", "n_test_prompts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.bt_temperature <= 0:
             raise ValueError(f"bt_temperature must be > 0, got {self.bt_temperature}")
-        train_pool, eval_pool = split_prompts(self.eval_fraction)
-        for name, n, pool in (("n_train_prompts", self.n_train_prompts, train_pool),
-                              ("n_eval_prompts", self.n_eval_prompts, eval_pool)):
+        pools = self._pools()
+        for name, pool in pools.items():
+            n = getattr(self, f"n_{name}_prompts")
             if n > len(pool):
-                raise ValueError(f"{name}={n} exceeds the {len(pool)} prompts of its split "
-                                 f"at eval_fraction={self.eval_fraction}")
+                raise ValueError(f"n_{name}_prompts={n} exceeds the {len(pool)} prompts of the {name} set at "
+                                 f"val_prompt_fraction={self.val_prompt_fraction}, "
+                                 f"test_prompt_fraction={self.test_prompt_fraction}")
 
     @property
     def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig(max_response_words=self.max_response_words)
 
-    def _rng(self, stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, stream])
+    def _rng(self, stream: str) -> np.random.Generator:
+        return np.random.default_rng([self.seed, _STREAMS[stream]])
 
-    def _prompt_specs(self) -> tuple[list[PromptSpec], list[PromptSpec]]:
-        train_pool, eval_pool = split_prompts(self.eval_fraction)
-        train = self._rng(_TRAIN_PROMPTS_STREAM).choice(
-            len(train_pool), size=self.n_train_prompts, replace=False)
-        held_out = self._rng(_EVAL_PROMPTS_STREAM).choice(
-            len(eval_pool), size=self.n_eval_prompts, replace=False)
-        return [train_pool[i] for i in train], [eval_pool[i] for i in held_out]
+    def _pools(self) -> dict[str, list[PromptSpec]]:
+        return split_prompts(self.val_prompt_fraction, self.test_prompt_fraction)
+
+    def _prompt_specs(self, name: str) -> list[PromptSpec]:
+        """`n_<name>_prompts` prompts drawn without replacement from the set's pool."""
+        pool = self._pools()[name]
+        picked = self._rng(name).choice(len(pool), size=getattr(self, f"n_{name}_prompts"), replace=False)
+        return [pool[i] for i in picked]
 
     def _training_specs(self, n_rows: int, name: str) -> list[PromptSpec]:
-        specs = self._prompt_specs()[0]
+        specs = self._prompt_specs("train")
         if n_rows and not specs:
             raise ValueError(f"{name}={n_rows} needs n_train_prompts > 0")
         return specs
 
-    def train_prompts(self) -> list[str]:
-        return [spec.text for spec in self._prompt_specs()[0]]
+    def prompts(self, name: str) -> list[str]:
+        """The prompts of one set: `train` (RL, SFT and preference data), `val` (tuning and stopping
+        choices) or `test` (the final table). No training row ever uses a validation or test prompt."""
+        return [spec.text for spec in self._prompt_specs(name)]
 
-    def eval_prompts(self) -> list[str]:
-        """Held-out prompts: no training row ever uses one of them."""
-        return [spec.text for spec in self._prompt_specs()[1]]
+    def train_prompts(self) -> list[str]:
+        return self.prompts("train")
 
     def sft_rows(self) -> list[dict[str, str]]:
         """`n_sft` base-generator demonstrations on training prompts."""
         specs = self._training_specs(self.n_sft, "n_sft")
-        rng = self._rng(_SFT_STREAM)
+        rng = self._rng("sft")
         rows = []
         for _ in range(self.n_sft):
             spec = specs[int(rng.integers(len(specs)))]
@@ -89,7 +94,7 @@ class EmbeddedTask:
     def preference_rows(self) -> list[dict[str, str]]:
         """`n_pairs` pairs of distinct base samples, the winner drawn from Bradley-Terry on r*."""
         specs = self._training_specs(self.n_pairs, "n_pairs")
-        rng = self._rng(_PAIRS_STREAM)
+        rng = self._rng("pairs")
         rows: list[dict[str, str]] = []
         while len(rows) < self.n_pairs:
             spec = specs[int(rng.integers(len(specs)))]

@@ -1,0 +1,139 @@
+"""What every stage of one job shares: the config, the data and tokenizers, the loggers, the
+trainer of the stage in progress (ranks, barriers, data loaders dealt to the ranks) and the metrics
+the job reports. Recipes (`rto.recipes`) read it; they never build loggers or trainers themselves."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
+
+from rto.artifacts import config_hash
+from rto.data import DataBundle, load_data
+from rto.data.preference_formats import chat_prompt
+from rto.models.factory import policy_tokenizer
+from rto.models.retokenize import RewardScorer, check_same_tokenizer
+from rto.models.reward import reward_tokenizer
+from rto.models.scalar_head import ScalarHeadModel
+from rto.models.speed import fast_stage
+from rto.resume import fit_resumable, keep_previous_logs
+from rto.rl.segments import segments_for
+
+
+class RunContext:
+    """One job: its run folder, data, loggers, trainers and metrics."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.paths.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        tokenizer = policy_tokenizer(cfg.model)  # a pretrained model brings its tokenizer; None otherwise
+        self.data: DataBundle = load_data(cfg.data, tokenizer)
+        if tokenizer is not None:
+            check_same_tokenizer(tokenizer, self.data.tokenizer, f"model.pretrained={cfg.model.pretrained}",
+                                 f"data={cfg.data.name}")
+        # the reward model may have its own tokenizer (reward_model=pretrained): its own encoder too
+        self.rm_tokenizer = reward_tokenizer(cfg.reward_model, self.data.tokenizer)
+        self.rm_encoder = dataclasses.replace(self.data.encoder, tokenizer=self.rm_tokenizer)
+        # where Semi-RTO's segments end (delimiter tokens of this tokenizer, or fixed windows); checked
+        # here, before any training
+        self.segments = segments_for(cfg.reward, self.data.tokenizer)
+        keep_previous_logs(self.out)
+        self.loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
+        self.metrics: dict[str, float] = {}
+        self.last_trainer: Optional[L.Trainer] = None
+
+    # ---- trainers and ranks -----------------------------------------------------------------
+    def trainer(self, **overrides) -> L.Trainer:
+        self.last_trainer = instantiate(self.cfg.trainer, logger=self.loggers or False,
+                                        default_root_dir=str(self.out), **overrides)
+        return self.last_trainer
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Rank 0 of a distributed run (or the only process) writes checkpoints and evaluates."""
+        return self.last_trainer is None or self.last_trainer.is_global_zero
+
+    def barrier(self) -> None:
+        if self.last_trainer is not None:
+            self.last_trainer.strategy.barrier()
+
+    def check_ranks_agree(self, stage: str, model) -> None:
+        """Data-parallel ranks must end a stage with the same weights; if not, gradients were not synced."""
+        if self.last_trainer is None or self.last_trainer.world_size == 1 or not isinstance(model, torch.nn.Module):
+            return  # (sampled pairs are drawn alike on every rank: same model, same seed)
+        with torch.no_grad():
+            checksum = torch.stack([p.double().sum() for p in model.parameters()]).sum()
+        checksums = self.last_trainer.strategy.all_gather(checksum.to(self.last_trainer.strategy.root_device))
+        if not torch.allclose(checksums, checksums[0], rtol=1e-9, atol=0):
+            raise RuntimeError(f"{stage}: the ranks' weights differ after training (checksums {checksums.tolist()})")
+
+    # ---- data loaders -----------------------------------------------------------------------
+    def loader(self, rows, collate, batch_size: int, shuffle: bool) -> DataLoader:
+        """Shuffled: a training loader. Not shuffled: an evaluation loader, which Lightning shards itself."""
+        if shuffle:
+            return self.training_loader(rows, collate, batch_size, shuffle=True)
+        return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+    def training_loader(self, rows, collate, batch_size: int, shuffle: bool) -> DataLoader:
+        """`batch_size` rows per rank. The order (one seeded permutation per epoch, or the rows' own)
+        is dealt to the ranks of the stage's trainer, rank r taking rows r, r + world, ...: each global
+        step sees the same rows whatever the number of ranks (Lightning's own sampler would shuffle)."""
+        trainer = self.last_trainer  # the stage's trainer, made just before its loaders
+        sampler = DistributedSampler(rows, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                     shuffle=shuffle, seed=self.cfg.seed)
+        # a StatefulDataLoader: a resumed stage goes on from the batch it stopped at (the sampler's
+        # order depends on its seed and epoch alone, so it is replayed exactly)
+        return DataLoader(rows, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+
+    # ---- training ---------------------------------------------------------------------------
+    def config_hash(self, config_keys: tuple[str, ...]) -> str:
+        """The hash of the config that determines a stage's weights (manifests, resume checkpoints)."""
+        return config_hash(self.cfg, config_keys)
+
+    def resume_dir(self, stage: str) -> Path:
+        return self.ckpt_dir / f"{stage}-resume"
+
+    def fit(self, recipe, module, loaders: Callable, callbacks: tuple = (), **trainer_overrides) -> None:
+        """`trainer.fit`, resumed from `<stage>-resume/` when an earlier run of this stage was interrupted.
+        `loaders()` gives `(train, val)` once the stage's trainer exists: training rows are dealt to its ranks."""
+        resume = self.cfg.resume
+        module.on_nonfinite = self.cfg.on_nonfinite
+        with fast_stage(module, self.cfg.compile):
+            fit_resumable(partial(self.trainer, **trainer_overrides), module, loaders,
+                          folder=self.resume_dir(recipe.name), cfg_hash=self.config_hash(recipe.config_keys),
+                          every_n_steps=recipe.resume_every or resume.every_n_steps, enabled=resume.enabled,
+                          callbacks=callbacks)
+
+    # ---- texts ------------------------------------------------------------------------------
+    def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        tok = self.data.tokenizer
+        return [tok.decode(row[m.bool()].tolist(), skip_special_tokens=False) for row, m in zip(ids, mask)]
+
+    def prompt_text(self, prompt) -> str:
+        """A prompt as the policy saw it (chat template applied to a message list)."""
+        return chat_prompt(self.data.tokenizer, prompt, self.data.encoder.chat_template)
+
+    def scorer(self, rm: ScalarHeadModel) -> RewardScorer:
+        """The reward model as the policy's samples see it (re-tokenized if its tokenizer differs)."""
+        return RewardScorer(rm, self.rm_encoder, self.data.tokenizer)
+
+    # ---- loggers ----------------------------------------------------------------------------
+    def log_hyperparams(self) -> None:
+        for logger in self.loggers:
+            logger.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
+
+    def finish(self) -> None:
+        for logger in self.loggers:
+            logger.finalize("success")
+        if any(type(lg).__name__ == "WandbLogger" for lg in self.loggers):
+            import wandb
+            wandb.finish()

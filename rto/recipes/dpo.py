@@ -1,0 +1,35 @@
+"""DPO from pi_ref on the preference pairs -> pi_dpo (a baseline, and RTO's token-reward source)."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+
+from rto.data import PairCollator
+from rto.models import load_policy
+from rto.data.bundle import pairs_from_policy
+from rto.recipes.base import StageRecipe
+from rto.stages import DPOModule
+from rto.stages.dpo import with_reference_logps
+
+
+class DPORecipe(StageRecipe):
+    name = "dpo"
+    config_keys = ("seed", "model", "data", "sft", "dpo")
+    seed_offset = 2
+
+    def needs(self, cfg):
+        return ("sft",) + (("pairs",) if pairs_from_policy(cfg) else ())  # pairs sampled from SFT: a stage
+
+    def train(self, ctx, upstream):
+        cfg = ctx.cfg.dpo
+        sft = upstream["sft"]
+        policy = load_policy(upstream.path("sft"), ctx.cfg.model)  # a trainable copy; sft stays the reference
+        collate = PairCollator(ctx.data.encoder)
+        train_pairs = ctx.data.train_pairs
+        if cfg.precompute_ref:
+            train_pairs = with_reference_logps(sft, train_pairs, collate, cfg.batch_size, cfg.share_prompt)
+        val = ctx.loader(ctx.data.val_pairs, collate, cfg.batch_size, shuffle=False) if ctx.data.val_pairs else None
+        ctx.fit(self, DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt),
+                lambda: (ctx.loader(train_pairs, collate, cfg.batch_size, shuffle=True), val),
+                max_epochs=cfg.epochs)
+        return policy
