@@ -8,6 +8,11 @@ and a Markdown table.
 
     nice -n 10 python benchmarks/credit_table.py                          # 3 betas x 2 sizes, seed 0
     python benchmarks/credit_table.py --betas 0.1 --n-pairs 1000 -- debug=tiny   # a smoke run
+    python benchmarks/credit_table.py --reuse <runs of an earlier table>  # the metric again, no training
+
+`--reuse` takes each cell's SFT and DPO checkpoints from the same cell of an earlier table's runs
+(`sft.checkpoint=`, `dpo.checkpoint=`; `stage=dpo` then only loads them): the metric of the current
+code (prompt set, sampling streams) on the same models.
 """
 
 from __future__ import annotations
@@ -42,12 +47,17 @@ def run(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def one_cell(out: Path, n_pairs: int, beta: float, seed: int, cache: Path, extra: list[str]) -> dict:
-    folder = out / f"pairs{n_pairs}_beta{beta:g}_seed{seed}"
+def one_cell(out: Path, n_pairs: int, beta: float, seed: int, cache: Path, extra: list[str],
+             reuse: Path | None = None) -> dict:
+    name = f"pairs{n_pairs}_beta{beta:g}_seed{seed}"
+    folder = out / name
     common = [f"dpo.beta={beta}", f"data.n_pairs={n_pairs}", f"seed={seed}", "logger=csv", "print_config=false",
               f"hydra.run.dir={folder}", f"paths.cache_dir={cache}", *extra]
+    if reuse is not None:  # the earlier cell's models: stage=dpo loads them and trains nothing
+        common += [f"{stage}.checkpoint={(reuse / name / 'checkpoints' / stage).resolve()}" for stage in ("sft", "dpo")]
     # stage=dpo reads SFT from the run folder: train it there first (a cache hit after the first beta)
-    train_seconds = sum(run(["-m", "rto.main", f"stage={stage}", *common]) for stage in ("sft", "dpo"))
+    stages = ("dpo",) if reuse is not None else ("sft", "dpo")
+    train_seconds = sum(run(["-m", "rto.main", f"stage={stage}", *common]) for stage in stages)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "rto.credit", str(folder)], cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
@@ -56,7 +66,9 @@ def one_cell(out: Path, n_pairs: int, beta: float, seed: int, cache: Path, extra
     return {"n_pairs": n_pairs, "dpo_beta": beta, "seed": seed, "folder": str(folder),
             "spearman": credit["credit/spearman"], "pearson": credit["credit/pearson"],
             "tokens": int(credit["credit/tokens"]),
-            "dpo_val_reward_accuracy": last_logged(folder, "dpo/val_reward_accuracy"),
+            "dpo_val_reward_accuracy": last_logged(reuse / name if reuse is not None else folder,
+                                                   "dpo/val_reward_accuracy"),
+            "models_from": str(reuse / name) if reuse is not None else None,
             "train_seconds": round(train_seconds, 1), "credit_seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -79,10 +91,11 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "outputs" / "credit_table", help="where the runs go")
     parser.add_argument("--cache", type=Path, help="stage cache (default: <runs>/cache)")
     parser.add_argument("--out", type=Path, default=RESULTS / "credit_table", help="writes <out>.json and <out>.md")
+    parser.add_argument("--reuse", type=Path, help="an earlier table's --runs folder: its cells' SFT and DPO models")
     parser.add_argument("overrides", nargs="*", help="more `rto.main` overrides (after --)")
     args = parser.parse_args()
     start = time.perf_counter()
-    rows = [one_cell(args.runs, n, b, args.seed, args.cache or args.runs / "cache", args.overrides)
+    rows = [one_cell(args.runs, n, b, args.seed, args.cache or args.runs / "cache", args.overrides, args.reuse)
             for n in args.n_pairs for b in args.betas]
     wall = time.perf_counter() - start
     table = markdown(rows, args.betas, args.n_pairs)
