@@ -151,7 +151,9 @@ def compose_cfg(work: str, args) -> object:
     overrides = [f"reward={'token' if work == 'ppo_token' else 'sentence'}", f"trainer={args.trainer}", "logger=none",
                  f"ppo.rollout_batch_size={args.prompts}", f"ppo.minibatch_size={args.minibatch}",
                  f"ppo.ppo_epochs={args.epochs}", f"ppo.max_new_tokens={args.new_tokens}",
-                 f"dpo.batch_size={args.prompts}"]
+                 f"dpo.batch_size={args.prompts}",
+                 # the reference's log-probs in every DPO step (TRL's default), not precomputed once
+                 "dpo.precompute_ref=false"]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
 
