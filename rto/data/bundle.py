@@ -14,6 +14,8 @@ from rto.data.collate import Encoder
 PROMPT_SETS = ("train", "val", "test")
 # a gold judge scores (prompt, response) texts; None where the data has no known reward
 GoldJudge = Callable[[list[str], list[str]], np.ndarray]
+# the dense part of a gold reward: one value per word of a (prompt, response text); None where there is none
+GoldTokens = Callable[[str, str], list[float]]
 
 
 @dataclass
@@ -27,6 +29,9 @@ class DataBundle:
     val_prompts: list[str]     # every tuning, stopping or selection choice is made on these
     test_prompts: list[str]    # the final table only
     gold: Optional[GoldJudge] = None
+    # the gold's per-word terms (the credit-assignment metric and the token page compare DPO's token
+    # rewards with them); only a task with a word-level gold has them (the embedded task)
+    gold_tokens: Optional[GoldTokens] = None
     # the best gold reward reachable on each prompt, where the task knows it (for "fraction of optimum")
     optimum: Optional[Callable[[list[str]], np.ndarray]] = None
     # sets this source leaves empty on purpose (filled by a stage, or not needed): no size check at load

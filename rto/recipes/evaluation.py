@@ -1,10 +1,12 @@
 """Evaluation on held-out prompts (`eval.prompt_set`: test, or val for tuning) of every policy the job produced (SFT, DPO, the RL policy): the
-table, the metrics and sample generations, written by the output writer. Runs on rank 0."""
+table, the metrics and sample generations, written by the output writer; where the job has a DPO
+model and the task a per-word gold reward, the credit-assignment metric (`rto.credit`). Runs on rank 0."""
 
 from __future__ import annotations
 
 import time
 
+from rto.credit import credit_on_texts
 from rto.evaluation import evaluate, format_table
 from rto.models.reward import judge_scorer
 from rto.outputs import OutputWriter
@@ -38,6 +40,12 @@ class EvaluationRecipe(StageRecipe):
                                        "policy": POLICY_LABELS.get(reward, f"PPO ({reward})")})
         for name, result in results.items():
             ctx.metrics.update({f"eval/{name}/{k}": v for k, v in result.items()})
+        dpo = upstream.get("dpo")
+        if dpo is not None and ctx.data.gold_tokens is not None:
+            # DPO's token rewards against the gold per-word rewards, on the SFT policy's responses
+            credit = credit_on_texts(dpo, upstream["sft"], samples["sft"].prompts, samples["sft"].responses,
+                                     ctx.data.encoder, ctx.data.gold_tokens, cfg.batch_size, ctx.cfg.ppo.temperature)
+            ctx.metrics.update({f"eval/credit/{k}": v for k, v in credit.items()})
         n = cfg.n_samples_saved
         rows = [{"policy": name, "prompt": ctx.prompt_text(p), "response": r,
                  "gold": None if s.gold is None else float(s.gold[i]), "rm_score": float(s.rm_score[i]),

@@ -19,6 +19,7 @@ from torch.utils.data import Subset
 from rto.algos.rewards import reward_variant
 from rto.data import PromptCollator
 from rto.models import load_policy
+from rto.models.critic import save_critic
 from rto.models.reward import new_critic
 from rto.recipes.base import StageRecipe, Upstream
 from rto.rl.validation import ValidationCurve
@@ -90,4 +91,9 @@ class RLRecipe(StageRecipe):
                                        PromptCollator(ctx.data.encoder), cfg.rollout_batch_size, shuffle=False), None
         # every iteration is expensive and worth a log line
         ctx.fit(self, module, prompts, callbacks=validation_curve(ctx), max_epochs=1, log_every_n_steps=1)
+        if critic is not None and ctx.is_global_zero:
+            # the final critic and reward statistics beside the actor (`<run>/checkpoints/critic`), for
+            # analysis (`python -m rto.tokens`); RL never reads it back
+            save_critic(ctx.ckpt_dir / "critic", critic, ctx.data.tokenizer, getattr(module, "score_moments", None),
+                        ctx.config_hash(self.config_keys))
         return actor

@@ -8,7 +8,8 @@ and `csv/metrics.csv` (one row per PPO iteration), and writes
   reward type, beta and model (with the SFT and DPO policies of the same jobs as references);
 - `gold_vs_steps.png`: rollout gold reward against PPO iterations, one line per group;
 - `frontier.png`: final gold reward against KL to the reference, one point per beta (the frontier);
-- `summary.json`: the numbers behind the table.
+- `summary.json`: the numbers behind the table;
+- links to the jobs' token pages (`python -m rto.tokens <job>`), where they have one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
@@ -31,6 +33,7 @@ POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)", "ddpo": "
                  "semi_window": "Semi-RTO (window)", "shaping": "RS-PPO"}
 COLUMNS = {"gold_reward": "gold reward", "kl": "KL to ref", "win_rate": "win rate vs SFT", "tie_rate": "ties",
            "rm_score": "RM score"}
+TOKEN_PAGE = "tokens.html"  # rto.tokens' page, linked where a job has one
 
 
 def summarize(jobs: list[Job]) -> list[dict]:
@@ -132,6 +135,14 @@ def prompt_sets(jobs: list[Job]) -> str:
     return " and ".join(names.get(s, s) for s in sets)
 
 
+def token_pages(jobs: list[Job], out: Path) -> str:
+    """Links to the jobs' token pages (`python -m rto.tokens <job>` writes `<job>/tokens.html`)."""
+    links = [f"- [{job.folder.name}: {POLICY_LABELS.get(job.reward, job.reward)}, beta={job.beta:g}, {job.model}, "
+             f"seed {job.seed}]({os.path.relpath(job.folder / TOKEN_PAGE, out)})"
+             for job in jobs if (job.folder / TOKEN_PAGE).is_file()]
+    return "\n## Token pages\n\nEvery response token coloured by its reward:\n\n" + "\n".join(links) + "\n" if links else ""
+
+
 def write_multirun_report(folder: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     jobs = load_jobs(folder)
@@ -139,7 +150,8 @@ def write_multirun_report(folder: Path, out: Path) -> Path:
     table = markdown_table(rows)
     (out / "report.md").write_text(
         f"# {folder.name}: {len(jobs)} runs\n\nFinal evaluation on {prompt_sets(jobs)}, mean ± standard error "
-        f"over seeds.\n\n{table}\n\n![gold reward during RL](gold_vs_steps.png)\n\n![frontier](frontier.png)\n")
+        f"over seeds.\n\n{table}\n\n![gold reward during RL](gold_vs_steps.png)\n\n![frontier](frontier.png)\n"
+        + token_pages(jobs, out))
     (out / "summary.json").write_text(json.dumps(
         {"rows": rows, "jobs": [{"folder": str(j.folder), "reward": j.reward, "beta": j.beta, "model": j.model,
                                  "seed": j.seed} for j in jobs]}, indent=2) + "\n")
