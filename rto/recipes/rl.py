@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from hydra.utils import instantiate
@@ -50,14 +50,10 @@ def ppo_module(ctx, upstream: Upstream, actor, critic) -> PPOModule:
                      critic_optimizer=instantiate(cfg.critic_optimizer), **shared_options(ctx, upstream))
 
 
-def critic_free(baseline: Callable[[DictConfig], Callable]) -> Callable:
-    """The builder of a critic-free learner whose baseline `baseline(algo_cfg)` returns."""
-    def build(ctx, upstream: Upstream, actor, critic) -> CriticFreeModule:
-        algo = ctx.cfg.algo
-        return CriticFreeModule(actor, baseline=baseline(algo), whiten=algo.whiten_advantages,
-                                actor_optimizer=instantiate(ctx.cfg.ppo.actor_optimizer),
-                                **shared_options(ctx, upstream))
-    return build
+def critic_free_module(ctx, upstream: Upstream, actor, critic) -> CriticFreeModule:
+    algo = ctx.cfg.algo
+    return CriticFreeModule(actor, baseline=LEARNERS[algo.name].baseline(algo), whiten=algo.whiten_advantages,
+                            actor_optimizer=instantiate(ctx.cfg.ppo.actor_optimizer), **shared_options(ctx, upstream))
 
 
 @dataclass(frozen=True)
@@ -66,17 +62,20 @@ class Learner:
     uses_critic: bool = True
     label: str = ""   # how tables name its policy: "<label> (<reward>)"
     min_samples_per_prompt: int = 1
+    # a critic-free learner's baseline, bound to its options: algo_cfg -> (returns-to-go, mask) -> advantages
+    baseline: Optional[Callable[[DictConfig], Callable]] = None
 
 
 LEARNERS: dict[str, Learner] = {
     "ppo": Learner(ppo_module, label="PPO"),
-    "reinforce_pp": Learner(critic_free(lambda algo: no_baseline), uses_critic=False, label="REINFORCE++"),
-    "rloo": Learner(critic_free(lambda algo: partial(
-        rloo_advantages, group_size=algo.samples_per_prompt, baseline=algo.group_baseline)),
-        uses_critic=False, label="RLOO", min_samples_per_prompt=2),
-    "grpo": Learner(critic_free(lambda algo: partial(
-        grpo_advantages, group_size=algo.samples_per_prompt, baseline=algo.group_baseline, scale=algo.scale_by_std)),
-        uses_critic=False, label="GRPO", min_samples_per_prompt=2),
+    "reinforce_pp": Learner(critic_free_module, uses_critic=False, label="REINFORCE++",
+                            baseline=lambda algo: no_baseline),
+    "rloo": Learner(critic_free_module, uses_critic=False, label="RLOO", min_samples_per_prompt=2,
+                    baseline=lambda algo: partial(rloo_advantages, group_size=algo.samples_per_prompt,
+                                                  baseline=algo.group_baseline)),
+    "grpo": Learner(critic_free_module, uses_critic=False, label="GRPO", min_samples_per_prompt=2,
+                    baseline=lambda algo: partial(grpo_advantages, group_size=algo.samples_per_prompt,
+                                                  baseline=algo.group_baseline, scale=algo.scale_by_std)),
 }
 
 
