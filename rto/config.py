@@ -96,6 +96,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dpo.beta": POSITIVE,
     "dpo.loss": _one_of(DPO_LOSSES),
     "dpo.simpo_gamma": NON_NEGATIVE,
+    "dpo.ipo_per_token": BOOL,
     "algo.samples_per_prompt": COUNT,
     "algo.kl_in": _one_of(("reward", "loss")),
     "algo.group_baseline": _one_of(GROUP_BASELINES),

@@ -123,6 +123,9 @@ def test_ipo_and_simpo_by_hand():
     close(loss, 1.0)
     close(chosen, [0.5])
     close(rejected, [-0.5])
+    # averaged per token: chosen 1 / 2 tokens, rejected -1 / 1 token: h = 1.5 = 1/(2 tau) for tau = 1/3
+    close(ipo_loss(*args, beta=1 / 3, chosen_lengths=torch.tensor([2]), rejected_lengths=torch.tensor([1]))[0], 0.0)
+    close(ipo_loss(*args, beta=1 / 3)[0], 0.25)  # summed: (2 - 1.5)^2
     # the sigmoid loss on the same pair: -log sigmoid(0.5 * 2)
     close(dpo_loss(*args, beta=0.5)[0], math.log1p(math.exp(-1.0)))
     # SimPO: 2 * -4/2 = -4, 2 * -9/3 = -6, margin -4 + 6 - 1 = 1: -log sigmoid(1); no reference read

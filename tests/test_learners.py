@@ -178,3 +178,23 @@ def test_bad_learner_config_is_refused_naming_the_key(make_cfg, overrides, messa
 def test_simpo_as_a_baseline_row_is_accepted(make_cfg):
     validate(make_cfg("dpo=simpo", "eval.policies=[sft,dpo]"))
     validate(make_cfg("dpo=ipo", "reward=token"))  # IPO's model has RTO's log pi/pi_ref reward
+
+
+def test_simpo_trains_in_the_dpo_stage_without_a_reference_and_is_labelled(upstream, tmp_path, monkeypatch):
+    """`dpo=simpo eval.policies=[sft,dpo]`: the SimPO row of the comparison. Reference-free: no
+    reference log-probs are computed (neither precomputed nor per step)."""
+    from rto.recipes import dpo as dpo_recipe
+    from rto.stages import dpo as dpo_stage
+
+    calls = []
+    sequence_logps = dpo_stage.sequence_logps
+    monkeypatch.setattr(dpo_recipe, "with_reference_logps", lambda *a, **k: calls.append("precompute"))
+    monkeypatch.setattr(dpo_stage, "sequence_logps", lambda model, *a: calls.append(model) or sequence_logps(model, *a))
+    cfg = compose_config("dpo=simpo", "eval.policies=[sft,dpo]", "logger=csv", f"sft.checkpoint={upstream / 'sft'}",
+                         f"rm.checkpoint={upstream / 'rm'}", output_dir=tmp_path)
+    train(cfg)
+    assert cfg.dpo.loss == "simpo" and cfg.dpo.beta == 2.0
+    assert "precompute" not in calls and calls and all(model is calls[0] for model in calls)  # the policy only
+    assert logged(tmp_path, "dpo/loss")
+    table = (tmp_path / "eval_table.md").read_text()
+    assert "| SimPO |" in table and "| DPO |" not in table

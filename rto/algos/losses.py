@@ -46,11 +46,18 @@ def ipo_loss(
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
     beta: float,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """IPO (Azar et al. 2023): ``(h - 1/(2 tau))^2`` averaged, with ``h = log pi/pi_ref (y_w) - log
-    pi/pi_ref (y_l)`` on sequence log-probs and ``tau = beta``. Same returns as `dpo_loss`."""
+    pi/pi_ref (y_l)`` and ``tau = beta``. With the lengths ``|y|`` each log-ratio is averaged over its
+    response's tokens first (TRL's form, which the IPO authors' results use); without, summed (the
+    paper's equation as written). Same returns as `dpo_loss`."""
     chosen_log_ratio = policy_chosen_logps - ref_chosen_logps
     rejected_log_ratio = policy_rejected_logps - ref_rejected_logps
+    if chosen_lengths is not None:
+        chosen_log_ratio = chosen_log_ratio / chosen_lengths.clamp(min=1).to(chosen_log_ratio.dtype)
+        rejected_log_ratio = rejected_log_ratio / rejected_lengths.clamp(min=1).to(rejected_log_ratio.dtype)
     loss = (chosen_log_ratio - rejected_log_ratio - 1.0 / (2.0 * beta)).pow(2).mean()
     return loss, beta * chosen_log_ratio.detach(), beta * rejected_log_ratio.detach()
 

@@ -30,7 +30,7 @@ class DPORecipe(StageRecipe):
             train_pairs = with_reference_logps(sft, train_pairs, collate, cfg.batch_size, cfg.share_prompt)
         val = ctx.loader(ctx.data.val_pairs, collate, cfg.batch_size, shuffle=False) if ctx.data.val_pairs else None
         module = DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt,
-                           loss=cfg.loss, simpo_gamma=cfg.simpo_gamma)
+                           loss=cfg.loss, simpo_gamma=cfg.simpo_gamma, ipo_per_token=cfg.ipo_per_token)
         ctx.fit(self, module,
                 lambda: (ctx.loader(train_pairs, collate, cfg.batch_size, shuffle=True), val),
                 max_epochs=cfg.epochs)

@@ -35,23 +35,25 @@ def with_reference_logps(reference, rows: list[dict], collate: Callable, batch_s
 
 
 def preference_loss(kind: str, logps: torch.Tensor, ref_logps, lengths: torch.Tensor, beta: float,
-                    simpo_gamma: float = 0.0):
+                    simpo_gamma: float = 0.0, ipo_per_token: bool = False):
     """`(loss, chosen_rewards, rejected_rewards)` of the `dpo.loss` family on a pair batch (chosen rows,
     then rejected rows); SimPO reads no reference (`ref_logps` may be None) but the response lengths."""
-    chosen, rejected = logps.chunk(2)
+    (chosen, rejected), (chosen_len, rejected_len) = logps.chunk(2), lengths.chunk(2)
     if kind == "simpo":
-        chosen_len, rejected_len = lengths.chunk(2)
         return simpo_loss(chosen, rejected, chosen_len, rejected_len, beta, simpo_gamma)
     ref_chosen, ref_rejected = ref_logps.chunk(2)
-    return (ipo_loss if kind == "ipo" else dpo_loss)(chosen, rejected, ref_chosen, ref_rejected, beta)
+    if kind == "ipo":
+        per_token = (chosen_len, rejected_len) if ipo_per_token else (None, None)
+        return ipo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, *per_token)
+    return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
 
 
 class DPOModule(NonFiniteGuard, L.LightningModule):
     def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, beta: float, optimizer: Callable,
                  on_nonfinite: str = "raise", share_prompt: bool = True, loss: str = "sigmoid",
-                 simpo_gamma: float = 0.0):
+                 simpo_gamma: float = 0.0, ipo_per_token: bool = False):
         super().__init__()
-        self.loss_kind, self.simpo_gamma = loss, simpo_gamma
+        self.loss_kind, self.simpo_gamma, self.ipo_per_token = loss, simpo_gamma, ipo_per_token
         self.on_nonfinite = on_nonfinite
         self.share_prompt = share_prompt
         self.policy = policy
@@ -73,7 +75,7 @@ class DPOModule(NonFiniteGuard, L.LightningModule):
             return None
         lengths = batch["response_mask"].sum(dim=1)
         loss, chosen_rewards, rejected_rewards = preference_loss(self.loss_kind, logps, ref_logps, lengths, self.beta,
-                                                                 self.simpo_gamma)
+                                                                 self.simpo_gamma, self.ipo_per_token)
         if train and not self.finite("dpo/loss", loss):
             return None
         n = chosen_rewards.shape[0]
