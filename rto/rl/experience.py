@@ -5,6 +5,7 @@ PPO's values and GAE, or a critic-free learner's returns-to-go and baseline."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Callable, Optional
 
 import torch
@@ -58,7 +59,7 @@ def critic_values(critic, batch: dict, score_moments: Optional[RunningMoments] =
 def score_rollout(rollout: Rollout, *, actor, reference, reward_model, dpo_policy, reward_cfg: DictConfig,
                   beta: float, ppo_cfg: DictConfig, score_moments: Optional[RunningMoments] = None,
                   reduce: SumReduce = None, check: Callable = check_finite, segments: Optional[Segments] = None,
-                  kl_in_reward: bool = True) -> Experience:
+                  kl_in_reward: bool = True, share_prompts: bool = False) -> Experience:
     """What every learner computes once per rollout: old / reference / DPO log-probs, the reward-model
     score and the per-token rewards (`reward=`); no values, advantages or returns yet.
 
@@ -67,7 +68,8 @@ def score_rollout(rollout: Rollout, *, actor, reference, reward_model, dpo_polic
     runs on every tensor as soon as it exists (default: raise NonFiniteError), so a NaN is named where
     it first appears and never enters the running reward statistics. `segments(response_ids, mask)`
     marks Semi-RTO's segment ends. `kl_in_reward=False` leaves the KL penalty out of the rewards (a
-    learner that puts it in its loss instead).
+    learner that puts it in its loss instead). `share_prompts`: the rollout holds k samples per
+    prompt, and every model runs each prompt once (the same numbers, less work).
 
     Every model reads the rollout at the sampling temperature (`ppo_cfg.temperature`): pi_old, the
     reference and the DPO model alike, so the KL term and the DPO reward compare the distributions
@@ -78,12 +80,15 @@ def score_rollout(rollout: Rollout, *, actor, reference, reward_model, dpo_polic
     temperature = ppo_cfg.temperature
     # pi_old: the sampler's log-probs where they equal a full forward's (fp32), else one full forward
     logprobs = rollout.logprobs
+    read = partial(policy_logprobs, batch=batch, temperature=temperature, share_repeated=share_prompts)
     if logprobs is None:
-        logprobs, _ = policy_logprobs(actor, batch, temperature=temperature)
+        logprobs, _ = read(actor)
     check("logprobs", logprobs, mask)
-    ref_logprobs, _ = policy_logprobs(reference, batch, temperature=temperature)
+    ref_logprobs, _ = read(reference)
     check("ref_logprobs", ref_logprobs, mask)
-    score = reward_model.score(**batch, prompt_text=rollout.prompt_text)  # a RewardScorer: re-tokenizes if needed
+    # a RewardScorer (re-tokenizes if needed), each prompt once where the rollout repeats them
+    sharing = {"share_repeated": True} if share_prompts else {}
+    score = reward_model.score(**batch, prompt_text=rollout.prompt_text, **sharing)
     check("score", score)
     if score_moments is not None:
         score_moments.update(score, reduce=reduce)
@@ -92,7 +97,7 @@ def score_rollout(rollout: Rollout, *, actor, reference, reward_model, dpo_polic
 
     dpo_logprobs = dpo_rewards = None
     if reward_variant(reward_cfg.name).uses_dpo:
-        dpo_logprobs, _ = policy_logprobs(dpo_policy, batch, temperature=temperature)
+        dpo_logprobs, _ = read(dpo_policy)
         check("dpo_logprobs", dpo_logprobs, mask)
         dpo_rewards = dpo_token_rewards(dpo_logprobs, ref_logprobs, mask, reward_cfg.dpo_scale, reward_cfg.dpo_clip)
     segment_end = None if segments is None else segments(rollout.response_ids, mask)

@@ -37,4 +37,4 @@ class CriticFreeModule(RLModule):
             reward_model=self.reward_model, dpo_policy=self.dpo_policy, reward_cfg=self.reward_cfg, beta=beta,
             ppo_cfg=self.ppo_cfg, score_moments=self.score_moments, reduce=self.sum_over_ranks,
             check=partial(self.check_on_all_ranks, step=iteration), segments=self.segments,
-            kl_in_reward=self.kl_in_reward)
+            kl_in_reward=self.kl_in_reward, share_prompts=self.samples_per_prompt > 1)

@@ -165,7 +165,8 @@ class RLModule(NonFiniteGuard, L.LightningModule):
             for index in order.to(exp.response_ids.device).split(cfg.minibatch_size):
                 mb = exp.minibatch(index)
                 mask = mb.response_mask
-                logprobs, logits = policy_logprobs(self.actor, mb.batch(), temperature=cfg.temperature)
+                logprobs, logits = policy_logprobs(self.actor, mb.batch(), temperature=cfg.temperature,
+                                                   share_repeated=self.samples_per_prompt > 1)  # each prompt once
                 pg_loss, mb_stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range)
                 losses: Losses = {"policy_loss": (pg_loss, 1.0)}
                 if not self.kl_in_reward:
