@@ -18,7 +18,7 @@ from rto.algos.losses import DPO_LOSSES
 from rto.algos.rewards import REWARDS, reward_variant
 from rto.errors import ConfigError, MachineError
 
-STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
+STAGES = ("all", "sft", "pairs", "rm", "dpo", "ppo", "eval")
 KL_ESTIMATORS = ("k1", "k3")
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 HYDRA_NODES = ("hydra", "paths")  # filled in by Hydra for the job
@@ -89,8 +89,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.max_prompt_tokens": COUNT,
     "data.max_response_tokens": COUNT,
     "data.val_fraction": _number(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "sft.epochs": COUNT,
+    "sft.epochs": _integer(lambda v: v >= 0, "an integer >= 0 (0: the starting model is the reference)"),
     "sft.batch_size": COUNT,
+    "pairs.n_prompts": COUNT,
+    "pairs.temperature": POSITIVE,
+    "pairs.max_new_tokens": COUNT,
+    "pairs.batch_size": COUNT,
     "rm.epochs": COUNT,
     "rm.batch_size": COUNT,
     "dpo.beta": POSITIVE,

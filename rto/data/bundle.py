@@ -29,12 +29,20 @@ class DataBundle:
     gold: Optional[GoldJudge] = None
     # the best gold reward reachable on each prompt, where the task knows it (for "fraction of optimum")
     optimum: Optional[Callable[[list[str]], np.ndarray]] = None
+    # sets this source leaves empty on purpose (filled by a stage, or not needed): no size check at load
+    deferred: tuple[str, ...] = ()
 
     def prompts(self, prompt_set: str) -> list[str]:
         """`train`, `val` or `test`."""
         if prompt_set not in PROMPT_SETS:
             raise ValueError(f"unknown prompt set {prompt_set!r}; expected one of {', '.join(PROMPT_SETS)}")
         return getattr(self, f"{prompt_set}_prompts")
+
+
+def pairs_from_policy(cfg) -> bool:
+    """Whether the preference pairs are sampled from the SFT policy by the `pairs` stage (the sentiment
+    task) rather than given by the data: then the reward model and DPO need that stage."""
+    return bool(cfg.data.get("pairs_from_policy", False))
 
 
 def split_pairs(pairs: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

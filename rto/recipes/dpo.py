@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 
 from rto.data import PairCollator
 from rto.models import load_policy
+from rto.data.bundle import pairs_from_policy
 from rto.recipes.base import StageRecipe
 from rto.stages import DPOModule
 from rto.stages.dpo import with_reference_logps
@@ -18,7 +19,7 @@ class DPORecipe(StageRecipe):
     seed_offset = 2
 
     def needs(self, cfg):
-        return ("sft",)
+        return ("sft",) + (("pairs",) if pairs_from_policy(cfg) else ())  # pairs sampled from SFT: a stage
 
     def train(self, ctx, upstream):
         cfg = ctx.cfg.dpo
