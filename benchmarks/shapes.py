@@ -27,8 +27,8 @@ SHAPES = {
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + [f"w{i}" for i in range(SHAPES["vocab_words"])])}
+def build_tokenizer(vocab_words: int = SHAPES["vocab_words"]) -> PreTrainedTokenizerFast:
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + [f"w{i}" for i in range(vocab_words)])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>",
