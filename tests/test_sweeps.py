@@ -89,7 +89,8 @@ def test_wandb_offline_runs_hold_the_logged_keys(sweep):
         (run_file,) = job.glob("wandb/offline-run-*/run-*.wandb")
         run = logged(run_file)
         assert run["group"] == "ppo_vs_rto"
-        assert run["name"] == f"{reward}-beta0.1-tiny-seed{seed}"
+        assert run["name"] == f"ppo-{reward}-beta0.1-tiny-seed{seed}"
+        assert {"algo:ppo", "kl_ctl:fixed"} <= set(run["tags"])
         assert {f"reward:{reward}", f"seed:{seed}", "beta:0.1", "model:tiny"} <= set(run["tags"])
         assert {"reward", "beta", "seed", "model", "ppo", "dpo"} <= run["config"]  # the resolved config
         for _, key in CURVES:  # per-iteration curves the dashboard plots

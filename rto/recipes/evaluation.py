@@ -11,10 +11,20 @@ from rto.evaluation import evaluate, format_table
 from rto.models.reward import judge_scorer
 from rto.outputs import OutputWriter
 from rto.recipes.base import StageRecipe
+from rto.recipes.rl import LEARNERS, learner_name
 
 POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)"}
+DPO_LABELS = {"sigmoid": "DPO", "ipo": "IPO", "simpo": "SimPO"}
 # the stage whose model each evaluated policy is
 POLICY_STAGES = {"sft": "sft", "dpo": "dpo", "policy": "ppo"}
+
+
+def policy_label(cfg) -> str:
+    """The RL policy's row: `PPO (sentence)` and `RTO (token)` for the paper's learner, else `<learner> (<reward>)`."""
+    reward, algo = cfg.reward.name, learner_name(cfg)
+    if algo == "ppo":
+        return POLICY_LABELS.get(reward, f"PPO ({reward})")
+    return f"{LEARNERS[algo].label} ({reward})"
 
 
 class EvaluationRecipe(StageRecipe):
@@ -35,9 +45,7 @@ class EvaluationRecipe(StageRecipe):
         results, samples = evaluate(policies, upstream["sft"], ctx.scorer(upstream["rm"]), prompts, ctx.data.encoder,
                                     cfg, ctx.decode, ctx.data.gold, judge, optimum=ctx.data.optimum)
         ctx.metrics["time/eval_seconds"] = time.perf_counter() - start
-        reward = ctx.cfg.reward.name
-        table = format_table(results, {"sft": "SFT", "dpo": "DPO",
-                                       "policy": POLICY_LABELS.get(reward, f"PPO ({reward})")})
+        table = format_table(results, {"sft": "SFT", "dpo": DPO_LABELS[ctx.cfg.dpo.loss], "policy": policy_label(ctx.cfg)})
         for name, result in results.items():
             ctx.metrics.update({f"eval/{name}/{k}": v for k, v in result.items()})
         dpo = upstream.get("dpo")
