@@ -44,7 +44,6 @@ from rto.models import ScalarHeadModel, load_policy  # noqa: E402
 from rto.models.factory import build_policy, save_policy  # noqa: E402
 from rto.models.retokenize import RewardScorer  # noqa: E402
 from rto.stages import DPOModule, PPOModule  # noqa: E402
-from rto.stages.dpo import with_reference_logps  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SIZES = {  # Llama shapes; the vocabulary (32000 words) adds 2 x 32000 x hidden parameters
@@ -169,10 +168,7 @@ def build_work(work: str, model: str, cfg, args, tokenizer, encoder):
     if work == "dpo":
         pairs = [{"prompt": words(rng, args.prompt_tokens, args.vocab), "chosen": words(rng, args.new_tokens, args.vocab),
                   "rejected": words(rng, args.new_tokens, args.vocab)} for _ in range(args.prompts)]
-        reference = load_policy(model)
-        if cfg.dpo.precompute_ref:  # once per dataset, before training: not part of a step
-            reference.to(args.device)
-            pairs = with_reference_logps(reference, pairs, PairCollator(encoder), args.prompts, cfg.dpo.share_prompt)
+        reference = load_policy(model)  # its log-probs in every step (compose_cfg: dpo.precompute_ref=false)
         module = DPOModule(load_policy(model), reference, cfg.dpo.beta, instantiate(cfg.dpo.optimizer),
                            share_prompt=cfg.dpo.share_prompt)
         sampler = RandomSampler(pairs, replacement=True, num_samples=steps * args.prompts)
