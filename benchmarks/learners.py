@@ -2,6 +2,7 @@
 
     python benchmarks/learners.py                      # sentence reward, every learner, 6 alternations of 1 step
     python benchmarks/learners.py --reward token --threads 1 --repeats 8
+    python benchmarks/learners.py --vs-trl-shapes --repeats 8 --steps 2   # our GRPO and RLOO as vs_trl.py runs them
 
 Every learner runs the real module the RL recipe builds (`ours_worker.py rl algo=<learner>`), with the
 project's defaults except the shapes (`shapes.py`): 64 sampled responses per iteration (PPO and
@@ -9,6 +10,11 @@ REINFORCE++: 64 prompts x 1; RLOO and GRPO: 16 prompts x 4), 24 new tokens, 4 pa
 of 32. One worker process per learner keeps its models warm; the driver runs them chunk by chunk in a
 rotating order after a warm-up chunk each, and reports medians and each learner's speed-up over PPO
 (PPO median / learner median, and the median of the ratios of neighbouring chunks).
+
+`--vs-trl-shapes` (GRPO and RLOO only, sentence reward): each learner as `vs_trl.py --only grpo rloo` runs
+it (`ours_worker.py grpo|rloo`: 16 prompts x 4, one pass over the 64 as one batch), interleaved in one
+session, so our two critic-free iterations are compared under the same machine conditions; speed-ups are
+then over the first learner listed (without PPO in the list, always).
 """
 
 from __future__ import annotations
@@ -33,13 +39,18 @@ LEARNERS = ("ppo", "reinforce_pp", "rloo", "grpo")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reward", default="sentence", choices=("sentence", "token"))
-    parser.add_argument("--learners", nargs="*", default=list(LEARNERS))
+    parser.add_argument("--learners", nargs="*", help="default: every learner (with --vs-trl-shapes: grpo rloo)")
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--json", default="benchmarks/results/learners.json")
+    parser.add_argument("--vs-trl-shapes", action="store_true",
+                        help="GRPO / RLOO at vs_trl.py's pinning (one pass over the rollout as one batch)")
+    parser.add_argument("--json", help="default: benchmarks/results/learners.json (learners_vs_trl_shapes.json)")
     args = parser.parse_args()
+    args.learners = args.learners or (["grpo", "rloo"] if args.vs_trl_shapes else list(LEARNERS))
+    if args.vs_trl_shapes and (set(args.learners) - {"grpo", "rloo"} or args.reward != "sentence"):
+        parser.error("--vs-trl-shapes takes --learners grpo and/or rloo and --reward sentence (TRL's counterparts)")
     start = time.perf_counter()
     times: dict[str, list[float]] = {name: [] for name in args.learners}
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,9 +61,11 @@ def main() -> None:
         spec_path.write_text(json.dumps(spec))
         logs = HERE / "results" / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        workers = [Worker(name, [sys.executable, str(HERE / "ours_worker.py"), "rl", str(spec_path), f"algo={name}",
-                                 f"reward={args.reward}"], logs / f"learners_{name}.log", args.threads)
-                   for name in args.learners]
+        def work(name: str) -> list[str]:  # vs_trl's critic-free work, or the learner at the project's defaults
+            return [name, str(spec_path)] if args.vs_trl_shapes else ["rl", str(spec_path), f"algo={name}",
+                                                                      f"reward={args.reward}"]
+        workers = [Worker(name, [sys.executable, str(HERE / "ours_worker.py"), *work(name)],
+                          logs / f"learners_{name}.log", args.threads) for name in args.learners]
         try:
             for worker in workers:
                 worker.wait_ready()
@@ -66,26 +79,30 @@ def main() -> None:
         finally:
             for worker in workers:
                 worker.stop()
-    base = times.get("ppo")
-    rows = ["| learner | median s/iteration (p25-p75) | speed-up over PPO (medians) | median of paired ratios |",
+    base_name = "ppo" if "ppo" in times else args.learners[0]
+    base = times[base_name]
+    rows = [f"| learner | median s/iteration (p25-p75) | speed-up over {base_name} (medians) "
+            "| median of paired ratios |",
             "|---|---|---|---|"]
     summary = {}
     for name, t in times.items():
         p25, median, p75 = quartiles(t)
-        speedup = statistics.median(base) / median if base else None
-        paired = statistics.median(b / x for b, x in zip(base, t)) if base else None
-        summary[name] = {"p25": p25, "median": median, "p75": p75, "speedup_over_ppo": speedup, "paired": paired}
-        rows.append(f"| {name} | {median:.3f} ({p25:.3f}-{p75:.3f}) | "
-                    f"{'-' if speedup is None else f'{speedup:.2f}x'} | {'-' if paired is None else f'{paired:.2f}x'} |")
-    rows.append(f"\nreward={args.reward}, {spec['rollout_batch_size']} sampled responses per iteration, "
+        speedup = statistics.median(base) / median
+        paired = statistics.median(b / x for b, x in zip(base, t))
+        summary[name] = {"p25": p25, "median": median, "p75": p75, "speedup_over_base": speedup, "paired": paired}
+        rows.append(f"| {name} | {median:.3f} ({p25:.3f}-{p75:.3f}) | {speedup:.2f}x | {paired:.2f}x |")
+    shapes = ", one pass over the rollout as one batch (vs_trl.py's pinning)" if args.vs_trl_shapes else ""
+    rows.append(f"\nreward={args.reward}, {spec['rollout_batch_size']} sampled responses per iteration{shapes}, "
                 f"{args.threads} torch thread(s) per learner, {args.repeats * args.steps} timed iterations each")
     md = "\n".join(rows)
     print("\n" + md)
     command = "python benchmarks/learners.py " + " ".join(sys.argv[1:])
-    out = HERE.parent / args.json
+    default = "learners_vs_trl_shapes.json" if args.vs_trl_shapes else "learners.json"
+    out = HERE.parent / (args.json or f"benchmarks/results/{default}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": command.strip(), "seconds": time.perf_counter() - start,
-                               "load_average": os.getloadavg(), "reward": args.reward, "learners": summary,
+                               "load_average": os.getloadavg(), "reward": args.reward,
+                               "vs_trl_shapes": args.vs_trl_shapes, "base": base_name, "learners": summary,
                                "times": times}, indent=2) + "\n")
     out.with_suffix(".md").write_text(f"`{command.strip()}`\n\n{md}\n")
     print(f"\n{time.perf_counter() - start:.0f} s; wrote {out} and {out.with_suffix('.md')}")

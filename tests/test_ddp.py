@@ -164,9 +164,10 @@ sample, K, calls = learner.sample_responses, int(os.environ["RTO_TEST_K"]), []
 
 
 def row_seeded(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=1.0, generator=None,
-               return_logprobs=False):
+               return_logprobs=False, share_repeated=False):
     """Each response drawn from its own stream, seeded by its prompt, its place j in the prompt's group
-    and the iteration: the same responses whichever rank (or how many ranks) samples them."""
+    and the iteration: the same responses whichever rank (or how many ranks) samples them (one row at a
+    time: no prompt repeats within a call, so `share_repeated` has nothing to share)."""
     calls.append(1)
     rows = []
     for i in range(prompt_ids.shape[0]):

@@ -161,6 +161,44 @@ def test_group_samples_stay_together_and_count_as_responses(upstream, tmp_path, 
     assert logged(tmp_path, "ppo/kl_coef") == [pytest.approx(0.1)] * 2
 
 
+@pytest.mark.parametrize("algo", ["grpo", "rloo"])
+def test_grpo_and_rloo_iterations_run_the_same_forwards(upstream, tmp_path, monkeypatch, algo):
+    """The work of one critic-free iteration, the same for GRPO (KL in the loss) and RLOO (KL in the
+    reward), what `benchmarks/vs_trl.py --only grpo rloo` compares with TRL: one sampling pass, then one
+    reference forward and one reward-model forward without gradient, one policy forward with gradient
+    per minibatch, and no pi_old forward (the sampler's fp32 log-probs stand in)."""
+    from rto.models.retokenize import RewardScorer
+    from rto.rl import experience as experience_module
+
+    calls = []
+
+    def spy(where, read):
+        def logprobs(model, *args, **kwargs):
+            trainable = any(p.requires_grad for p in model.parameters())
+            calls.append((where, "policy" if trainable else "frozen", torch.is_grad_enabled()))
+            return read(model, *args, **kwargs)
+        return logprobs
+
+    def sample(*args, **kwargs):
+        calls.append(("rollout", "policy", False))  # the sampler runs without gradient itself
+        return sample_responses(*args, **kwargs)
+
+    def score(self, *args, **kwargs):
+        calls.append(("experience", "reward_model", torch.is_grad_enabled()))
+        return rm_score(self, *args, **kwargs)
+
+    sample_responses, rm_score = learner_stage.sample_responses, RewardScorer.score
+    monkeypatch.setattr(experience_module, "policy_logprobs", spy("experience", experience_module.policy_logprobs))
+    monkeypatch.setattr(learner_stage, "policy_logprobs", spy("update", learner_stage.policy_logprobs))
+    monkeypatch.setattr(learner_stage, "sample_responses", sample)
+    monkeypatch.setattr(RewardScorer, "score", score)
+    rl_stage(upstream, tmp_path, f"algo={algo}", "reward=sentence", "ppo.iterations=2", "ppo.rollout_batch_size=8",
+             "ppo.minibatch_size=8", "ppo.ppo_epochs=1", "ppo.val_every=null", "algo.samples_per_prompt=4")
+    iteration = [("rollout", "policy", False), ("experience", "frozen", False),
+                 ("experience", "reward_model", False), ("update", "policy", True)]
+    assert calls == iteration * 2
+
+
 @pytest.mark.parametrize("overrides, message", [
     (("algo=rloo", "algo.samples_per_prompt=1"), "algo.samples_per_prompt must be >= 2"),
     (("algo=grpo", "ppo.rollout_batch_size=6"), "must be a multiple of algo.samples_per_prompt"),

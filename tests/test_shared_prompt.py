@@ -145,3 +145,29 @@ def test_repeated_prompts_in_any_order_share_the_prompt(setup, make_cfg):
     scorer.model.score_pairs = lambda *a, **k: calls.append(k["rows"]) or score_pairs(*a, **k)
     torch.testing.assert_close(scorer.score(**args, share_repeated=True), scorer.score(**args), atol=1e-5, rtol=1e-5)
     assert len(calls) == 1 and torch.equal(calls[0], rows)  # the shared path ran, once
+
+
+def test_sampler_runs_each_repeated_prompt_once_with_the_same_samples(setup, monkeypatch):
+    """k samples per prompt (`share_repeated`, what GRPO / RLOO rollouts use): the prompt's forward
+    runs once per distinct prompt, and the sampled tokens and their log-probs are those of the plain
+    sampler (left-padded prompts of different lengths, the same random stream)."""
+    from rto.rl import rollout as rollout_module
+    from rto.rl.rollout import repeat_prompts, sample_responses
+
+    policy, pairs = setup
+    half = pairs["prompt_ids"].shape[0] // 2
+    prompt_ids, prompt_mask, _ = repeat_prompts({"prompt_ids": pairs["prompt_ids"][:half],
+                                                 "prompt_mask": pairs["prompt_mask"][:half]}, 3)
+    calls = []
+    shared_cache = rollout_module.shared_prompt_cache
+    monkeypatch.setattr(rollout_module, "shared_prompt_cache",
+                        lambda model, ids, *a, **k: calls.append(ids.shape[0]) or shared_cache(model, ids, *a, **k))
+
+    def sample(share: bool):
+        return sample_responses(policy, prompt_ids, prompt_mask, 6, eos_id=2, pad_id=0, temperature=0.8,
+                                generator=torch.Generator().manual_seed(0), return_logprobs=True,
+                                share_repeated=share)
+    plain, shared = sample(False), sample(True)
+    assert calls == [3 * half]  # called once, for the shared sampler only
+    assert torch.equal(shared[0], plain[0]) and torch.equal(shared[1], plain[1])
+    torch.testing.assert_close(shared[2], plain[2], atol=1e-6, rtol=1e-6)

@@ -88,6 +88,25 @@ def first_rows(rows: Tensor) -> Tensor:
     return first.scatter_reduce(0, rows, torch.arange(n, device=rows.device), reduce="amin")
 
 
+def shared_prompt_cache(model, prompt_ids: Tensor, prompt_mask: Tensor, rows: Tensor,
+                        logits: bool = False) -> Optional[tuple[Any, Any]]:
+    """Each distinct prompt once (`rows` maps the `N` rows to prompts 0..U-1; the prompts left-padded):
+    `(prompt output [U], its key/value cache with one copy per row [N], in the rows' order)`, or None
+    where this cannot be done (gradient checkpointing, not a causal model, a cache without row
+    selection). `logits`: a causal LM, the prompt's logits at its last position only."""
+    if _checkpointing(model) or not causal_attention_only(model):
+        return None
+    firsts = first_rows(rows)
+    mask = prompt_mask[firsts].long()
+    prompt_out = model(input_ids=prompt_ids[firsts], attention_mask=mask, position_ids=shift_positions(mask),
+                       use_cache=True, **({"logits_to_keep": 1} if logits else {}))
+    cache = cache_of(prompt_out)
+    if cache is None or not _selectable(cache):
+        return None
+    cache.batch_select_indices(rows)  # one copy of its prompt's keys and values per row, in the rows' order
+    return prompt_out, cache
+
+
 def shared_prompt_forward(model, batch: dict, logits: bool = False,
                           rows: Optional[Tensor] = None) -> Optional[tuple[Any, Any, Tensor]]:
     """Each prompt once, then every row's response on its prompt's cached keys and values: a pair
@@ -105,22 +124,16 @@ def shared_prompt_forward(model, batch: dict, logits: bool = False,
         if not holds_pairs(batch):
             return None
         rows = torch.arange(batch["prompt_ids"].shape[0] // 2, device=batch["prompt_ids"].device).repeat(2)
-    if _checkpointing(model) or not causal_attention_only(model):
+    shared = shared_prompt_cache(model, batch["prompt_ids"], batch["prompt_mask"], rows, logits)
+    if shared is None:
         return None
-    firsts = first_rows(rows)
-    prompt_mask = batch["prompt_mask"][firsts].long()
-    prompt_out = model(input_ids=batch["prompt_ids"][firsts], attention_mask=prompt_mask,
-                       position_ids=shift_positions(prompt_mask),
-                       use_cache=True, **({"logits_to_keep": 1} if logits else {}))
-    cache = cache_of(prompt_out)
-    if cache is None or not _selectable(cache):
-        return None
-    cache.batch_select_indices(rows)  # one copy of its prompt's keys and values per row, in the batch's order
+    prompt_out, cache = shared
+    prompt_mask = batch["prompt_mask"].long()
     response_ids, response_mask = batch["response_ids"], batch["response_mask"].long()
     # response token t sits at position (real prompt tokens) + t, as in `sequence_inputs`
-    start = prompt_mask.sum(dim=1, keepdim=True)[rows]
+    start = prompt_mask.sum(dim=1, keepdim=True)
     response_positions = start + torch.arange(response_ids.shape[1], device=start.device)
-    response_out = model(input_ids=response_ids, attention_mask=torch.cat([prompt_mask[rows], response_mask], dim=1),
+    response_out = model(input_ids=response_ids, attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
                          position_ids=response_positions, use_cache=True, **{cache_keyword(model): cache},
                          **({"logits_to_keep": 0} if logits else {}))  # 0: all positions
     return prompt_out, response_out, rows

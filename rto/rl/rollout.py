@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from rto.algos.logprobs import shift_positions
-from rto.models.forward import cache_keyword, cache_of
+from rto.models.forward import cache_keyword, cache_of, repeated_prompt_rows, shared_prompt_cache
 
 
 @dataclass
@@ -61,20 +61,29 @@ def sampler_logprobs_are_exact(model) -> bool:
 @torch.no_grad()
 def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos_id: int,
                      pad_id: int, temperature: float = 1.0,
-                     generator: Optional[torch.Generator] = None, return_logprobs: bool = False):
+                     generator: Optional[torch.Generator] = None, return_logprobs: bool = False,
+                     share_repeated: bool = False):
     """Sample up to `max_new_tokens` tokens per prompt from `softmax(logits / temperature)`, in eval
     mode (dropout off). Returns `(response_ids, response_mask)`, trimmed to the longest response in
     the batch, and with `return_logprobs` also the `[B, R]` log-probs of the sampled tokens under
     that same tempered distribution (masked slots 0), read off the logits the loop has anyway: the
     numbers `policy_logprobs(..., temperature=temperature)` gives, in full fp32 (see
-    `sampler_logprobs_are_exact`)."""
+    `sampler_logprobs_are_exact`). `share_repeated`: where prompts repeat (k samples per prompt), each
+    prompt's forward runs once and its keys and values are copied to its rows (the same numbers up to
+    float rounding, as `policy_logprobs(share_repeated=True)`)."""
     was_training = model.training
     model.eval()
     attention = prompt_mask.long()
-    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=shift_positions(attention),
-                use_cache=True, logits_to_keep=1)
+    rows = repeated_prompt_rows({"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}) if share_repeated else None
+    shared = None if rows is None else shared_prompt_cache(model, prompt_ids, prompt_mask, rows, logits=True)
+    if shared is not None:
+        out, cache = shared
+        logits = out.logits[:, -1][rows]
+    else:
+        out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=shift_positions(attention),
+                    use_cache=True, logits_to_keep=1)
+        cache, logits = cache_of(out), out.logits[:, -1]
     cache_kw = cache_keyword(model)
-    cache, logits = cache_of(out), out.logits[:, -1]
     next_position = attention.sum(dim=1, keepdim=True)
     finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     ones = torch.ones_like(finished, dtype=torch.long).unsqueeze(1)

@@ -125,7 +125,8 @@ class RLModule(NonFiniteGuard, L.LightningModule):
         exact = sampler_logprobs_are_exact(self.actor)  # else the experience recomputes pi_old
         response_ids, response_mask, *logprobs = sample_responses(
             self.actor, prompt_ids, prompt_mask, self.ppo_cfg.max_new_tokens, self.eos_id, self.pad_id,
-            self.ppo_cfg.temperature, self.generator, return_logprobs=exact)
+            self.ppo_cfg.temperature, self.generator, return_logprobs=exact,
+            share_repeated=self.samples_per_prompt > 1)  # each prompt's forward once for its k samples
         return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, prompt_text,
                        logprobs=logprobs[0] if exact else None)
 
