@@ -46,8 +46,8 @@ def new_reward_model(rm_cfg: DictConfig, model_cfg: DictConfig, sft) -> ScalarHe
     if rm_cfg.source == "same":
         model = ScalarHeadModel.from_causal_lm(sft)
     else:
-        backbone = from_pretrained(AutoModel, rm_cfg.path, "reward_model.path", dtype=DTYPES[rm_cfg.dtype],
-                                   **pretrained_kwargs(rm_cfg))
+        backbone = from_pretrained(AutoModel, rm_cfg.path, "reward_model.path", share=bool(rm_cfg.get("lora")),
+                                   dtype=DTYPES[rm_cfg.dtype], **pretrained_kwargs(rm_cfg))
         log.info("reward model backbone %s: %.2fM parameters", rm_cfg.path, backbone.num_parameters() / 1e6)
         model = ScalarHeadModel(backbone)
     return _trainable_options(model, *_options_of(rm_cfg, model_cfg))
