@@ -1,6 +1,11 @@
-"""Our side of `vs_trl.py`: the real `PPOModule` / `DPOModule` under a Lightning Trainer.
+"""Our side of `vs_trl.py` and `learners.py`: the real RL learner module (`LEARNERS`) or `DPOModule`
+under a Lightning Trainer.
 
-    python benchmarks/ours_worker.py ppo_sentence|ppo_token|dpo SPEC.json [HYDRA OVERRIDES]   (driven by vs_trl.py)
+    python benchmarks/ours_worker.py WORK SPEC.json [HYDRA OVERRIDES]   (driven by vs_trl.py, learners.py)
+
+WORK: `dpo`; `rl` (the learner and reward the overrides name, e.g. `algo=grpo reward=sentence`);
+`ppo_sentence`, `ppo_token`; `grpo`, `rloo` (sentence reward, `group_size` samples per prompt, one pass
+over the rollout as one minibatch: TRL's GRPOTrainer / RLOOTrainer work at num_iterations=1).
 
 Config comes from the project's own `conf/` (hydra.compose), so the defaults measured are the
 defaults users run; only the shapes are set to the benchmark's.
@@ -24,10 +29,12 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from step_clock import StepClock  # noqa: E402
 
 from rto.data.collate import Encoder, PairCollator, PromptCollator  # noqa: E402
+from rto.algos.kl_control import KLController  # noqa: E402
 from rto.models import ScalarHeadModel, load_policy  # noqa: E402
 from rto.models.speed import fast_stage  # noqa: E402
 from rto.models.retokenize import RewardScorer  # noqa: E402
-from rto.stages import DPOModule, PPOModule  # noqa: E402
+from rto.recipes.rl import LEARNERS  # noqa: E402
+from rto.stages import CriticFreeModule, DPOModule, PPOModule  # noqa: E402
 from rto.stages.dpo import with_reference_logps  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -41,18 +48,43 @@ class Tick(L.Callback):
         self.clock.tick()
 
 
+# work -> its learner's overrides (besides the spec's shapes)
+WORKS = {"ppo_sentence": ["reward=sentence"], "ppo_token": ["reward=token"], "dpo": [], "rl": [],
+         "grpo": ["algo=grpo", "reward=sentence"], "rloo": ["algo=rloo", "reward=sentence"]}
+
+
 def compose_cfg(work: str, spec: dict, extra: list[str]):
-    overrides = [f"reward={'token' if work == 'ppo_token' else 'sentence'}", "logger=none",
+    group = [f"algo.samples_per_prompt={spec['group_size']}", "ppo.ppo_epochs=1",
+             f"ppo.minibatch_size={spec['rollout_batch_size']}"] if work in ("grpo", "rloo") else []
+    overrides = [*WORKS[work], "logger=none",
                  f"threads={spec['threads']}",
                  f"ppo.rollout_batch_size={spec['rollout_batch_size']}", f"ppo.minibatch_size={spec['minibatch_size']}",
                  f"ppo.ppo_epochs={spec['ppo_epochs']}", f"ppo.max_new_tokens={spec['max_new_tokens']}",
-                 f"dpo.batch_size={spec['dpo_pairs']}", *extra]
+                 f"dpo.batch_size={spec['dpo_pairs']}", *group, *extra]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
 
 
 def scalar_model(folder: str) -> ScalarHeadModel:
     return ScalarHeadModel(AutoModel.from_pretrained(folder))
+
+
+def rl_module(cfg, spec: dict, tok, encoder):
+    """The learner `algo=` names, as the RL recipe builds it (rto/recipes/rl.py), on the spec's models."""
+    pc, algo = cfg.ppo, cfg.algo
+    shared = dict(reference=load_policy(spec["model"]),
+                  reward_model=RewardScorer(scalar_model(spec["model"]), encoder, tok),
+                  dpo_policy=load_policy(spec["model"]) if cfg.reward.name != "sentence" else None,
+                  ppo_cfg=pc, reward_cfg=cfg.reward, beta=cfg.beta,
+                  kl_ctl=KLController(cfg.beta, cfg.kl_ctl.name, cfg.kl_ctl.get("target"), cfg.kl_ctl.get("horizon")),
+                  samples_per_prompt=algo.samples_per_prompt, kl_in_reward=algo.kl_in == "reward",
+                  eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=None, gold=None)
+    actor, actor_optimizer = load_policy(spec["model"]), instantiate(pc.actor_optimizer)
+    if LEARNERS[algo.name].uses_critic:
+        return PPOModule(actor, scalar_model(spec["model"]), actor_optimizer=actor_optimizer,
+                         critic_optimizer=instantiate(pc.critic_optimizer), **shared)
+    return CriticFreeModule(actor, baseline=LEARNERS[algo.name].baseline(algo), whiten=algo.whiten_advantages,
+                            actor_optimizer=actor_optimizer, **shared)
 
 
 def main() -> None:
@@ -76,17 +108,11 @@ def main() -> None:
         loader = DataLoader(pairs, batch_size=spec["dpo_pairs"], sampler=sampler, collate_fn=PairCollator(encoder))
     else:
         prompts = json.loads(Path(spec["prompts"]).read_text())
-        pc = cfg.ppo
-        module = PPOModule(
-            load_policy(spec["model"]), scalar_model(spec["model"]), load_policy(spec["model"]),
-            RewardScorer(scalar_model(spec["model"]), encoder, tok),
-            load_policy(spec["model"]) if work == "ppo_token" else None,
-            ppo_cfg=pc, reward_cfg=cfg.reward, beta=cfg.beta, actor_optimizer=instantiate(pc.actor_optimizer),
-            critic_optimizer=instantiate(pc.critic_optimizer), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-            decode=None, gold=None)
-        sampler = RandomSampler(prompts, replacement=True, num_samples=steps * spec["rollout_batch_size"])
-        loader = DataLoader(prompts, batch_size=spec["rollout_batch_size"], sampler=sampler,
-                            collate_fn=PromptCollator(encoder), drop_last=True)
+        module = rl_module(cfg, spec, tok, encoder)
+        per_step = spec["rollout_batch_size"] // cfg.algo.samples_per_prompt  # prompts, each sampled k times
+        sampler = RandomSampler(prompts, replacement=True, num_samples=steps * per_step)
+        loader = DataLoader(prompts, batch_size=per_step, sampler=sampler, collate_fn=PromptCollator(encoder),
+                            drop_last=True)
     trainer = instantiate(cfg.trainer, logger=False, max_epochs=1, callbacks=[Tick(clock)])
     print("@@READY", flush=True)
     clock.wait_for_command()

@@ -2,7 +2,8 @@
 
 Both sides load these same files (built here from config, never downloaded), so the models,
 the vocabulary and the data are equal by construction. Shapes follow docs/BENCHMARKS.md:
-a rollout of 64 prompts, 24 new tokens, 4 PPO epochs over 2 minibatches of 32; policy, reference,
+a rollout of 64 responses, 24 new tokens, 4 PPO epochs over 2 minibatches of 32 (GRPO / RLOO: 16 prompts
+x 4 samples, one pass over the 64 as one batch); policy, reference,
 reward model and critic each a 4-layer 128-wide GPT-2 (~0.8M parameters); a DPO step on 64 pairs
 of ~32 tokens each.
 """
@@ -20,14 +21,14 @@ from transformers import PreTrainedTokenizerFast
 SHAPES = {
     "vocab_words": 252, "hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 512,
     "max_position_embeddings": 64,
-    "rollout_batch_size": 64, "max_new_tokens": 24, "ppo_epochs": 4, "minibatch_size": 32,
+    "rollout_batch_size": 64, "max_new_tokens": 24, "ppo_epochs": 4, "minibatch_size": 32, "group_size": 4,
     "prompt_words": (8, 16), "dpo_pairs": 64, "dpo_prompt_words": (8, 16), "dpo_response_words": (12, 20),
 }
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + [f"w{i}" for i in range(SHAPES["vocab_words"])])}
+def build_tokenizer(vocab_words: int = SHAPES["vocab_words"]) -> PreTrainedTokenizerFast:
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + [f"w{i}" for i in range(vocab_words)])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>",

@@ -3,6 +3,7 @@
     benchmarks/.venv-trl/bin/python benchmarks/trl_worker.py ppo SPEC.json       # TRL 0.23.1 PPOTrainer
     benchmarks/.venv-trl-dpo/bin/python benchmarks/trl_worker.py dpo SPEC.json   # current TRL DPOTrainer
     benchmarks/.venv-trl-dpo/bin/python benchmarks/trl_worker.py dpo_precomputed SPEC.json  # precompute_ref_log_probs
+    benchmarks/.venv-trl-dpo/bin/python benchmarks/trl_worker.py grpo|rloo SPEC.json   # current TRL GRPOTrainer / RLOOTrainer
 
 Everything TRL lets us set to the benchmark's shapes is set; the rest stays at TRL's defaults.
 """
@@ -74,6 +75,31 @@ def dpo_trainer(spec: dict, tok, out: str, clock: StepClock, precompute: bool):
                       train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[Tick(clock)])
 
 
+def group_trainer(spec: dict, tok, out: str, clock: StepClock, kind: str):
+    """GRPOTrainer / RLOOTrainer at our critic-free iteration's work: `rollout_batch_size` completions
+    per step (`group_size` per prompt), one update pass on them as one batch (num_iterations=1), a
+    reference model and the KL (beta > 0: GRPO's k3 loss term, RLOO's k1 in the reward), the reward
+    model loaded from the same checkpoint, temperature 1 without top-k/top-p, dropout off."""
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    config, trainer = (GRPOConfig, GRPOTrainer) if kind == "grpo" else (RLOOConfig, RLOOTrainer)
+    prompts = json.loads(Path(spec["prompts"]).read_text())
+    # our collator prepends BOS to every prompt: the same tokens here (TRL adds no special token)
+    rows = [{"prompt": tok.bos_token + " " + p} for p in prompts]
+    extra = {"loss_type": "dapo", "scale_rewards": "group"} if kind == "grpo" else {"normalize_advantages": False}
+    args = config(
+        **common_args(spec, out), per_device_train_batch_size=spec["rollout_batch_size"],
+        gradient_accumulation_steps=1, steps_per_generation=1, num_generations=spec["group_size"],
+        num_iterations=1, beta=0.1, max_completion_length=spec["max_new_tokens"], temperature=1.0, top_p=1.0,
+        top_k=0, max_steps=spec["total_steps"], learning_rate=5e-4, lr_scheduler_type="constant", weight_decay=0.0,
+        max_grad_norm=1.0, disable_dropout=True, log_completions=False, gradient_checkpointing=False, **extra)
+    scorer = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=1)
+    scorer.config.pad_token_id = tok.pad_token_id
+    return trainer(model=AutoModelForCausalLM.from_pretrained(spec["model"]), reward_funcs=scorer, args=args,
+                   train_dataset=Dataset.from_list(rows), processing_class=tok, reward_processing_classes=tok,
+                   callbacks=[Tick(clock)])
+
+
 def main() -> None:
     work, spec = sys.argv[1], json.loads(Path(sys.argv[2]).read_text())
     torch.set_num_threads(spec["threads"])
@@ -84,6 +110,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         if work == "ppo":
             trainer = ppo_trainer(spec, tok, out, clock)
+        elif work in ("grpo", "rloo"):
+            trainer = group_trainer(spec, tok, out, clock, work)
         else:
             trainer = dpo_trainer(spec, tok, out, clock, precompute=work == "dpo_precomputed")
         print("@@READY", flush=True)

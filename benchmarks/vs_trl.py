@@ -1,6 +1,6 @@
 """Our PPO iteration and DPO step against Hugging Face TRL at equal work, side by side.
 
-    python benchmarks/vs_trl.py            # full: PPO (sentence, token) vs TRL 0.23.1, DPO vs current TRL
+    python benchmarks/vs_trl.py            # full: PPO (sentence, token) vs TRL 0.23.1, DPO, GRPO, RLOO vs current TRL
     python benchmarks/vs_trl.py --quick    # 3 alternations of 1 step: meant for under 2 minutes on an idle 2-core CPU
     python benchmarks/vs_trl.py --only dpo --repeats 10
 
@@ -32,7 +32,7 @@ from step_clock import TIMES_PREFIX  # noqa: E402
 # TRL 0.23.1 is the last release whose PPOTrainer is a regular trainer; it needs transformers<4.57
 VENVS = {
     "ppo": (HERE / ".venv-trl", ["trl==0.23.1", "transformers<4.57"]),
-    "dpo": (HERE / ".venv-trl-dpo", ["trl"]),
+    "current": (HERE / ".venv-trl-dpo", ["trl"]),  # current TRL (1.x): DPOTrainer, GRPOTrainer, RLOOTrainer
 }
 WORKS = {  # work -> (our worker args, TRL worker's work, target ratio)
     "ppo_sentence": (["ppo_sentence"], "ppo", 1.5),
@@ -41,6 +41,10 @@ WORKS = {  # work -> (our worker args, TRL worker's work, target ratio)
     "dpo": (["dpo", "dpo.precompute_ref=false"], "dpo", 1.3),
     # both compute them once before training (our default `dpo.precompute_ref=true`; TRL's precompute_ref_log_probs)
     "dpo_precomputed": (["dpo", "dpo.precompute_ref=true"], "dpo_precomputed", 1.3),
+    # critic-free, sentence reward: 16 prompts x 4 samples, one update pass, a reference model and beta 0.1 on
+    # both sides (GRPO: k3 KL loss term; RLOO: k1 KL in the reward)
+    "grpo": (["grpo"], "grpo", 1.5),
+    "rloo": (["rloo"], "rloo", 1.5),
 }
 
 
@@ -102,7 +106,7 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 def compare(work: str, spec_path: Path, spec: dict, args, logs: Path) -> dict:
     ours_arg, trl_arg, target = WORKS[work]
-    trl_python = ensure_venv("ppo" if trl_arg == "ppo" else "dpo")
+    trl_python = ensure_venv("ppo" if trl_arg == "ppo" else "current")
     our_work, *our_overrides = ours_arg
     print(f"\n== {work}: starting workers", flush=True)
     ours = Worker("ours", [sys.executable, str(HERE / "ours_worker.py"), our_work, str(spec_path), *our_overrides, *args.ours],

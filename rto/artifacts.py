@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -134,3 +134,18 @@ def publish_folder(tmp: str | Path, final: str | Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def write_folder(final: str | Path, kind: str, cfg_hash: Optional[str], write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` fills a temporary folder beside `final`; its manifest is added and it is renamed
+    into place, so `final` is the old folder or the complete new one, never half of one."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    write_manifest(tmp, kind, cfg_hash)
+    if final.is_symlink():
+        final.unlink()
+    publish_folder(tmp, final)
+    return final

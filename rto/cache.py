@@ -31,10 +31,11 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from rto.artifacts import write_manifest
+from rto.data.bundle import pairs_from_policy
 
 log = logging.getLogger(__name__)
 
-CACHED_STAGES = ("sft", "rm", "dpo")
+CACHED_STAGES = ("sft", "pairs", "rm", "dpo")
 
 
 def may_run_several_processes(trainer_cfg) -> bool:
@@ -42,8 +43,8 @@ def may_run_several_processes(trainer_cfg) -> bool:
     devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
     return not (devices in (1, "1") and nodes in (1, "1", None))
 # what each stage starts from (their keys enter its key) and the config sections that shape it
-UPSTREAM = {"sft": (), "rm": ("sft",), "dpo": ("sft",)}
-OWN_SECTIONS = {"sft": ("data", "model", "sft", "seed"), "rm": ("rm",), "dpo": ("dpo",)}
+UPSTREAM = {"sft": (), "pairs": ("sft",), "rm": ("sft",), "dpo": ("sft",)}
+OWN_SECTIONS = {"sft": ("data", "model", "sft", "seed"), "pairs": ("pairs",), "rm": ("rm",), "dpo": ("dpo",)}
 # keys that never change the weights: where to find a checkpoint, and what the trainer prints
 IGNORED = {"checkpoint"}
 TRAINER_COSMETIC = {"enable_progress_bar", "enable_model_summary", "enable_checkpointing",
@@ -52,6 +53,13 @@ TRAINER_COSMETIC = {"enable_progress_bar", "enable_model_summary", "enable_check
 CODE_DIRS = ("algos", "data", "models", "recipes", "stages", "tasks")
 CODE_FILES = ("context.py", "pipeline.py")
 MANIFEST = "manifest.json"
+
+
+def upstream_of(cfg: DictConfig, stage: str) -> tuple[str, ...]:
+    """The cached stages `stage` starts from: with pairs sampled from the SFT policy, the reward model
+    and DPO also start from the `pairs` stage, whose key then enters theirs."""
+    extra = ("pairs",) if stage in ("rm", "dpo") and pairs_from_policy(cfg) else ()
+    return UPSTREAM[stage] + extra
 
 
 def _strip(node: Any, ignored: set[str]) -> Any:
@@ -75,9 +83,9 @@ def stage_inputs(cfg: DictConfig, stage: str, code: Optional[str] = None) -> dic
     resolved = {name: OmegaConf.to_container(cfg[name], resolve=True) if isinstance(cfg[name], DictConfig)
                 else cfg[name] for name in OWN_SECTIONS[stage]}
     inputs: dict[str, Any] = {"stage": stage, **_strip(resolved, IGNORED)}
-    for upstream in UPSTREAM[stage]:
+    for upstream in upstream_of(cfg, stage):
         inputs[f"{upstream}_key"] = stage_key(cfg, upstream, code)
-    if not UPSTREAM[stage]:  # the root stage carries what every stage shares
+    if not upstream_of(cfg, stage):  # the root stage carries what every stage shares
         inputs["trainer"] = _strip(OmegaConf.to_container(cfg.trainer, resolve=True), TRAINER_COSMETIC)
         inputs["code"] = code or code_fingerprint()
     return inputs
@@ -92,7 +100,7 @@ def cacheable(cfg: DictConfig, stage: str) -> bool:
     """False when an upstream stage comes from `<upstream>.checkpoint`: the config does not describe
     those weights, so what is trained on them must not be published under a config key."""
     return stage in CACHED_STAGES and not any(
-        cfg[upstream].get("checkpoint") or not cacheable(cfg, upstream) for upstream in UPSTREAM[stage])
+        cfg[upstream].get("checkpoint") or not cacheable(cfg, upstream) for upstream in upstream_of(cfg, stage))
 
 
 class StageCache:

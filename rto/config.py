@@ -12,10 +12,13 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from rto.algos.rewards import REWARDS
+from rto.algos.advantages import GROUP_BASELINES
+from rto.algos.kl_control import KL_CONTROLLERS
+from rto.algos.losses import DPO_LOSSES
+from rto.algos.rewards import REWARDS, reward_variant
 from rto.errors import ConfigError, MachineError
 
-STAGES = ("all", "sft", "rm", "dpo", "ppo", "eval")
+STAGES = ("all", "sft", "pairs", "rm", "dpo", "ppo", "eval")
 KL_ESTIMATORS = ("k1", "k3")
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 HYDRA_NODES = ("hydra", "paths")  # filled in by Hydra for the job
@@ -86,11 +89,26 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.max_prompt_tokens": COUNT,
     "data.max_response_tokens": COUNT,
     "data.val_fraction": _number(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "sft.epochs": COUNT,
+    "sft.epochs": _integer(lambda v: v >= 0, "an integer >= 0 (0: the starting model is the reference)"),
     "sft.batch_size": COUNT,
+    "pairs.n_prompts": COUNT,
+    "pairs.temperature": POSITIVE,
+    "pairs.max_new_tokens": COUNT,
+    "pairs.batch_size": COUNT,
     "rm.epochs": COUNT,
     "rm.batch_size": COUNT,
     "dpo.beta": POSITIVE,
+    "dpo.loss": _one_of(DPO_LOSSES),
+    "dpo.simpo_gamma": NON_NEGATIVE,
+    "dpo.ipo_per_token": BOOL,
+    "algo.samples_per_prompt": COUNT,
+    "algo.kl_in": _one_of(("reward", "loss")),
+    "algo.group_baseline": _one_of(GROUP_BASELINES),
+    "algo.whiten_advantages": BOOL,
+    "algo.scale_by_std": BOOL,
+    "kl_ctl.name": _one_of(KL_CONTROLLERS),
+    "kl_ctl.target": POSITIVE,
+    "kl_ctl.horizon": POSITIVE,
     "dpo.epochs": COUNT,
     "dpo.batch_size": COUNT,
     "ppo.iterations": COUNT,
@@ -139,6 +157,32 @@ def lora_problems(cfg: DictConfig) -> list[str]:
                 continue
             if not check(node.get(sub)):
                 problems.append(f"{key}.{sub} must be {what}, got {node.get(sub)!r}")
+    return problems
+
+
+def learner_problems(cfg: DictConfig) -> list[str]:
+    """`algo.*` against the learner registry, the response budget, and a SimPO model as a reward source."""
+    from rto.recipes.rl import LEARNERS  # the registry imports the stages (and they this module)
+
+    problems, algo = [], cfg.get("algo")
+    if algo is not None:
+        if algo.get("name") not in LEARNERS:
+            return [f"algo.name must be one of {', '.join(LEARNERS)}, got {algo.get('name')!r}"]
+        k, least = algo.samples_per_prompt, LEARNERS[algo.name].min_samples_per_prompt
+        if k < least:
+            problems.append(f"algo={algo.name} compares each response with the prompt's other samples: "
+                            f"algo.samples_per_prompt must be >= {least}, got {k}")
+        ppo = cfg.get("ppo")
+        if ppo is not None and ppo.rollout_batch_size % k:
+            problems.append(f"ppo.rollout_batch_size ({ppo.rollout_batch_size}, sampled responses per rank) must be "
+                            f"a multiple of algo.samples_per_prompt ({k}): a prompt's samples stay together")
+    dpo_loss = OmegaConf.select(cfg, "dpo.loss", default="sigmoid")
+    runs_rl = cfg.get("stage") in ("all", "ppo", "eval") and "policy" in (OmegaConf.select(
+        cfg, "eval.policies", default=None) or ["policy"])
+    if dpo_loss == "simpo" and runs_rl and reward_variant(cfg.reward.name).uses_dpo:
+        problems.append(f"reward={cfg.reward.name} reads the DPO model's beta * log pi/pi_ref as its reward, "
+                        "which a reference-free SimPO model (dpo.loss=simpo) does not have: train SimPO as a "
+                        "baseline row (dpo=simpo eval.policies=[sft,dpo]) and RTO with dpo.loss=sigmoid or ipo")
     return problems
 
 
@@ -198,6 +242,7 @@ def validate(cfg: DictConfig) -> None:
                                  or not set(policies) <= {"sft", "dpo", "policy"}):
         problems.append(f"eval.policies must be a list of sft, dpo and policy that includes sft (the win-rate "
                         f"baseline), got {policies!r}")
+    problems += learner_problems(cfg) if not problems else []
     ppo = cfg.get("ppo")
     if ppo is not None and not problems and ppo.minibatch_size > ppo.rollout_batch_size:
         problems.append(

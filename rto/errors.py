@@ -36,6 +36,12 @@ class DataError(UserError, ValueError):
     kind = "data"
 
 
+class RunFolderError(UserError, FileNotFoundError):
+    """A folder handed to a command (`python -m rto.report`, ...) that holds no run of the kind it reads."""
+
+    kind = "folder"
+
+
 class CheckpointError(UserError):
     """A stage checkpoint that is missing or cannot be used."""
 

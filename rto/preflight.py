@@ -1,10 +1,11 @@
 """Before any training: does this machine have what the config asks for, and do the folders it
-names exist? A GPU trainer on a machine without one, or a checkpoint or judge folder that is not
-there, would otherwise fail minutes (or a whole training run) later, deep inside Lightning or at
-evaluation time."""
+names exist? A GPU trainer on a machine without one, a logger whose package is not installed, or a
+checkpoint or judge folder that is not there, would otherwise fail minutes (or a whole training run)
+later, deep inside Lightning or at evaluation time."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -14,6 +15,12 @@ from rto.errors import MachineError, MissingStageError, ModelError
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 CHECKPOINT_STAGES = ("sft", "rm", "dpo", "ppo")
+# the packages each tracker needs (the optional ones are extras of this project), and how to get them
+LOGGER_PACKAGES = {
+    "TensorBoardLogger": (("tensorboard", "tensorboardX"), 'pip install -e ".[tensorboard]"'),
+    "MLFlowLogger": (("mlflow",), 'pip install -e ".[mlflow]"'),
+    "WandbLogger": (("wandb",), "pip install wandb"),
+}
 
 
 def check_accelerator(cfg: DictConfig) -> None:
@@ -34,6 +41,15 @@ def check_accelerator(cfg: DictConfig) -> None:
                            f"set trainer.devices<={found} (or trainer.devices=auto)")
 
 
+def check_loggers(cfg: DictConfig) -> None:
+    """Every configured logger's package is installed (Lightning would only fail when it is first used)."""
+    for name, node in (cfg.get("logger") or {}).items():
+        target = str(node.get("_target_", "")) if OmegaConf.is_dict(node) else ""
+        modules, install = LOGGER_PACKAGES.get(target.rsplit(".", 1)[-1], ((), ""))
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            raise MachineError(f"logger.{name} needs the {modules[0]} package, which is not installed: {install}")
+
+
 def check_folders(cfg: DictConfig) -> None:
     """`<stage>.checkpoint` and `eval.judge`, when set, must be folders."""
     for stage in CHECKPOINT_STAGES:
@@ -49,4 +65,5 @@ def check_folders(cfg: DictConfig) -> None:
 
 def preflight(cfg: DictConfig) -> None:
     check_accelerator(cfg)
+    check_loggers(cfg)
     check_folders(cfg)

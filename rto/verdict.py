@@ -54,10 +54,15 @@ def overrides(settings: dict) -> list[str]:
 
 class Protocol:
     def __init__(self, out: Path, extra: list[str], trials: int, seeds: int, betas: list[float],
-                 more_seeds: int = 2, dry_run: bool = False):
-        self.out, self.extra, self.trials, self.seeds, self.betas = out, extra, trials, seeds, betas
+                 more_seeds: int = 2, dry_run: bool = False, jobs: int = 1):
+        self.out, self.trials, self.seeds, self.betas = out, trials, seeds, betas
+        self.jobs = jobs
+        # parallel jobs through the joblib launcher, one torch thread each: the embedded task's models are
+        # small enough that two one-thread processes finish sooner than one two-thread process
+        self.extra = ["launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "threads=1", *extra] if jobs > 1 else extra
         self.more_seeds, self.dry_run = more_seeds, dry_run
-        self.record: dict = {"trials": trials, "seeds": seeds, "betas": betas, "extra_overrides": extra,
+        self.record: dict = {"trials": trials, "seeds": seeds, "betas": betas, "jobs": jobs,
+                             "extra_overrides": extra,
                              "steps": [], "best": {}}
         if (out / "protocol.json").is_file():  # a later step of the same protocol: keep what is recorded
             earlier = json.loads((out / "protocol.json").read_text())
@@ -85,7 +90,9 @@ class Protocol:
 
     def tune(self, arm: str) -> dict:
         folder = self.multirun("tune", arm, [f"hparams_search={arm}", f"hydra.sweeper.n_trials={self.trials}",
-                                             f"hydra.sweeper.sampler.n_startup_trials={min(3, self.trials)}"])
+                                             f"hydra.sweeper.sampler.n_startup_trials={min(3, self.trials)}",
+                                             # trials in batches of `jobs` (the same for every arm)
+                                             f"hydra.sweeper.n_jobs={self.jobs}"])
         best = {} if self.dry_run else dict(OmegaConf.load(folder / "optimization_results.yaml").best_params)
         self.record["best"][arm] = best
         return best
@@ -158,18 +165,21 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="seeds added to every arm when RTO - PPO is within two standard errors of zero")
     parser.add_argument("--steps", default=",".join(STEPS),
                         help="which steps to run (a later step reads the tuned configs from <out>/protocol.json)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs in parallel (joblib launcher, one torch thread each; Optuna trials in batches)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="after --: overrides for every run (e.g. debug=tiny)")
     args = parser.parse_args(argv)
-    if args.trials < 1 or args.seeds < 2:
-        parser.error("--trials must be >= 1 and --seeds >= 2 (paired statistics need two seeds)")
+    if args.trials < 1 or args.seeds < 2 or args.jobs < 1:
+        parser.error("--trials and --jobs must be >= 1 and --seeds >= 2 (paired statistics need two seeds)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     betas = [float(b) for b in args.betas.split(",")]
     steps = tuple(args.steps.split(","))
     if not set(steps) <= set(STEPS):
         parser.error(f"--steps: choose among {', '.join(STEPS)}")
-    Protocol(args.out, args.overrides, args.trials, args.seeds, betas, args.more_seeds, args.dry_run).run(steps)
+    Protocol(args.out, args.overrides, args.trials, args.seeds, betas, args.more_seeds, args.dry_run,
+             args.jobs).run(steps)
     if not args.dry_run and not args.no_report:
         from rto.report import write_report
         write_report(args.out)

@@ -29,7 +29,7 @@ FINAL = ("eval/policy/gold_reward", "eval/policy/kl", "eval/policy/win_rate", "e
          "eval/sft/gold_reward")
 
 
-def build_report(entity: str, project: str, experiment: str, group_by: tuple[str, ...] = ("reward.name",)):
+def build_report(entity: str, project: str, experiment: str, group_by: tuple[str, ...] = ("algo.name", "reward.name")):
     """The report object (nothing is sent until `.save()`)."""
     import wandb_workspaces.reports.v2 as wr
 
@@ -71,7 +71,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--entity", required=True, help="W&B user or team")
     parser.add_argument("--project", default="rto")
     parser.add_argument("--experiment", default="ppo_vs_rto", help="experiment_name of the runs (their W&B group)")
-    parser.add_argument("--group-by", nargs="+", default=["reward.name"], help="config keys, e.g. reward.name beta")
+    parser.add_argument("--group-by", nargs="+", default=["algo.name", "reward.name"],
+                        help="config keys, e.g. algo.name reward.name beta")
     parser.add_argument("--dry-run", action="store_true", help="print the report spec instead of saving it")
     args = parser.parse_args(argv)
     report = build_report(args.entity, args.project, args.experiment, tuple(args.group_by))

@@ -16,9 +16,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def compose_config(*overrides: str, output_dir: Path, debug: str = "tiny") -> DictConfig:
+def compose_config(*overrides: str, output_dir: Path, debug: str | None = "tiny") -> DictConfig:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"debug={debug}", *overrides])
+        cfg = compose("config", overrides=[*([f"debug={debug}"] if debug else []), *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.cache_dir = str(Path(output_dir) / "cache")  # tests train their stages, not a stale cache's

@@ -27,7 +27,8 @@ def spec_path(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("work, overrides", [("ppo_token", []), ("dpo", ["dpo.precompute_ref=false"])])
+@pytest.mark.parametrize("work, overrides", [("ppo_token", []), ("dpo", ["dpo.precompute_ref=false"]),
+                                             ("grpo", []), ("rl", ["algo=reinforce_pp", "reward=token"])])
 def test_our_benchmark_worker_times_real_steps(spec_path, work, overrides):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, str(BENCH / "ours_worker.py"), work, str(spec_path), *overrides],

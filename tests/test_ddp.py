@@ -148,3 +148,71 @@ def test_ddp_nan_on_one_rank_skips_the_rollout_on_every_rank(ddp_run, tmp_path):
     # iteration 2 never logged as trained (Lightning repeats the last row for a step that logs nothing)
     assert set(logged(out, "ppo/iteration")) == {1.0} and set(logged(ddp_run, "ppo/iteration")) == {1.0, 2.0}
     assert (out / "checkpoints" / "ppo" / "model.safetensors").exists()
+
+
+ROW_SEEDED_SAMPLING = '''
+import hashlib
+import os
+import runpy
+
+import torch
+import torch.nn.functional as F
+
+import rto.stages.learner as learner
+
+sample, K, calls = learner.sample_responses, int(os.environ["RTO_TEST_K"]), []
+
+
+def row_seeded(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=1.0, generator=None,
+               return_logprobs=False):
+    """Each response drawn from its own stream, seeded by its prompt, its place j in the prompt's group
+    and the iteration: the same responses whichever rank (or how many ranks) samples them."""
+    calls.append(1)
+    rows = []
+    for i in range(prompt_ids.shape[0]):
+        real = prompt_mask[i].bool()
+        key = f"{prompt_ids[i][real].tolist()}/{i % K}/{len(calls)}".encode()
+        g = torch.Generator(device=prompt_ids.device).manual_seed(int(hashlib.sha256(key).hexdigest()[:12], 16))
+        rows.append(sample(model, prompt_ids[i:i + 1, -int(real.sum()):], prompt_mask[i:i + 1, -int(real.sum()):],
+                           max_new_tokens, eos_id, pad_id, temperature, g, return_logprobs=return_logprobs))
+    width = max(r[0].shape[1] for r in rows)
+    padded = [torch.cat([F.pad(r[n], (0, width - r[n].shape[1]), value=v) for r in rows])
+              for n, v in enumerate((pad_id, 0, 0.0)[:len(rows[0])])]
+    return tuple(padded)
+
+
+learner.sample_responses = row_seeded  # Lightning starts rank 1 by re-running this script: patched too
+runpy.run_module("rto.main", run_name="__main__")
+'''
+
+
+def test_ddp_grpo_matches_one_process(ddp_run, tmp_path):
+    """GRPO (k = 4, the KL as a k3 loss term, group mean/std baseline) on 2 ranks x 2 prompts against one
+    process with the 4 prompts: each prompt's group is sampled and normalised on one rank, reward
+    normalisation and the losses are global. Sampling at temperature 1 (a near-greedy group has no
+    spread to learn from), each response from a stream of its own (the script above), so both runs
+    draw the same responses."""
+    script = tmp_path / "row_seeded.py"
+    script.write_text(ROW_SEEDED_SAMPLING)
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "RTO_TEST_K": "4"}
+    common = [a for a in COMMON if not a.startswith("ppo.temperature")]
+
+    def run(out: Path, per_rank: int, *ddp: str) -> Path:
+        result = subprocess.run([sys.executable, str(script), *common, *ddp, *batches(per_rank), "stage=ppo",
+                                 "algo=grpo", "algo.samples_per_prompt=4", "ppo.val_every=null",
+                                 *from_ddp(ddp_run, "sft", "rm", "dpo"), f"hydra.run.dir={out}",
+                                 f"paths.cache_dir={out}/cache"],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return out
+
+    ddp = run(tmp_path / "ddp", 1, "trainer=ddp_cpu", "trainer.devices=2")
+    single = run(tmp_path / "single", 2)
+    # (not ppo/advantage_mean: a token mean per rank, averaged over ranks, is not the global token mean)
+    for key in ("ppo/score", "ppo/response_length", "ppo/gold_reward", "ppo/kl_k1", "ppo/dpo_reward",
+                "ppo/policy_loss", "ppo/kl_loss"):
+        assert logged(ddp, key) == pytest.approx(logged(single, key), rel=1e-4, abs=1e-6), key
+    assert len(logged(single, "ppo/score")) == 2
+    assert max_weight_diff(ddp, single, "ppo") < 1e-5
+    grpo, sft = weights(ddp, "ppo"), weights(ddp_run, "sft")
+    assert max(float((grpo[k] - sft[k]).abs().max()) for k in grpo) > 1e-4  # GRPO moved far more than that

@@ -13,6 +13,7 @@ from rto.algos.finite import NonFiniteError, check_finite
 from rto.algos.losses import dpo_loss, ppo_policy_loss, value_loss
 from rto.algos.masked import masked_mean, masked_sum, masked_whiten
 from rto.main import train
+from rto.stages import critic_free as critic_free_stage
 from rto.stages import ppo as ppo_stage
 from rto.stages import sft as sft_stage
 from tests.conftest import compose_config
@@ -67,9 +68,14 @@ def ppo_cfg(ckpt, out, *overrides):
                           output_dir=out)
 
 
-def nan_score_from_iteration(monkeypatch, first_bad: int):
-    """The reward model scores NaN from PPO iteration `first_bad` on."""
-    original, calls = ppo_stage.make_experience, []
+# where each kind of learner builds its experience: PPO's (with the critic) and the critic-free one
+EXPERIENCE = {"ppo": (ppo_stage, "make_experience"), "grpo": (critic_free_stage, "make_critic_free_experience")}
+
+
+def nan_score_from_iteration(monkeypatch, first_bad: int, learner: str = "ppo"):
+    """The reward model scores NaN from RL iteration `first_bad` on."""
+    module, name = EXPERIENCE[learner]
+    original, calls = getattr(module, name), []
 
     class NaNScores:
         def __init__(self, model):
@@ -83,7 +89,7 @@ def nan_score_from_iteration(monkeypatch, first_bad: int):
         if len(calls) >= first_bad:
             reward_model = NaNScores(reward_model)
         return original(rollout, reward_model=reward_model, **kwargs)
-    monkeypatch.setattr(ppo_stage, "make_experience", poisoned)
+    monkeypatch.setattr(module, name, poisoned)
 
 
 def test_nan_reward_stops_ppo_naming_step_tensor_and_last_good_checkpoint(upstream, tmp_path, monkeypatch):
@@ -93,10 +99,13 @@ def test_nan_reward_stops_ppo_naming_step_tensor_and_last_good_checkpoint(upstre
     assert not (tmp_path / "checkpoints" / "ppo").exists()  # nothing trained on NaN was published
 
 
-def test_nan_reward_with_skip_drops_the_rollout_and_trains_on(upstream, tmp_path, monkeypatch, caplog):
-    nan_score_from_iteration(monkeypatch, 2)
+@pytest.mark.parametrize("learner", list(EXPERIENCE))
+def test_nan_reward_with_skip_drops_the_rollout_and_trains_on(upstream, tmp_path, monkeypatch, caplog, learner):
+    """The guard lives in the loop every learner shares: PPO and a critic-free learner (GRPO) alike."""
+    nan_score_from_iteration(monkeypatch, 2, learner)
     with caplog.at_level(logging.WARNING):
-        train(ppo_cfg(upstream, tmp_path, "on_nonfinite=skip"))
+        train(ppo_cfg(upstream, tmp_path, "on_nonfinite=skip", f"algo={learner}",
+                      f"algo.samples_per_prompt={1 if learner == 'ppo' else 2}"))
     assert "skipping the batch: score is not finite at step 2" in caplog.text
     weights = load_file(str(tmp_path / "checkpoints" / "ppo" / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())

@@ -209,7 +209,7 @@ def test_ultrafeedback_with_lora_runs_every_stage(ultrafeedback_lora_run):
 
 def test_semi_rto_on_real_data_closes_segments_at_sentence_delimiters(assets, ultrafeedback_lora_run, tmp_path,
                                                                      monkeypatch):
-    import rto.pipeline
+    import rto.context
 
     calls = []
 
@@ -221,7 +221,7 @@ def test_semi_rto_on_real_data_closes_segments_at_sentence_delimiters(assets, ul
             return calls[-1][2]
         return record
 
-    monkeypatch.setattr(rto.pipeline, "segments_for", recording)
+    monkeypatch.setattr(rto.context, "segments_for", recording)
     ckpt = ultrafeedback_lora_run[0] / "checkpoints"
     train(real_cfg(assets, "ultrafeedback", "reward=semi", "stage=ppo", "ppo.iterations=1",
                    "model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}",

@@ -113,3 +113,35 @@ def test_an_encoder_reward_model_takes_the_plain_score(setup):
     args = (batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"])
     assert shared_prompt_forward(bert, batch) is None
     torch.testing.assert_close(model.score_pairs(*args), model.score(*args))
+
+
+def test_repeated_prompts_in_any_order_share_the_prompt(setup, make_cfg):
+    """A rollout with k samples per prompt, rows shuffled (an RL minibatch): each prompt runs once for
+    its rows; log-probs, scores and gradients equal the plain forward's."""
+    from rto.models.forward import repeated_prompt_rows
+    from rto.models.retokenize import RewardScorer
+
+    policy, pairs = setup
+    order = torch.tensor([4, 0, 2, 5, 1, 3])  # prompts 1, 0, 2, 2, 1, 0: each twice, not consecutive
+    batch = {k: v[order] for k, v in pairs.items() if k != "ref_logps"}
+    rows = repeated_prompt_rows(batch)
+    assert rows is not None and rows.unique().numel() == 3
+    assert (rows[[0, 4]].unique().numel(), rows[[1, 5]].unique().numel()) == (1, 1)
+    assert repeated_prompt_rows({k: v[:3] for k, v in pairs.items()}) is None  # no prompt repeats
+    plain, _ = policy_logprobs(policy, batch)
+    plain.sum().backward()
+    plain_grads = _grads(policy)
+    shared, _ = policy_logprobs(policy, batch, share_repeated=True)
+    shared.sum().backward()
+    shared_grads = _grads(policy)
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    data = load_data(make_cfg().data)
+    scorer = RewardScorer(ScalarHeadModel.from_causal_lm(policy), data.encoder, data.tokenizer)
+    args = {k: batch[k] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
+    calls = []
+    score_pairs = scorer.model.score_pairs
+    scorer.model.score_pairs = lambda *a, **k: calls.append(k["rows"]) or score_pairs(*a, **k)
+    torch.testing.assert_close(scorer.score(**args, share_repeated=True), scorer.score(**args), atol=1e-5, rtol=1e-5)
+    assert len(calls) == 1 and torch.equal(calls[0], rows)  # the shared path ran, once

@@ -180,3 +180,13 @@ def test_full_error_switch_shows_the_user_errors_traceback(tmp_path):
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "rto/config.py" in result.stderr
     assert "beta must be a number > 0" in result.stderr
+
+
+@pytest.mark.parametrize("make, named", [(lambda p: p / "missing", "is not a folder"),
+                                         (lambda p: p, "holds no finished job")])
+def test_report_on_a_folder_without_runs_is_one_short_message(tmp_path, make, named):
+    folder = make(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "rto.report", str(folder)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and named in result.stderr and str(folder) in result.stderr

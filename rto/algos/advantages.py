@@ -87,3 +87,76 @@ class RunningMoments:
         """``(x - mean) / std`` with the running statistics; masked slots 0 if a mask is given."""
         out = (x - self.mean) / (self.std + self.eps) if shift_mean else x / (self.std + self.eps)
         return out if mask is None else masked_fill_zero(out, mask)
+
+
+# ---- critic-free learners: returns-to-go and the learner's own baseline (docs/LEARNERS.md) ----------------
+# Rows come in groups of `group_size` consecutive samples of one prompt (the rollout repeats each prompt
+# k times). The group baselines read either the samples' episode returns (`episode`: the return from the
+# first token, the whole response's reward, KL included where it is in the reward) or their returns-to-go
+# from the same position (`position`; a sample that ended before position h has return 0 there).
+GROUP_BASELINES = ("episode", "position")
+
+
+@torch.no_grad()
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """``G_h = sum_{i >= h} gamma^(i-h) r_i`` over the real tokens of each row; masked slots 0 (and
+    skipped: the recursion carries over them, as in ``gae``, so NaN in padding is harmless)."""
+    mask = as_bool(mask)
+    rewards = masked_fill_zero(rewards, mask)
+    running = torch.zeros_like(rewards[:, 0])
+    out = torch.zeros_like(rewards)
+    for h in reversed(range(rewards.shape[1])):
+        value = rewards[:, h] + gamma * running
+        real = mask[:, h]
+        out[:, h] = torch.where(real, value, torch.zeros_like(value))
+        running = torch.where(real, value, running)
+    return out
+
+
+def episode_returns(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``G_1`` per row ``[B]``: the return-to-go at the first real token (0 for a row without one)."""
+    mask = as_bool(mask)
+    first = mask.long().argmax(dim=1, keepdim=True)  # the first True (0 when none, then masked out)
+    return masked_fill_zero(returns, mask).gather(1, first).squeeze(1)
+
+
+def _group_statistic(returns: torch.Tensor, mask: torch.Tensor, group_size: int, baseline: str) -> torch.Tensor:
+    """``[B / k, k, S]``: what the group baseline averages (S = 1 for `episode`, R for `position`)."""
+    if baseline not in GROUP_BASELINES:
+        raise ValueError(f"unknown group baseline {baseline!r}; expected one of {GROUP_BASELINES}")
+    if group_size < 2 or returns.shape[0] % group_size:
+        raise ValueError(f"a group baseline needs >= 2 samples per prompt and whole groups, got group_size="
+                         f"{group_size} for {returns.shape[0]} rows")
+    stat = episode_returns(returns, mask).unsqueeze(1) if baseline == "episode" else masked_fill_zero(returns, mask)
+    return stat.reshape(-1, group_size, stat.shape[1])
+
+
+@torch.no_grad()
+def no_baseline(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """REINFORCE++: ``A_h = G_h`` (its baseline is the global whitening that follows)."""
+    return masked_fill_zero(returns, mask)
+
+
+@torch.no_grad()
+def rloo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int,
+                    baseline: str = "episode") -> torch.Tensor:
+    """RLOO: ``A^j_h = G^j_h - mean_{i != j} b^i`` over the other k-1 samples of the prompt, with
+    ``b^i = G^i_1`` (`episode`) or ``b^i = G^i_h`` (`position`). Masked slots 0."""
+    grouped = _group_statistic(returns, mask, group_size, baseline)
+    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return masked_fill_zero(returns - others.reshape(returns.shape[0], -1), mask)
+
+
+@torch.no_grad()
+def grpo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int, baseline: str = "episode",
+                    scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO: ``A^j_h = (G^j_h - mean_group b) / (std_group b + eps)`` with ``b`` as in `rloo_advantages`
+    (the group's own sample included); std with Bessel's correction, as TRL and OpenRLHF take it.
+    ``scale=False`` leaves the std out (Dr. GRPO). Masked slots 0."""
+    grouped = _group_statistic(returns, mask, group_size, baseline)
+    mean = grouped.mean(dim=1, keepdim=True).expand_as(grouped).reshape(returns.shape[0], -1)
+    advantages = returns - mean
+    if scale:
+        std = grouped.std(dim=1, keepdim=True).expand_as(grouped).reshape(returns.shape[0], -1)
+        advantages = advantages / (std + eps)
+    return masked_fill_zero(advantages, mask)

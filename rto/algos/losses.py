@@ -1,4 +1,5 @@
-"""Losses of the pipeline: reward model (Bradley-Terry), DPO, PPO actor and critic."""
+"""Losses of the pipeline: reward model (Bradley-Terry), the DPO family (DPO, IPO, SimPO), the
+clipped policy loss every RL learner shares, PPO's critic loss and the KL loss term."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from rto.algos.masked import masked_fill_zero, masked_mean, masked_var
+from rto.algos.rewards import kl_penalty
+
+DPO_LOSSES = ("sigmoid", "ipo", "simpo")
 
 
 def bradley_terry_loss(
@@ -34,6 +38,52 @@ def dpo_loss(
     rejected_log_ratio = policy_rejected_logps - ref_rejected_logps
     loss = -F.logsigmoid(beta * (chosen_log_ratio - rejected_log_ratio)).mean()
     return loss, beta * chosen_log_ratio.detach(), beta * rejected_log_ratio.detach()
+
+
+def ipo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IPO (Azar et al. 2023): ``(h - 1/(2 tau))^2`` averaged, with ``h = log pi/pi_ref (y_w) - log
+    pi/pi_ref (y_l)`` and ``tau = beta``. With the lengths ``|y|`` each log-ratio is averaged over its
+    response's tokens first (TRL's form, which the IPO authors' results use); without, summed (the
+    paper's equation as written). Same returns as `dpo_loss`."""
+    chosen_log_ratio = policy_chosen_logps - ref_chosen_logps
+    rejected_log_ratio = policy_rejected_logps - ref_rejected_logps
+    if chosen_lengths is not None:
+        chosen_log_ratio = chosen_log_ratio / chosen_lengths.clamp(min=1).to(chosen_log_ratio.dtype)
+        rejected_log_ratio = rejected_log_ratio / rejected_lengths.clamp(min=1).to(rejected_log_ratio.dtype)
+    loss = (chosen_log_ratio - rejected_log_ratio - 1.0 / (2.0 * beta)).pow(2).mean()
+    return loss, beta * chosen_log_ratio.detach(), beta * rejected_log_ratio.detach()
+
+
+def simpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    rejected_lengths: torch.Tensor,
+    beta: float,
+    gamma: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SimPO (Meng et al. 2024), reference-free: ``-log sigmoid(beta/|y_w| log pi(y_w|x) - beta/|y_l|
+    log pi(y_l|x) - gamma)`` averaged (``|y|``: real response tokens). Returns ``(loss,
+    chosen_rewards, rejected_rewards)`` with SimPO's rewards ``beta/|y| log pi(y|x)`` detached."""
+    chosen = beta * policy_chosen_logps / chosen_lengths.clamp(min=1).to(policy_chosen_logps.dtype)
+    rejected = beta * policy_rejected_logps / rejected_lengths.clamp(min=1).to(policy_rejected_logps.dtype)
+    loss = -F.logsigmoid(chosen - rejected - gamma).mean()
+    return loss, chosen.detach(), rejected.detach()
+
+
+def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """The KL to the reference as a loss term (GRPO's place for it), token-mean over real tokens:
+    ``mean_h k(pi, pi_ref)`` with the `kl_penalty` estimator `kind` (GRPO: k3, ``rho - 1 - log rho``
+    with ``rho = pi_ref / pi``), differentiable in ``logprobs``."""
+    return masked_mean(kl_penalty(logprobs, ref_logprobs, mask, kind), mask)
 
 
 def ppo_policy_loss(

@@ -14,7 +14,8 @@ from rto.data.collate import Encoder
 from rto.data.preference_data import load_preference_data
 from rto.data.validate import check_set_sizes, validate_bundle
 from rto.errors import ConfigError
-from rto.tasks.embedded import EmbeddedTask, build_tokenizer, gold_rewards, optimal_rewards
+from rto.tasks.embedded import EmbeddedTask, build_tokenizer, gold_rewards, gold_token_rewards, optimal_rewards
+from rto.tasks.sentiment.source import load_sentiment
 
 
 def load_embedded(data_cfg: DictConfig) -> DataBundle:
@@ -47,6 +48,7 @@ def load_embedded(data_cfg: DictConfig) -> DataBundle:
         val_prompts=task.prompts("val"),
         test_prompts=task.prompts("test"),
         gold=lambda prompts, responses: np.asarray(gold_rewards(prompts, responses), dtype=float),
+        gold_tokens=gold_token_rewards,
         optimum=optimal_rewards,
     )
 
@@ -55,6 +57,7 @@ def load_embedded(data_cfg: DictConfig) -> DataBundle:
 SOURCES: dict[str, Callable[[DictConfig, Optional[PreTrainedTokenizerBase]], DataBundle]] = {
     "embedded": lambda data_cfg, tokenizer: load_embedded(data_cfg),  # the task brings its own tokenizer
     "preferences": load_preference_data,
+    "sentiment": load_sentiment,  # prompts and gold; the pairs come from the `pairs` stage
 }
 
 

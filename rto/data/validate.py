@@ -192,7 +192,7 @@ def check_set_sizes(bundle, data_cfg) -> None:
     went well."""
     for field in dataclasses.fields(bundle):
         rows = getattr(bundle, field.name)
-        if not isinstance(rows, list) or field.name in OPTIONAL_SETS:
+        if not isinstance(rows, list) or field.name in OPTIONAL_SETS or field.name in getattr(bundle, "deferred", ()):
             continue
         need = MIN_ROWS.get(field.name, 1)
         if len(rows) >= need:

@@ -5,7 +5,9 @@ mask so that left padding does not shift positions.
 
 Preference pairs (`PairCollator`: chosen rows, then rejected rows, each prompt twice) can run
 each prompt once and both responses on its cached keys and values (`shared_prompt_forward`):
-the same numbers, with the prompt's forward and backward done once instead of twice.
+the same numbers, with the prompt's forward and backward done once instead of twice. A rollout
+with k samples per prompt does the same for each prompt's k responses, in any row order
+(`repeated_prompt_rows`).
 """
 
 from __future__ import annotations
@@ -68,28 +70,52 @@ def holds_pairs(batch: dict) -> bool:
             and torch.equal(mask[:half], mask[half:]))
 
 
-def shared_prompt_forward(model, batch: dict, logits: bool = False) -> Optional[tuple[Any, Any, Tensor]]:
-    """Each prompt of a pair batch once, then all `2B` responses on its cached keys and values.
+def repeated_prompt_rows(batch: dict) -> Optional[Tensor]:
+    """For a batch whose prompts repeat (k samples per prompt, rows in any order): each row's index
+    among the distinct prompts `[N]`; None when no prompt repeats, or a prompt has no real token in
+    the last column (not left-padded), where the plain forward is the one to run."""
+    ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+    if ids.shape[0] < 2 or not bool(mask[:, -1].all()):
+        return None
+    distinct, rows = torch.unique(torch.cat([ids, mask.long()], dim=1), dim=0, return_inverse=True)
+    return rows if distinct.shape[0] < ids.shape[0] else None
 
-    Returns `(prompt output [B], response output [2B], rows)`, `rows` mapping each of the `2B`
-    rows to its prompt, or None where this cannot be done (not a pair batch, gradient
-    checkpointing, a model without a selectable cache): the caller then does the plain forward.
-    Gradients through the cache reach the prompt from both responses, as in the plain forward. In
-    train mode with dropout, the chosen and rejected rows share the prompt's dropout mask.
+
+def first_rows(rows: Tensor) -> Tensor:
+    """The first row of each distinct prompt `[U]` (`rows` maps rows to prompts 0..U-1)."""
+    n = rows.shape[0]
+    first = torch.full((int(rows.max()) + 1,), n, dtype=torch.long, device=rows.device)
+    return first.scatter_reduce(0, rows, torch.arange(n, device=rows.device), reduce="amin")
+
+
+def shared_prompt_forward(model, batch: dict, logits: bool = False,
+                          rows: Optional[Tensor] = None) -> Optional[tuple[Any, Any, Tensor]]:
+    """Each prompt once, then every row's response on its prompt's cached keys and values: a pair
+    batch's `B` prompts for its `2B` rows, or, given `rows` (`repeated_prompt_rows`), each distinct
+    prompt of a batch whose prompts repeat.
+
+    Returns `(prompt output [U], response output [N], rows)`, `rows` mapping each of the `N` rows
+    to its prompt, or None where this cannot be done (not a pair batch, gradient checkpointing, a
+    model without a selectable cache): the caller then does the plain forward. Gradients through the
+    cache reach the prompt from every response, as in the plain forward. In train mode with dropout,
+    the rows of one prompt share the prompt's dropout mask.
     `logits`: a causal LM (the prompt's logits at its last position only, the responses' at all).
     """
-    if not holds_pairs(batch) or _checkpointing(model) or not causal_attention_only(model):
+    if rows is None:
+        if not holds_pairs(batch):
+            return None
+        rows = torch.arange(batch["prompt_ids"].shape[0] // 2, device=batch["prompt_ids"].device).repeat(2)
+    if _checkpointing(model) or not causal_attention_only(model):
         return None
-    half = batch["prompt_ids"].shape[0] // 2
-    prompt_mask = batch["prompt_mask"][:half].long()
-    prompt_out = model(input_ids=batch["prompt_ids"][:half], attention_mask=prompt_mask,
+    firsts = first_rows(rows)
+    prompt_mask = batch["prompt_mask"][firsts].long()
+    prompt_out = model(input_ids=batch["prompt_ids"][firsts], attention_mask=prompt_mask,
                        position_ids=shift_positions(prompt_mask),
                        use_cache=True, **({"logits_to_keep": 1} if logits else {}))
     cache = cache_of(prompt_out)
     if cache is None or not _selectable(cache):
         return None
-    rows = torch.arange(half, device=prompt_mask.device).repeat(2)
-    cache.batch_select_indices(rows)  # chosen rows then rejected rows, as in the batch
+    cache.batch_select_indices(rows)  # one copy of its prompt's keys and values per row, in the batch's order
     response_ids, response_mask = batch["response_ids"], batch["response_mask"].long()
     # response token t sits at position (real prompt tokens) + t, as in `sequence_inputs`
     start = prompt_mask.sum(dim=1, keepdim=True)[rows]
@@ -110,9 +136,10 @@ def response_forward(model, prompt_ids: Tensor, prompt_mask: Tensor, response_id
     return logits[:, :-1].float()
 
 
-def pair_response_forward(model, batch: dict) -> Tensor:
-    """`response_forward` for a pair batch, each prompt run once (falls back to the plain forward)."""
-    shared = shared_prompt_forward(model, batch, logits=True)
+def pair_response_forward(model, batch: dict, rows: Optional[Tensor] = None) -> Tensor:
+    """`response_forward` for a pair batch (or, with `rows`, a batch whose prompts repeat), each
+    prompt run once (falls back to the plain forward)."""
+    shared = shared_prompt_forward(model, batch, logits=True, rows=rows)
     if shared is None:
         return response_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
                                 batch["response_mask"])
@@ -122,13 +149,15 @@ def pair_response_forward(model, batch: dict) -> Tensor:
 
 
 def policy_logprobs(model, batch: dict, share_prompt: bool = False,
-                    temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+                    temperature: float = 1.0, share_repeated: bool = False) -> tuple[Tensor, Tensor]:
     """`(logprobs [B, R], logits [B, R, V])` of the batch's response tokens under `model`;
-    masked slots of `logprobs` are exactly 0. `share_prompt`: a pair batch runs each prompt once.
+    masked slots of `logprobs` are exactly 0. `share_prompt`: a pair batch runs each prompt once;
+    `share_repeated`: a batch whose prompts repeat (k samples per prompt) runs each prompt once.
     `temperature`: the distribution `softmax(logits / T)` that sampling at T draws from (the
     returned logits are divided by T too); the RL loop reads every model at the sampling T."""
-    if share_prompt:
-        logits = pair_response_forward(model, batch)
+    rows = repeated_prompt_rows(batch) if share_repeated else None
+    if share_prompt or rows is not None:
+        logits = pair_response_forward(model, batch, rows)
     else:
         logits = response_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
                                   batch["response_mask"])

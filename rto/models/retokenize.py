@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from rto.data.collate import Encoder, encode_prompts, right_pad
 from rto.data.preference_formats import Prompt
 from rto.errors import TokenizerMismatchError
+from rto.models.forward import repeated_prompt_rows
 from rto.models.scalar_head import ScalarHeadModel
 
 log = logging.getLogger(__name__)
@@ -75,13 +76,17 @@ class RewardScorer(nn.Module):
 
     @torch.no_grad()
     def score(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
-              prompt_text: Optional[list[Prompt]] = None) -> Tensor:
-        if not self.retokenize:
-            return self.model.score(prompt_ids, prompt_mask, response_ids, response_mask)
-        if not prompt_text:
-            raise ValueError("re-tokenizing for the reward model needs the prompts' text")
-        device = response_ids.device
-        batch = encode_prompts(self.encoder, list(prompt_text))
-        ids, mask = right_pad(self.response_ids(response_ids, response_mask), self.encoder.pad_id)
-        return self.model.score(batch["prompt_ids"].to(device), batch["prompt_mask"].to(device),
-                                ids.to(device), mask.to(device))
+              prompt_text: Optional[list[Prompt]] = None, share_repeated: bool = False) -> Tensor:
+        """`share_repeated`: a batch whose prompts repeat (k samples per prompt) runs each prompt once."""
+        if self.retokenize:
+            if not prompt_text:
+                raise ValueError("re-tokenizing for the reward model needs the prompts' text")
+            device = response_ids.device
+            batch = encode_prompts(self.encoder, list(prompt_text))
+            ids, mask = right_pad(self.response_ids(response_ids, response_mask), self.encoder.pad_id)
+            prompt_ids, prompt_mask = batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)
+            response_ids, response_mask = ids.to(device), mask.to(device)
+        rows = repeated_prompt_rows({"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}) if share_repeated else None
+        if rows is not None:
+            return self.model.score_pairs(prompt_ids, prompt_mask, response_ids, response_mask, rows=rows)
+        return self.model.score(prompt_ids, prompt_mask, response_ids, response_mask)

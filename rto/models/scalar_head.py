@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -63,12 +64,13 @@ class ScalarHeadModel(nn.Module):
         return values.gather(1, last.unsqueeze(1)).squeeze(1)
 
     def score_pairs(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
-                    response_mask: Tensor) -> Tensor:
-        """`score` for a pair batch (chosen rows, then rejected rows): each prompt runs once and
-        both responses read its cached keys and values. Falls back to `score` for other batches."""
+                    response_mask: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        """`score` for a pair batch (chosen rows, then rejected rows), or, given `rows`
+        (`repeated_prompt_rows`), a batch whose prompts repeat: each prompt runs once and its
+        responses read its cached keys and values. Falls back to `score` for other batches."""
         batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
                  "response_mask": response_mask}
-        shared = shared_prompt_forward(self.backbone, batch)
+        shared = shared_prompt_forward(self.backbone, batch, rows=rows)
         if shared is None:
             return self.score(prompt_ids, prompt_mask, response_ids, response_mask)
         prompt_out, response_out, rows = shared

@@ -5,11 +5,12 @@ steps live in `rto.stages`; see docs/EXTENDING.md for adding a stage or a learne
 from rto.recipes.base import StageRecipe, Upstream
 from rto.recipes.dpo import DPORecipe
 from rto.recipes.evaluation import EvaluationRecipe
+from rto.recipes.pairs import PairsRecipe
 from rto.recipes.reward_model import RewardModelRecipe
 from rto.recipes.rl import LEARNERS, RLRecipe
 from rto.recipes.sft import SFTRecipe
 
 RECIPES: dict[str, StageRecipe] = {recipe.name: recipe for recipe in (
-    SFTRecipe(), RewardModelRecipe(), DPORecipe(), RLRecipe(), EvaluationRecipe())}
+    SFTRecipe(), PairsRecipe(), RewardModelRecipe(), DPORecipe(), RLRecipe(), EvaluationRecipe())}
 
 __all__ = ["RECIPES", "LEARNERS", "StageRecipe", "Upstream"]

@@ -1,4 +1,5 @@
-"""DPO from pi_ref on the preference pairs -> pi_dpo (a baseline, and RTO's token-reward source)."""
+"""DPO from pi_ref on the preference pairs -> pi_dpo (a baseline, and RTO's token-reward source).
+`dpo.loss=ipo|simpo` trains a DPO-family baseline in its place (`conf/dpo/{ipo,simpo}.yaml`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from hydra.utils import instantiate
 
 from rto.data import PairCollator
 from rto.models import load_policy
+from rto.data.bundle import pairs_from_policy
 from rto.recipes.base import StageRecipe
 from rto.stages import DPOModule
 from rto.stages.dpo import with_reference_logps
@@ -17,7 +19,7 @@ class DPORecipe(StageRecipe):
     seed_offset = 2
 
     def needs(self, cfg):
-        return ("sft",)
+        return ("sft",) + (("pairs",) if pairs_from_policy(cfg) else ())  # pairs sampled from SFT: a stage
 
     def train(self, ctx, upstream):
         cfg = ctx.cfg.dpo
@@ -25,10 +27,12 @@ class DPORecipe(StageRecipe):
         policy = load_policy(upstream.path("sft"), ctx.cfg.model)  # a trainable copy; sft stays the reference
         collate = PairCollator(ctx.data.encoder)
         train_pairs = ctx.data.train_pairs
-        if cfg.precompute_ref:
+        if cfg.precompute_ref and cfg.loss != "simpo":  # SimPO reads no reference
             train_pairs = with_reference_logps(sft, train_pairs, collate, cfg.batch_size, cfg.share_prompt)
         val = ctx.loader(ctx.data.val_pairs, collate, cfg.batch_size, shuffle=False) if ctx.data.val_pairs else None
-        ctx.fit(self, DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt),
+        module = DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt,
+                           loss=cfg.loss, simpo_gamma=cfg.simpo_gamma, ipo_per_token=cfg.ipo_per_token)
+        ctx.fit(self, module,
                 lambda: (ctx.loader(train_pairs, collate, cfg.batch_size, shuffle=True), val),
                 max_epochs=cfg.epochs)
         return policy

@@ -1,18 +1,30 @@
 """Evaluation on held-out prompts (`eval.prompt_set`: test, or val for tuning) of every policy the job produced (SFT, DPO, the RL policy): the
-table, the metrics and sample generations, written by the output writer. Runs on rank 0."""
+table, the metrics and sample generations, written by the output writer; where the job has a DPO
+model and the task a per-word gold reward, the credit-assignment metric (`rto.credit`). Runs on rank 0."""
 
 from __future__ import annotations
 
 import time
 
+from rto.credit import credit_on_texts
 from rto.evaluation import evaluate, format_table
 from rto.models.reward import judge_scorer
 from rto.outputs import OutputWriter
 from rto.recipes.base import StageRecipe
+from rto.recipes.rl import LEARNERS, learner_name
 
 POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)"}
+DPO_LABELS = {"sigmoid": "DPO", "ipo": "IPO", "simpo": "SimPO"}
 # the stage whose model each evaluated policy is
 POLICY_STAGES = {"sft": "sft", "dpo": "dpo", "policy": "ppo"}
+
+
+def policy_label(cfg) -> str:
+    """The RL policy's row: `PPO (sentence)` and `RTO (token)` for the paper's learner, else `<learner> (<reward>)`."""
+    reward, algo = cfg.reward.name, learner_name(cfg)
+    if algo == "ppo":
+        return POLICY_LABELS.get(reward, f"PPO ({reward})")
+    return f"{LEARNERS[algo].label} ({reward})"
 
 
 class EvaluationRecipe(StageRecipe):
@@ -33,11 +45,15 @@ class EvaluationRecipe(StageRecipe):
         results, samples = evaluate(policies, upstream["sft"], ctx.scorer(upstream["rm"]), prompts, ctx.data.encoder,
                                     cfg, ctx.decode, ctx.data.gold, judge, optimum=ctx.data.optimum)
         ctx.metrics["time/eval_seconds"] = time.perf_counter() - start
-        reward = ctx.cfg.reward.name
-        table = format_table(results, {"sft": "SFT", "dpo": "DPO",
-                                       "policy": POLICY_LABELS.get(reward, f"PPO ({reward})")})
+        table = format_table(results, {"sft": "SFT", "dpo": DPO_LABELS[ctx.cfg.dpo.loss], "policy": policy_label(ctx.cfg)})
         for name, result in results.items():
             ctx.metrics.update({f"eval/{name}/{k}": v for k, v in result.items()})
+        dpo = upstream.get("dpo")
+        if dpo is not None and ctx.data.gold_tokens is not None:
+            # DPO's token rewards against the gold per-word rewards, on the SFT policy's responses
+            credit = credit_on_texts(dpo, upstream["sft"], samples["sft"].prompts, samples["sft"].responses,
+                                     ctx.data.encoder, ctx.data.gold_tokens, cfg.batch_size, ctx.cfg.ppo.temperature)
+            ctx.metrics.update({f"eval/credit/{k}": v for k, v in credit.items()})
         n = cfg.n_samples_saved
         rows = [{"policy": name, "prompt": ctx.prompt_text(p), "response": r,
                  "gold": None if s.gold is None else float(s.gold[i]), "rm_score": float(s.rm_score[i]),

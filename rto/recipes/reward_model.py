@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from rto.data import PairCollator
 from rto.models import ScalarHeadModel
 from rto.models.reward import new_reward_model
+from rto.data.bundle import pairs_from_policy
 from rto.recipes.base import StageRecipe
 from rto.stages import RewardModelModule
 
@@ -22,7 +23,7 @@ class RewardModelRecipe(StageRecipe):
     seed_offset = 1
 
     def needs(self, cfg):
-        return ("sft",)
+        return ("sft",) + (("pairs",) if pairs_from_policy(cfg) else ())  # pairs sampled from SFT: a stage
 
     def module(self, ctx, model) -> RewardModelModule:
         cfg = ctx.cfg.rm

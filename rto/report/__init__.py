@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from rto.errors import RunFolderError
 from rto.report.multirun import write_multirun_report
 from rto.report.verdict import write_verdict_report
 
@@ -18,7 +19,7 @@ from rto.report.verdict import write_verdict_report
 def write_report(folder: Path, out: Optional[Path] = None) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder (expected a multirun folder, outputs/<task>/multiruns/<time>, "
+        raise RunFolderError(f"{folder} is not a folder (expected a multirun folder, outputs/<task>/multiruns/<time>, "
                                 f"or the output of python -m rto.verdict)")
     out = Path(out) if out else folder / "report"
     if (folder / "protocol.json").is_file():

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from rto.errors import UserError
 from rto.report import __doc__ as DOC
 from rto.report import write_report
 
@@ -18,7 +19,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out", type=Path, help="where to write (default: <folder>/report)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    write_report(args.folder, args.out)
+    try:
+        write_report(args.folder, args.out)
+    except UserError as err:  # the folder holds no run: one line, no traceback (our own bugs keep theirs)
+        parser.exit(1, f"Error ({err.kind}): {err}\n")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rto.errors import RunFolderError
+
 log = logging.getLogger(__name__)
 
 CURVE_X, CURVE_Y = "ppo/iteration", "ppo/gold_reward"
@@ -73,5 +75,5 @@ def load_jobs(folder: Path, required: bool = True) -> list[Job]:
         jobs.append(Job(job_dir, OmegaConf.load(config), json.loads((job_dir / "metrics.json").read_text()),
                         curve, val))
     if not jobs and required:
-        raise FileNotFoundError(f"{folder} holds no finished job (<job>/.hydra/config.yaml and <job>/metrics.json)")
+        raise RunFolderError(f"{folder} holds no finished job (<job>/.hydra/config.yaml and <job>/metrics.json)")
     return jobs

@@ -5,10 +5,12 @@
 Reads each job's `.hydra/config.yaml` (reward, beta, model, seed), `metrics.json` (final evaluation)
 and `csv/metrics.csv` (one row per PPO iteration), and writes
 - `report.md`: final gold reward, KL, win rate and RM score, mean ± standard error over seeds, per
-  reward type, beta and model (with the SFT and DPO policies of the same jobs as references);
+  learner and reward type, beta and model (with the SFT and DPO-family policies of the same jobs as
+  references), and the sample efficiency: validation gold reward against the sampled responses;
 - `gold_vs_steps.png`: rollout gold reward against PPO iterations, one line per group;
 - `frontier.png`: final gold reward against KL to the reference, one point per beta (the frontier);
-- `summary.json`: the numbers behind the table.
+- `summary.json`: the numbers behind the table;
+- links to the jobs' token pages (`python -m rto.tokens <job>`), where they have one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
@@ -23,25 +26,44 @@ from typing import Optional
 import numpy as np
 
 from rto.report.jobs import Job, load_jobs
+from rto.report.jobs import VAL_X
 from rto.report.stats import mean_se
 
 log = logging.getLogger(__name__)
 
 POLICY_LABELS = {"sentence": "PPO (sentence)", "token": "RTO (token)", "ddpo": "DDPO", "semi": "Semi-RTO",
                  "semi_window": "Semi-RTO (window)", "shaping": "RS-PPO"}
+# the RL learner (`algo=`) and the DPO-family loss (`dpo.loss`) name the rows; PPO keeps the paper's names
+LEARNER_LABELS = {"reinforce_pp": "REINFORCE++", "rloo": "RLOO", "grpo": "GRPO"}
+DPO_LABELS = {"sigmoid": "DPO", "ipo": "IPO", "simpo": "SimPO"}
+BUDGET_FRACTIONS = (0.25, 0.5, 1.0)
 COLUMNS = {"gold_reward": "gold reward", "kl": "KL to ref", "win_rate": "win rate vs SFT", "tie_rate": "ties",
            "rm_score": "RM score"}
+TOKEN_PAGE = "tokens.html"  # rto.tokens' page, linked where a job has one
+
+
+def policy_label(job: Job) -> str:
+    """`PPO (sentence)`, `RTO (token)`, ... for PPO; `<learner> (<reward>)` for the other learners."""
+    algo = str(job.get("algo.name", "ppo"))
+    if algo == "ppo":
+        return POLICY_LABELS.get(job.reward, job.reward)
+    return f"{LEARNER_LABELS.get(algo, algo)} ({job.reward})"
+
+
+def reference_label(job: Job, ref: str) -> str:
+    return DPO_LABELS.get(str(job.get("dpo.loss", "sigmoid")), "DPO") if ref == "dpo" else ref.upper()
 
 
 def summarize(jobs: list[Job]) -> list[dict]:
-    """One row per (policy, beta, model): the PPO policy per reward type, then SFT and DPO as references."""
+    """One row per (policy, beta, model): the RL policy per learner and reward type, then SFT and the
+    DPO family as references."""
     groups: dict[tuple, dict[int, dict[str, float]]] = defaultdict(dict)
     for job in jobs:
         if "eval/policy/kl" in job.metrics:  # a job that ran RL (`eval.policies` may leave it out)
-            groups[(POLICY_LABELS.get(job.reward, job.reward), "policy", job.beta, job.model)][job.seed] = job.metrics
+            groups[(policy_label(job), "policy", job.beta, job.model)][job.seed] = job.metrics
         for ref in ("sft", "dpo"):  # the jobs that evaluated them; one value per seed
             if f"eval/{ref}/kl" in job.metrics:
-                groups[(ref.upper(), ref, job.beta, job.model)].setdefault(job.seed, job.metrics)
+                groups[(reference_label(job, ref), ref, job.beta, job.model)].setdefault(job.seed, job.metrics)
     rows = []
     for (label, prefix, beta, model), by_seed in groups.items():
         row = {"policy": label, "beta": beta, "model": model, "seeds": sorted(by_seed)}
@@ -50,7 +72,7 @@ def summarize(jobs: list[Job]) -> list[dict]:
             if values:
                 row[key], row[f"{key}_se"] = mean_se(values)
         rows.append(row)
-    order = {"SFT": 0, "DPO": 1}
+    order = {"SFT": 0, **{label: 1 for label in DPO_LABELS.values()}}
     return sorted(rows, key=lambda r: (r["model"], r["beta"], order.get(r["policy"], 2), r["policy"]))
 
 
@@ -77,14 +99,14 @@ def plot_curves(jobs: list[Job], path: Path) -> None:
     by_group: dict[tuple, list[dict[int, float]]] = defaultdict(list)
     for job in jobs:
         if job.curve:
-            by_group[(job.reward, job.beta, job.model)].append(job.curve)
+            by_group[(policy_label(job), job.beta, job.model)].append(job.curve)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for (reward, beta, model), curves in sorted(by_group.items()):
+    for (label, beta, model), curves in sorted(by_group.items()):
         steps = sorted(set().union(*curves))
         stats = [mean_se([c[s] for c in curves if s in c]) for s in steps]
         mean = np.array([m for m, _ in stats])
         se = np.nan_to_num(np.array([e for _, e in stats]))
-        line, = ax.plot(steps, mean, label=f"{POLICY_LABELS.get(reward, reward)} beta={beta:g} {model} (n={len(curves)})")
+        line, = ax.plot(steps, mean, label=f"{label} beta={beta:g} {model} (n={len(curves)})")
         ax.fill_between(steps, mean - se, mean + se, color=line.get_color(), alpha=0.2)
     ax.set(xlabel="PPO iteration", ylabel="gold reward of the rollout", title="Gold reward during RL (mean ± s.e. over seeds)")
     ax.grid(alpha=0.3)
@@ -125,6 +147,28 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def efficiency_table(jobs: list[Job]) -> str:
+    """Validation gold reward (mean ± s.e. over seeds) after a share of the sampled-response budget:
+    learners that sample the same responses per iteration compare at equal RL data."""
+    by_group: dict[tuple, list[list[dict]]] = defaultdict(list)
+    for job in jobs:
+        if job.val_curve and "val/gold_reward" in job.val_curve[-1]:
+            by_group[(policy_label(job), job.beta, job.model)].append(job.val_curve)
+    if not by_group:
+        return ""
+    lines = ["| policy | beta | model | " + " | ".join(f"val gold at {f:.0%} of responses" for f in BUDGET_FRACTIONS)
+             + " |", "|---" * (3 + len(BUDGET_FRACTIONS)) + "|"]
+    for (label, beta, model), curves in sorted(by_group.items()):
+        cells = []
+        for fraction in BUDGET_FRACTIONS:  # the last point at or before that share of each run's budget
+            values = [[p for p in c if p[VAL_X] <= fraction * c[-1][VAL_X]][-1]["val/gold_reward"] for c in curves]
+            cells.append(_fmt(*mean_se(values)))
+        lines.append(f"| {label} | {beta:g} | {model} | " + " | ".join(cells) + " |")
+    budget = sorted({c[-1][VAL_X] for curves in by_group.values() for c in curves})
+    return ("Sample efficiency: validation gold reward after a share of the sampled responses (budget "
+            f"{', '.join(f'{b:g}' for b in budget)} responses).\n\n" + "\n".join(lines))
+
+
 def prompt_sets(jobs: list[Job]) -> str:
     """Which prompt set the jobs' final evaluation read, in words."""
     names = {"test": "test prompts", "val": "validation prompts"}
@@ -132,19 +176,28 @@ def prompt_sets(jobs: list[Job]) -> str:
     return " and ".join(names.get(s, s) for s in sets)
 
 
+def token_pages(jobs: list[Job], out: Path) -> str:
+    """Links to the jobs' token pages (`python -m rto.tokens <job>` writes `<job>/tokens.html`)."""
+    links = [f"- [{job.folder.name}: {POLICY_LABELS.get(job.reward, job.reward)}, beta={job.beta:g}, {job.model}, "
+             f"seed {job.seed}]({os.path.relpath(job.folder / TOKEN_PAGE, out)})"
+             for job in jobs if (job.folder / TOKEN_PAGE).is_file()]
+    return "\n## Token pages\n\nEvery response token coloured by its reward:\n\n" + "\n".join(links) + "\n" if links else ""
+
+
 def write_multirun_report(folder: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     jobs = load_jobs(folder)
     rows = summarize(jobs)
-    table = markdown_table(rows)
+    table, efficiency = markdown_table(rows), efficiency_table(jobs)
     (out / "report.md").write_text(
         f"# {folder.name}: {len(jobs)} runs\n\nFinal evaluation on {prompt_sets(jobs)}, mean ± standard error "
-        f"over seeds.\n\n{table}\n\n![gold reward during RL](gold_vs_steps.png)\n\n![frontier](frontier.png)\n")
+        f"over seeds.\n\n{table}\n\n{efficiency}\n\n![gold reward during RL](gold_vs_steps.png)\n\n"
+        f"![frontier](frontier.png)\n" + token_pages(jobs, out))
     (out / "summary.json").write_text(json.dumps(
-        {"rows": rows, "jobs": [{"folder": str(j.folder), "reward": j.reward, "beta": j.beta, "model": j.model,
-                                 "seed": j.seed} for j in jobs]}, indent=2) + "\n")
+        {"rows": rows, "jobs": [{"folder": str(j.folder), "algo": str(j.get("algo.name", "ppo")), "reward": j.reward,
+                                 "beta": j.beta, "model": j.model, "seed": j.seed} for j in jobs]}, indent=2) + "\n")
     plot_curves(jobs, out / "gold_vs_steps.png")
     plot_frontier(rows, out / "frontier.png")
-    print(table)
+    print(table + ("\n\n" + efficiency if efficiency else ""))
     print(f"\nreport written to {out}")
     return out

@@ -29,6 +29,15 @@ class Rollout:
     logprobs: Optional[Tensor] = None
 
 
+def repeat_prompts(batch: dict, k: int) -> tuple[Tensor, Tensor, list[str]]:
+    """`(prompt_ids, prompt_mask, prompt_text)` with every prompt repeated k times in a row: a
+    prompt's k samples form a group of consecutive rows (what a group baseline reads)."""
+    texts = [text for text in batch.get("prompt_text", []) for _ in range(k)]
+    if k == 1:
+        return batch["prompt_ids"], batch["prompt_mask"], texts
+    return batch["prompt_ids"].repeat_interleave(k, dim=0), batch["prompt_mask"].repeat_interleave(k, dim=0), texts
+
+
 def mask_after_eos(response_ids: Tensor, eos_id: int) -> Tensor:
     """1 up to and including the first EOS of each row, 0 after it."""
     is_eos = (response_ids == eos_id).long()

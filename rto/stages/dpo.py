@@ -1,4 +1,5 @@
-"""DPO from pi_ref: -log sigmoid(beta * [log pi/pi_ref (y_w) - log pi/pi_ref (y_l)])."""
+"""DPO from pi_ref and its family (`dpo.loss`): sigmoid (DPO, -log sigmoid(beta * [log pi/pi_ref (y_w) -
+log pi/pi_ref (y_l)])), IPO, and the reference-free, length-normalised SimPO (rto/algos/losses.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from rto.algos.losses import dpo_loss
+from rto.algos.losses import dpo_loss, ipo_loss, simpo_loss
 from rto.algos.masked import masked_sum
 from rto.models.forward import policy_logprobs
 from rto.stages.guard import NonFiniteGuard
@@ -33,10 +34,26 @@ def with_reference_logps(reference, rows: list[dict], collate: Callable, batch_s
     return [{**row, "ref_logps": pair} for row, pair in zip(rows, logps)]
 
 
+def preference_loss(kind: str, logps: torch.Tensor, ref_logps, lengths: torch.Tensor, beta: float,
+                    simpo_gamma: float = 0.0, ipo_per_token: bool = False):
+    """`(loss, chosen_rewards, rejected_rewards)` of the `dpo.loss` family on a pair batch (chosen rows,
+    then rejected rows); SimPO reads no reference (`ref_logps` may be None) but the response lengths."""
+    (chosen, rejected), (chosen_len, rejected_len) = logps.chunk(2), lengths.chunk(2)
+    if kind == "simpo":
+        return simpo_loss(chosen, rejected, chosen_len, rejected_len, beta, simpo_gamma)
+    ref_chosen, ref_rejected = ref_logps.chunk(2)
+    if kind == "ipo":
+        per_token = (chosen_len, rejected_len) if ipo_per_token else (None, None)
+        return ipo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, *per_token)
+    return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
+
+
 class DPOModule(NonFiniteGuard, L.LightningModule):
     def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, beta: float, optimizer: Callable,
-                 on_nonfinite: str = "raise", share_prompt: bool = True):
+                 on_nonfinite: str = "raise", share_prompt: bool = True, loss: str = "sigmoid",
+                 simpo_gamma: float = 0.0, ipo_per_token: bool = False):
         super().__init__()
+        self.loss_kind, self.simpo_gamma, self.ipo_per_token = loss, simpo_gamma, ipo_per_token
         self.on_nonfinite = on_nonfinite
         self.share_prompt = share_prompt
         self.policy = policy
@@ -46,7 +63,9 @@ class DPOModule(NonFiniteGuard, L.LightningModule):
 
     def _step(self, batch, prefix: str):
         logps = sequence_logps(self.policy, batch, self.share_prompt)
-        if "ref_logps" in batch:  # precomputed once over the data (`dpo.precompute_ref`)
+        if self.loss_kind == "simpo":  # reference-free: no reference forward at all
+            ref_logps = torch.zeros_like(logps)
+        elif "ref_logps" in batch:  # precomputed once over the data (`dpo.precompute_ref`)
             ref_logps = batch["ref_logps"].to(logps)
         else:
             with torch.no_grad():
@@ -54,11 +73,12 @@ class DPOModule(NonFiniteGuard, L.LightningModule):
         train = prefix == ""
         if train and not (self.finite("dpo/policy_logprobs", logps) and self.finite("dpo/ref_logprobs", ref_logps)):
             return None
-        (chosen, rejected), (ref_chosen, ref_rejected) = logps.chunk(2), ref_logps.chunk(2)
-        loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+        lengths = batch["response_mask"].sum(dim=1)
+        loss, chosen_rewards, rejected_rewards = preference_loss(self.loss_kind, logps, ref_logps, lengths, self.beta,
+                                                                 self.simpo_gamma, self.ipo_per_token)
         if train and not self.finite("dpo/loss", loss):
             return None
-        n = chosen.shape[0]
+        n = chosen_rewards.shape[0]
         log = dict(batch_size=n, sync_dist=True)  # sync_dist: under DDP the mean over ranks
         self.log(f"dpo/{prefix}loss", loss, prog_bar=True, **log)
         self.log(f"dpo/{prefix}reward_accuracy", (chosen_rewards > rejected_rewards).float().mean(), **log)

@@ -1,0 +1,24 @@
+"""benchmarks/gpu_bench.py on a CPU (`--smoke`): the script a GPU session runs once must work the
+first time, so its figures are checked here on tiny models."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_bench_smoke_counts_flops_forces_the_length_and_checks_the_ratio(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/gpu_bench.py", "--out", str(tmp_path), "--smoke",
+                             "--works", "ppo_token,dpo"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "peak.json").read_text())["measured_tflops"] > 0
+    ppo = json.loads((tmp_path / "smoke_ppo_token.json").read_text())
+    assert "error" not in ppo, ppo
+    assert ppo["iterations_timed"] == 2 and ppo["flops_per_iteration"] > 0
+    assert ppo["rollout_tokens"] == [4 * 8, 4 * 8]  # 4 prompts x 8 tokens: no response ends early
+    assert ppo["first_minibatch_ratio_error"] <= 1e-5
+    dpo = json.loads((tmp_path / "smoke_dpo.json").read_text())
+    assert "error" not in dpo, dpo
+    assert dpo["flops_per_iteration"] > 0

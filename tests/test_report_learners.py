@@ -1,0 +1,69 @@
+"""The multirun report names its rows by learner and DPO-family loss, and its sample-efficiency table
+reads the validation curves at shares of the sampled-response budget (numbers by hand, on job folders
+written as the entry point writes them)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from rto.report.jobs import load_jobs
+from rto.report.multirun import efficiency_table, summarize, write_multirun_report
+
+
+def write_job(folder: Path, algo: str, reward: str, seed: int, gold: float, val: list[tuple[int, float]],
+              dpo_loss: str = "sigmoid") -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"algo": {"name": algo}, "reward": {"name": reward}, "beta": 0.1,
+                                     "model": {"name": "tiny"}, "seed": seed, "dpo": {"loss": dpo_loss},
+                                     "eval": {"prompt_set": "test"}}), folder / ".hydra" / "config.yaml")
+    metrics = {"eval/policy/gold_reward": gold, "eval/policy/kl": 1.0, "eval/sft/gold_reward": 0.0,
+               "eval/sft/kl": 0.0, "eval/dpo/gold_reward": 0.5, "eval/dpo/kl": 0.5}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "csv").mkdir()
+    with open(folder / "csv" / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["val/sampled_responses", "val/gold_reward"])
+        writer.writeheader()
+        for responses, value in val:
+            writer.writerow({"val/sampled_responses": responses, "val/gold_reward": value})
+
+
+@pytest.fixture
+def runs(tmp_path):
+    # budget 400 responses: points at 0, 100, 200, 300, 400; 25 % -> the point at 100, 50 % -> 200
+    for seed, offset in ((0, 0.0), (1, 2.0)):
+        write_job(tmp_path / f"grpo_token_{seed}", "grpo", "token", seed, 3.0 + offset,
+                  [(0, 0.0), (100, 1.0 + offset), (200, 2.0 + offset), (300, 2.5), (400, 3.0 + offset)])
+        write_job(tmp_path / f"ppo_token_{seed}", "ppo", "token", seed, 1.0 + offset,
+                  [(0, 0.0), (200, 1.0), (400, 1.0 + offset)], dpo_loss="simpo")
+    return tmp_path
+
+
+def test_rows_are_named_by_learner_and_dpo_family_loss(runs):
+    rows = {row["policy"]: row for row in summarize(load_jobs(runs))}
+    assert set(rows) == {"SFT", "DPO", "SimPO", "GRPO (token)", "RTO (token)"}
+    assert rows["GRPO (token)"]["gold_reward"] == pytest.approx(4.0)  # seeds 3 and 5
+    assert rows["RTO (token)"]["gold_reward"] == pytest.approx(2.0)   # PPO keeps the paper's name
+
+
+def test_efficiency_table_reads_each_share_of_the_budget(runs):
+    table = efficiency_table(load_jobs(runs))
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    cells = {label: [cell.strip(" |") for cell in line.split(" | ")[3:]] for label, line in lines.items()}
+    # GRPO, 25 %: seeds 1.0 and 3.0; 50 %: 2.0 and 4.0; 100 %: 3.0 and 5.0 (s.e. of two values 1 apart: 1)
+    assert cells["GRPO (token)"] == ["2.000 ± 1.000", "3.000 ± 1.000", "4.000 ± 1.000"]
+    # PPO's curve has no point at 100: the last point at or before 25 % of 400 is the start (0.0)
+    assert cells["RTO (token)"] == ["0.000 ± 0.000", "1.000 ± 0.000", "2.000 ± 1.000"]
+    assert "budget 400 responses" in table
+
+
+def test_report_file_holds_both_tables(runs, tmp_path):
+    out = write_multirun_report(runs, tmp_path / "report")
+    text = (out / "report.md").read_text()
+    assert "GRPO (token)" in text and "SimPO" in text and "val gold at 25% of responses" in text
+    algos = {job["algo"] for job in json.loads((out / "summary.json").read_text())["jobs"]}
+    assert algos == {"grpo", "ppo"}
