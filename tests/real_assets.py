@@ -72,9 +72,11 @@ def write_preference_sets(folder: Path, n: int = 24) -> dict[str, Path]:
     return paths
 
 
-def save_tiny_gguf(folder: Path, vocab_size: int = 64) -> Path:
+def save_tiny_gguf(folder: Path, vocab_size: int = 64, tokenizer: bool = False) -> Path:
     """A 2-layer Llama as a GGUF file (float32 tensors, llama.cpp's tensor names), `folder/tiny.gguf`:
-    what transformers reads with `gguf_file=`, in milliseconds rather than SmolLM2's seconds."""
+    what transformers reads with `gguf_file=`, in milliseconds rather than SmolLM2's seconds.
+    `tokenizer`: the file carries a byte-level BPE tokenizer too (every byte a token, no merges, ChatML
+    specials and template, as SmolLM2's file does) and the vocabulary is its size, not `vocab_size`."""
     import gguf
     import numpy as np
 
@@ -82,7 +84,9 @@ def save_tiny_gguf(folder: Path, vocab_size: int = 64) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(folder / "tiny.gguf"), "llama")
     writer.add_name("tiny")
-    writer.add_context_length(128)
+    if tokenizer:
+        vocab_size = _add_byte_tokenizer(writer)
+    writer.add_context_length(256)
     writer.add_embedding_length(hidden)
     writer.add_block_count(layers)
     writer.add_feed_forward_length(ffn)
@@ -107,3 +111,24 @@ def save_tiny_gguf(folder: Path, vocab_size: int = 64) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return folder
+
+
+GGUF_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+GGUF_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _add_byte_tokenizer(writer) -> int:
+    """GPT-2's byte alphabet (256 tokens) and the ChatML specials (control tokens); the vocabulary size."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokens = [bytes_to_unicode()[b] for b in range(256)] + GGUF_SPECIALS
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * 256 + [3] * len(GGUF_SPECIALS))  # 1 normal, 3 control
+    writer.add_token_scores([0.0] * len(tokens))  # no merges: transformers derives none from single bytes
+    writer.add_bos_token_id(256)
+    writer.add_eos_token_id(258)  # <|im_end|> ends an assistant turn, as in SmolLM2's file
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(GGUF_CHAT_TEMPLATE)
+    return len(tokens)

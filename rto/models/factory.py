@@ -18,7 +18,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTr
                           PreTrainedTokenizerBase)
 
 from rto.errors import ConfigError, ModelError
-from rto.models.gguf_cache import cached_load
+from rto.models.pretrained_cache import cached_load
 from rto.models.lora import add_lora, is_adapter_folder, load_adapter
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,9 @@ def source_key(model_cfg: DictConfig) -> str:
 def from_pretrained(loader, source: str | Path, key: Optional[str], share: bool = False, **kwargs):
     """`loader.from_pretrained(source, **kwargs)`; a source that cannot be found or read (transformers
     raises OSError: no such hub id, no network, files missing) becomes a ModelError naming `key`.
-    A GGUF file is parsed once per process (`rto.models.gguf_cache`); `share`: the caller keeps the
-    loaded weights frozen (a LoRA base), so they may be the cached tensors themselves."""
-    if kwargs.get("gguf_file"):
-        return cached_load(lambda *args, **kw: _from_pretrained(*args, key=key, **kw), loader, source, share, **kwargs)
-    return _from_pretrained(loader, source, key=key, **kwargs)
+    A GGUF file is parsed once per process (`rto.models.pretrained_cache`); `share`: the caller keeps
+    the loaded weights frozen (a LoRA base), so they may be one set of tensors shared between models."""
+    return cached_load(lambda *args, **kw: _from_pretrained(*args, key=key, **kw), loader, source, share, **kwargs)
 
 
 def _from_pretrained(loader, source: str | Path, key: Optional[str], **kwargs):
