@@ -147,7 +147,7 @@ def build_module(cfg, spec: dict, tok, encoder, folder: Path):
     tok.save_pretrained(folder / "rm")
     dpo = load_policy(folder / "sft", cfg.model) if reward_variant(cfg.reward.name).uses_dpo else None
     actor = load_policy(folder / "sft", cfg.model)
-    critic = new_critic(cfg.reward_model, cfg.model, folder / "rm", folder / "sft", tok, tok)
+    critic = new_critic(cfg.reward_model, cfg.model, folder / "rm", folder / "sft", tok, tok, rm)
     ppo = cfg.ppo
     eos = -1 if spec.get("full_length", True) else tok.eos_token_id  # -1: never sampled, every row runs to the limit
     module = PPOModule(actor, critic, sft, RewardScorer(rm, encoder, tok), dpo, ppo_cfg=ppo, reward_cfg=cfg.reward,
