@@ -114,6 +114,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ppo.iterations": COUNT,
     "ppo.rollout_batch_size": COUNT,
     "ppo.minibatch_size": COUNT,
+    "ppo.micro_batch_size": _optional(COUNT),
     "ppo.ppo_epochs": COUNT,
     "ppo.max_new_tokens": COUNT,
     "ppo.temperature": POSITIVE,
@@ -248,6 +249,10 @@ def validate(cfg: DictConfig) -> None:
         problems.append(
             f"ppo.minibatch_size ({ppo.minibatch_size}) must not exceed "
             f"ppo.rollout_batch_size ({ppo.rollout_batch_size})")
+    micro = ppo.get("micro_batch_size") if ppo is not None else None
+    if micro is not None and not problems and micro > ppo.minibatch_size:
+        problems.append(f"ppo.micro_batch_size ({micro}) must not exceed ppo.minibatch_size ({ppo.minibatch_size}): "
+                        f"it splits a minibatch (null: no split)")
     strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
     if isinstance(strategy, str) and strategy.startswith("deepspeed") and cfg.get("stage") in ("all", "ppo"):
         problems.append(

@@ -20,6 +20,7 @@ from rto.artifacts import config_hash
 from rto.data import DataBundle, load_data
 from rto.data.preference_formats import chat_prompt
 from rto.models.factory import policy_tokenizer
+from rto.models.pretrained_cache import share_frozen_weights
 from rto.models.retokenize import RewardScorer, check_same_tokenizer
 from rto.models.reward import reward_tokenizer
 from rto.models.scalar_head import ScalarHeadModel
@@ -28,11 +29,18 @@ from rto.resume import fit_resumable, keep_previous_logs
 from rto.rl.segments import segments_for
 
 
+def uses_fsdp(trainer_cfg: DictConfig) -> bool:
+    strategy = trainer_cfg.get("strategy")
+    name = strategy if isinstance(strategy, str) else OmegaConf.select(trainer_cfg, "strategy._target_", default="")
+    return "fsdp" in str(name).lower()
+
+
 class RunContext:
     """One job: its run folder, data, loggers, trainers and metrics."""
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        share_frozen_weights(not uses_fsdp(cfg.trainer))  # FSDP flattens each block's weights on its own
         self.out = Path(cfg.paths.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         tokenizer = policy_tokenizer(cfg.model)  # a pretrained model brings its tokenizer; None otherwise

@@ -70,3 +70,65 @@ def write_preference_sets(folder: Path, n: int = 24) -> dict[str, Path]:
     hh.to_json(paths["hh_rlhf"], orient="records", lines=True)
     plain.to_parquet(paths["plain"])
     return paths
+
+
+def save_tiny_gguf(folder: Path, vocab_size: int = 64, tokenizer: bool = False) -> Path:
+    """A 2-layer Llama as a GGUF file (float32 tensors, llama.cpp's tensor names), `folder/tiny.gguf`:
+    what transformers reads with `gguf_file=`, in milliseconds rather than SmolLM2's seconds.
+    `tokenizer`: the file carries a byte-level BPE tokenizer too (every byte a token, no merges, ChatML
+    specials and template, as SmolLM2's file does) and the vocabulary is its size, not `vocab_size`."""
+    import gguf
+    import numpy as np
+
+    hidden, layers, heads, kv_heads, ffn = 32, 2, 4, 2, 64
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(folder / "tiny.gguf"), "llama")
+    writer.add_name("tiny")
+    if tokenizer:
+        vocab_size = _add_byte_tokenizer(writer)
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab_size)
+    rng = np.random.default_rng(0)
+    kv = kv_heads * hidden // heads
+    shapes = {"token_embd.weight": (vocab_size, hidden), "output_norm.weight": (hidden,)}
+    for i in range(layers):
+        shapes.update({f"blk.{i}.attn_norm.weight": (hidden,), f"blk.{i}.ffn_norm.weight": (hidden,),
+                       f"blk.{i}.attn_q.weight": (hidden, hidden), f"blk.{i}.attn_k.weight": (kv, hidden),
+                       f"blk.{i}.attn_v.weight": (kv, hidden), f"blk.{i}.attn_output.weight": (hidden, hidden),
+                       f"blk.{i}.ffn_gate.weight": (ffn, hidden), f"blk.{i}.ffn_up.weight": (ffn, hidden),
+                       f"blk.{i}.ffn_down.weight": (hidden, ffn)})
+    for name, shape in shapes.items():
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return folder
+
+
+GGUF_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+GGUF_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _add_byte_tokenizer(writer) -> int:
+    """GPT-2's byte alphabet (256 tokens) and the ChatML specials (control tokens); the vocabulary size."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokens = [bytes_to_unicode()[b] for b in range(256)] + GGUF_SPECIALS
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * 256 + [3] * len(GGUF_SPECIALS))  # 1 normal, 3 control
+    writer.add_token_scores([0.0] * len(tokens))  # no merges: transformers derives none from single bytes
+    writer.add_bos_token_id(256)
+    writer.add_eos_token_id(258)  # <|im_end|> ends an assistant turn, as in SmolLM2's file
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(GGUF_CHAT_TEMPLATE)
+    return len(tokens)

@@ -17,6 +17,7 @@ from rto.recipes.rl import LEARNERS
 from rto.rl.experience import make_critic_free_experience
 from rto.rl.segments import WindowSegments
 from rto.stages import learner as learner_stage
+from rto.stages import update as update_stage
 from tests.conftest import compose_config
 from tests.csv_log import logged
 from tests.test_experience import RAW_SCORES, FixedScores, lm, rollout
@@ -105,7 +106,7 @@ def rl_stage(ckpt, out, *overrides):
 def spy_losses(monkeypatch):
     """Each minibatch's policy loss, and its KL loss term where there is one, in call order."""
     seen = {"policy": [], "kl": []}
-    policy_loss, kl_loss = learner_stage.ppo_policy_loss, learner_stage.kl_loss
+    policy_loss, kl_loss = update_stage.ppo_policy_loss, update_stage.kl_loss
 
     def policy_spy(*args):
         loss, stats = policy_loss(*args)
@@ -117,8 +118,8 @@ def spy_losses(monkeypatch):
         seen["kl"].append(float(loss.detach()))
         return loss
 
-    monkeypatch.setattr(learner_stage, "ppo_policy_loss", policy_spy)
-    monkeypatch.setattr(learner_stage, "kl_loss", kl_spy)
+    monkeypatch.setattr(update_stage, "ppo_policy_loss", policy_spy)
+    monkeypatch.setattr(update_stage, "kl_loss", kl_spy)
     return seen
 
 

@@ -20,7 +20,7 @@ from rto.models.lora import add_lora
 from rto.models.retokenize import RewardScorer
 from rto.models.scalar_head import ScalarHeadModel
 from rto.stages import PPOModule
-from rto.stages import learner as learner_stage
+from rto.stages import update as update_stage
 from rto.stages import ppo as ppo_stage
 from tests.conftest import compose_config
 from tests.real_assets import save_tiny_llama
@@ -51,7 +51,7 @@ def first_minibatch(monkeypatch):
         seen.setdefault("values", float((values - old_values).detach()[mask.bool()].abs().max()))
         return value_loss(values, old_values, returns, mask, clip_range)
 
-    monkeypatch.setattr(learner_stage, "ppo_policy_loss", policy_spy)
+    monkeypatch.setattr(update_stage, "ppo_policy_loss", policy_spy)
     monkeypatch.setattr(ppo_stage, "value_loss", value_spy)
     return seen
 

@@ -126,6 +126,8 @@ def test_real_data_with_one_held_out_prompt_is_refused(tmp_path, assets):
     ("beta=-1", ["Error (config)", "beta must be a number > 0, got -1"]),
     ("trainer=gpu", ["Error (environment)", "trainer.accelerator=gpu", "trainer=cpu"]),
     ("stage=ppo", ["Error (checkpoint)", "stage=ppo needs the sft checkpoint", "run stage=sft"]),
+    ("ppo.micro_batch_size=0", ["Error (config)", "ppo.micro_batch_size must be null or an integer >= 1, got 0"]),
+    ("ppo.micro_batch_size=5", ["Error (config)", "ppo.micro_batch_size (5) must not exceed ppo.minibatch_size (4)"]),
 ])
 def test_user_error_is_one_short_message(tmp_path, override, named):
     if override == "trainer=gpu":

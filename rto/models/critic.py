@@ -24,9 +24,9 @@ NORMALIZER_FILE = "reward_normalizer.json"
 
 def save_critic(folder: str | Path, critic: ScalarHeadModel, tokenizer: PreTrainedTokenizerBase,
                 score_moments: Optional[RunningMoments], cfg_hash: Optional[str]) -> Path:
-    """Write the critic (a LoRA backbone is merged in place: call this when training is over)."""
+    """Write the critic (a LoRA backbone merged on a copy: its frozen base may be the reward model's)."""
     def write(tmp: Path) -> None:
-        critic.save_pretrained(tmp)
+        critic.save_pretrained(tmp, in_place=False)
         tokenizer.save_pretrained(tmp)
         state = None if score_moments is None else {"mean": score_moments.mean, "var": score_moments.var,
                                                     "count": score_moments.count}

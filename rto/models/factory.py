@@ -18,6 +18,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTr
                           PreTrainedTokenizerBase)
 
 from rto.errors import ConfigError, ModelError
+from rto.models.pretrained_cache import cached_load
 from rto.models.lora import add_lora, is_adapter_folder, load_adapter
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,15 @@ def source_key(model_cfg: DictConfig) -> str:
     return "model.pretrained" if "pretrained" in model_cfg else "reward_model.path"
 
 
-def from_pretrained(loader, source: str | Path, key: Optional[str], **kwargs):
+def from_pretrained(loader, source: str | Path, key: Optional[str], share: bool = False, **kwargs):
     """`loader.from_pretrained(source, **kwargs)`; a source that cannot be found or read (transformers
-    raises OSError: no such hub id, no network, files missing) becomes a ModelError naming `key`."""
+    raises OSError: no such hub id, no network, files missing) becomes a ModelError naming `key`.
+    A GGUF file is parsed once per process (`rto.models.pretrained_cache`); `share`: the caller keeps
+    the loaded weights frozen (a LoRA base), so they may be one set of tensors shared between models."""
+    return cached_load(lambda *args, **kw: _from_pretrained(*args, key=key, **kw), loader, source, share, **kwargs)
+
+
+def _from_pretrained(loader, source: str | Path, key: Optional[str], **kwargs):
     try:
         return loader.from_pretrained(str(source), **kwargs)
     except OSError as err:
@@ -109,8 +116,10 @@ def build_policy(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> P
     """The policy SFT trains: pretrained (with LoRA when configured) or fresh from the preset's shape,
     with special-token ids that agree with `tokenizer`."""
     if model_cfg.pretrained:
+        # with LoRA only the adapters train: the base weights may be shared with the run's other copies
         model = from_pretrained(AutoModelForCausalLM, model_cfg.pretrained, "model.pretrained",
-                                dtype=DTYPES[model_cfg.dtype], **pretrained_kwargs(model_cfg))
+                                share=bool(model_cfg.get("lora")), dtype=DTYPES[model_cfg.dtype],
+                                **pretrained_kwargs(model_cfg))
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             raise ModelError(f"{model_cfg.pretrained}: its embedding has {model.get_input_embeddings().num_embeddings}"
                              f" rows but its tokenizer {len(tokenizer)} tokens")
@@ -157,8 +166,8 @@ def load_policy(path: str | Path, model_cfg: DictConfig | None = None, trainable
     if is_adapter_folder(folder):
         if model_cfg is None or not model_cfg.pretrained:
             raise ConfigError(f"{folder} holds a LoRA adapter: loading it needs model.pretrained (its base model)")
-        base = from_pretrained(AutoModelForCausalLM, model_cfg.pretrained, "model.pretrained", dtype=kwargs["dtype"],
-                               **pretrained_kwargs(model_cfg))
+        base = from_pretrained(AutoModelForCausalLM, model_cfg.pretrained, "model.pretrained", share=True,
+                               dtype=kwargs["dtype"], **pretrained_kwargs(model_cfg))  # frozen under its adapter
         if trainable and model_cfg.get("gradient_checkpointing"):
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.enable_input_require_grads()

@@ -16,6 +16,7 @@ from rto.data.collate import Encoder
 from rto.errors import ModelError, TokenizerMismatchError
 from rto.models.factory import DTYPES, from_pretrained, load_policy, load_tokenizer, pretrained_kwargs
 from rto.models.lora import add_lora
+from rto.models.pretrained_cache import shares_frozen_weights
 from rto.models.retokenize import RewardScorer, same_tokenizer
 from rto.models.scalar_head import ScalarHeadModel
 
@@ -46,6 +47,7 @@ def new_reward_model(rm_cfg: DictConfig, model_cfg: DictConfig, sft) -> ScalarHe
     if rm_cfg.source == "same":
         model = ScalarHeadModel.from_causal_lm(sft)
     else:
+        # its own weights, never shared: a LoRA reward model is merged into them in place when saved
         backbone = from_pretrained(AutoModel, rm_cfg.path, "reward_model.path", dtype=DTYPES[rm_cfg.dtype],
                                    **pretrained_kwargs(rm_cfg))
         log.info("reward model backbone %s: %.2fM parameters", rm_cfg.path, backbone.num_parameters() / 1e6)
@@ -54,15 +56,20 @@ def new_reward_model(rm_cfg: DictConfig, model_cfg: DictConfig, sft) -> ScalarHe
 
 
 def new_critic(rm_cfg: DictConfig, model_cfg: DictConfig, rm_path: Path, sft_path: Path,
-               policy_tokenizer: PreTrainedTokenizerBase, rm_tokenizer: PreTrainedTokenizerBase) -> ScalarHeadModel:
+               policy_tokenizer: PreTrainedTokenizerBase, rm_tokenizer: PreTrainedTokenizerBase,
+               reward_model: Optional[ScalarHeadModel] = None) -> ScalarHeadModel:
     """PPO's critic. Its values are per *policy* token, so it reads the policy's ids: initialised from
-    the reward model only when both share a tokenizer."""
+    the reward model only when both share a tokenizer. A LoRA critic (its backbone frozen) built from
+    the frozen `reward_model` in memory (the one saved at `rm_path`) shares its backbone weights."""
     if rm_cfg.source == "same" or rm_cfg.critic_init == "rm":
         if not same_tokenizer(policy_tokenizer, rm_tokenizer):
             raise TokenizerMismatchError(
                 f"the critic gives a value per policy token, but the reward model {rm_cfg.path} has another "
                 f"tokenizer than the policy: set reward_model.critic_init=policy (critic from the SFT backbone)")
-        return _trainable_options(ScalarHeadModel.from_pretrained(rm_path), *_options_of(rm_cfg, model_cfg))
+        lora, checkpointing = _options_of(rm_cfg, model_cfg)
+        if lora and reward_model is not None and shares_frozen_weights():
+            return _trainable_options(reward_model.sharing_backbone(), lora, checkpointing)
+        return _trainable_options(ScalarHeadModel.from_pretrained(rm_path), lora, checkpointing)
     sft = load_policy(sft_path, model_cfg, trainable=False)
     return _trainable_options(ScalarHeadModel.from_causal_lm(sft), model_cfg.get("lora"),
                               bool(model_cfg.get("gradient_checkpointing")))

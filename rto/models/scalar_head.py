@@ -81,13 +81,30 @@ class ScalarHeadModel(nn.Module):
         last = torch.where(response_mask.bool(), columns, 0).max(dim=1).values
         return values.gather(1, last.unsqueeze(1)).squeeze(1)
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Full backbone weights: a LoRA backbone is merged first (in place: a saved reward model is
-        frozen from then on), so that `from_pretrained` needs no base model."""
+    def sharing_backbone(self) -> Optional["ScalarHeadModel"]:
+        """A copy whose backbone parameters are this model's own objects (a LoRA critic on the frozen
+        reward model: one set of backbone weights for both) and whose head is its own, trainable.
+        None where the copy would differ from this model saved and loaded again (`from_pretrained`:
+        the LoRA merged, in the default dtype)."""
+        if isinstance(self.backbone, PeftModel) or any(p.dtype != torch.get_default_dtype()
+                                                       for p in self.parameters()):
+            return None
+        model = copy.deepcopy(self, {id(p): p for p in self.backbone.parameters()})
+        model.head.requires_grad_(True)
+        return model
+
+    def save_pretrained(self, folder: str | Path, in_place: bool = True) -> None:
+        """Full backbone weights: a LoRA backbone is merged first, so that `from_pretrained` needs no
+        base model. In place: a saved reward model is frozen from then on and holds what was saved;
+        `in_place=False` merges on a copy, for a backbone whose frozen base another model shares (a
+        critic on the reward model's weights)."""
         folder = Path(folder)
-        if isinstance(self.backbone, PeftModel):
-            self.backbone = self.backbone.merge_and_unload()
-        self.backbone.save_pretrained(folder, safe_serialization=True)
+        backbone = self.backbone
+        if isinstance(backbone, PeftModel):
+            backbone = (backbone if in_place else copy.deepcopy(backbone)).merge_and_unload()
+            if in_place:
+                self.backbone = backbone
+        backbone.save_pretrained(folder, safe_serialization=True)
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(folder / HEAD_FILE))
 
     @classmethod

@@ -116,7 +116,7 @@ class RLRecipe(StageRecipe):
         learner = LEARNERS[learner_name(ctx.cfg)]
         actor = load_policy(upstream.path("sft"), ctx.cfg.model)  # RL starts from SFT, not DPO
         critic = new_critic(ctx.cfg.reward_model, ctx.cfg.model, upstream.path("rm"), upstream.path("sft"),
-                            ctx.data.tokenizer, ctx.rm_tokenizer) if learner.uses_critic else None
+                            ctx.data.tokenizer, ctx.rm_tokenizer, upstream["rm"]) if learner.uses_critic else None
         module = learner.module(ctx, upstream, actor, critic)
         prompts_per_rank = cfg.rollout_batch_size // samples_per_prompt(ctx.cfg)  # each sampled k times
 

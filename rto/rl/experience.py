@@ -5,8 +5,7 @@ PPO's values and GAE, or a critic-free learner's returns-to-go and baseline."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -40,9 +39,29 @@ class Experience:
         picked = {f.name: getattr(self, f.name) for f in fields(self)}
         return Experience(**{k: None if v is None else v[index] for k, v in picked.items()})
 
+    def micro_batches(self, size: Optional[int]) -> Iterator["Experience"]:
+        """Consecutive slices of at most `size` rows (`ppo.micro_batch_size`); itself when `size` is
+        null or not smaller."""
+        n = self.response_ids.shape[0]
+        if not size or size >= n:
+            yield self
+            return
+        for start in range(0, n, size):
+            yield self.minibatch(slice(start, start + size))
+
     def batch(self) -> dict[str, Tensor]:
         return {"prompt_ids": self.prompt_ids, "prompt_mask": self.prompt_mask,
                 "response_ids": self.response_ids, "response_mask": self.response_mask}
+
+
+def in_micro_batches(forward: Callable[[dict], Tensor], batch: dict, size: Optional[int]) -> Tensor:
+    """`forward(batch)` (a `[B, ...]` tensor) on consecutive slices of at most `size` rows (null: at
+    once), concatenated: a frozen model's forward in micro-batches (`ppo.micro_batch_size`)."""
+    n = batch["response_ids"].shape[0]
+    if not size or size >= n:
+        return forward(batch)
+    return torch.cat([forward({k: None if v is None else v[i:i + size] for k, v in batch.items()})
+                      for i in range(0, n, size)])
 
 
 def critic_values(critic, batch: dict, score_moments: Optional[RunningMoments] = None) -> Tensor:
@@ -77,18 +96,22 @@ def score_rollout(rollout: Rollout, *, actor, reference, reward_model, dpo_polic
     batch = {"prompt_ids": rollout.prompt_ids, "prompt_mask": rollout.prompt_mask,
              "response_ids": rollout.response_ids, "response_mask": rollout.response_mask}
     mask = rollout.response_mask
-    temperature = ppo_cfg.temperature
+    size = ppo_cfg.get("micro_batch_size")
+
+    def read(model) -> Tensor:  # log-probs only: the logits of a micro-batch are dropped as it ends
+        return in_micro_batches(lambda b: policy_logprobs(model, b, temperature=ppo_cfg.temperature,
+                                                          share_repeated=share_prompts)[0], batch, size)
     # pi_old: the sampler's log-probs where they equal a full forward's (fp32), else one full forward
     logprobs = rollout.logprobs
-    read = partial(policy_logprobs, batch=batch, temperature=temperature, share_repeated=share_prompts)
     if logprobs is None:
-        logprobs, _ = read(actor)
+        logprobs = read(actor)
     check("logprobs", logprobs, mask)
-    ref_logprobs, _ = read(reference)
+    ref_logprobs = read(reference)
     check("ref_logprobs", ref_logprobs, mask)
     # a RewardScorer (re-tokenizes if needed), each prompt once where the rollout repeats them
     sharing = {"share_repeated": True} if share_prompts else {}
-    score = reward_model.score(**batch, prompt_text=rollout.prompt_text, **sharing)
+    score = in_micro_batches(lambda b: reward_model.score(**b, **sharing),
+                             {**batch, "prompt_text": rollout.prompt_text}, size)
     check("score", score)
     if score_moments is not None:
         score_moments.update(score, reduce=reduce)
@@ -97,7 +120,7 @@ def score_rollout(rollout: Rollout, *, actor, reference, reward_model, dpo_polic
 
     dpo_logprobs = dpo_rewards = None
     if reward_variant(reward_cfg.name).uses_dpo:
-        dpo_logprobs, _ = read(dpo_policy)
+        dpo_logprobs = read(dpo_policy)
         check("dpo_logprobs", dpo_logprobs, mask)
         dpo_rewards = dpo_token_rewards(dpo_logprobs, ref_logprobs, mask, reward_cfg.dpo_scale, reward_cfg.dpo_clip)
     segment_end = None if segments is None else segments(rollout.response_ids, mask)
@@ -120,7 +143,8 @@ def make_experience(rollout: Rollout, *, critic, ppo_cfg: DictConfig, score_mome
     global rollout (`reduce`)."""
     exp = score_rollout(rollout, ppo_cfg=ppo_cfg, score_moments=score_moments, reduce=reduce, check=check, **scoring)
     mask = exp.response_mask
-    exp.values = critic_values(critic, exp.batch(), score_moments)
+    exp.values = in_micro_batches(lambda b: critic_values(critic, b, score_moments), exp.batch(),
+                                  ppo_cfg.get("micro_batch_size"))
     check("values", exp.values, mask)
     advantages, exp.returns = gae(exp.rewards, exp.values, mask, ppo_cfg.gamma, ppo_cfg.lam)
     if ppo_cfg.whiten_advantages:

@@ -1,8 +1,8 @@
 """What every RL learner shares (PPO and the critic-free ones, `algo=`): one `training_step` is one
 iteration, sample a rollout (k responses per prompt), score it once (the learner's `experience`),
-then `ppo_epochs` passes of clipped policy updates over minibatches, plus the learner's own loss
-terms (`extra_losses`: PPO's critic). Optimisation is manual: an iteration makes many optimizer
-steps, on one optimizer or two.
+then `ppo_epochs` passes of clipped policy updates over minibatches (`rto/stages/update.py`, with
+micro-batches), plus the learner's own loss terms (`extra_losses`: PPO's critic). Optimisation is
+manual: an iteration makes many optimizer steps, on one optimizer or two.
 
 Modes and numbers (`rto/rl/modes.py`): sampling and experience run in eval mode, the update with
 dropout off too, so pi_old and pi agree at the first minibatch (ratio 1); every model reads the
@@ -23,33 +23,28 @@ import time
 from typing import Callable, Optional
 
 import lightning as L
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from rto.algos.advantages import RunningMoments
 from rto.algos.finite import NonFiniteError
 from rto.algos.kl_control import KLController
-from rto.algos.logprobs import entropy_from_logits
-from rto.algos.losses import kl_loss, ppo_policy_loss
-from rto.algos.masked import masked_mean
-from rto.models.forward import policy_logprobs
 from rto.rl.experience import Experience
 from rto.rl.metrics import iteration_metrics, mean_response_kl
-from rto.rl.modes import inference_mode, update_mode
+from rto.rl.modes import inference_mode
 from rto.rl.rollout import Rollout, repeat_prompts, sample_responses, sampler_logprobs_are_exact
 from rto.rl.segments import Segments, segments_for
-from rto.stages.distributed import token_share
 from rto.stages.guard import NonFiniteGuard
+from rto.stages.update import Losses, MinibatchUpdate
 
-Losses = dict[str, tuple[torch.Tensor, float]]  # name -> (loss, its weight in the total)
+__all__ = ["Losses", "RLModule", "frozen"]
 
 
 def frozen(module: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
     return None if module is None else module.eval().requires_grad_(False)
 
 
-class RLModule(NonFiniteGuard, L.LightningModule):
+class RLModule(NonFiniteGuard, MinibatchUpdate, L.LightningModule):
     """The shared loop. A learner says how a rollout becomes `Experience` (`experience`), which
     models it trains (`trained`) and what it adds to the policy loss (`extra_losses`)."""
 
@@ -150,48 +145,3 @@ class RLModule(NonFiniteGuard, L.LightningModule):
                                          sampling_seconds))
         # sync_dist: the logged value is the mean over ranks
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.response_ids.shape[0], sync_dist=True)
-
-    def update(self, exp: Experience, iteration: int = 0, beta: Optional[float] = None) -> dict[str, float]:
-        """`ppo_epochs` passes over shuffled minibatches: the clipped policy loss, the KL loss term
-        where the KL is not in the reward (`kl_in_reward=False`), and the learner's extra losses."""
-        cfg = self.ppo_cfg
-        beta = self.kl_ctl.value if beta is None else beta
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        update_mode(*self.trained(), dropout=cfg.dropout)
-        stats: dict[str, list[float]] = {}
-        for _ in range(cfg.ppo_epochs):
-            epoch_kl = []
-            order = torch.randperm(exp.response_ids.shape[0], device=self.generator.device, generator=self.generator)
-            for index in order.to(exp.response_ids.device).split(cfg.minibatch_size):
-                mb = exp.minibatch(index)
-                mask = mb.response_mask
-                logprobs, logits = policy_logprobs(self.actor, mb.batch(), temperature=cfg.temperature,
-                                                   share_repeated=self.samples_per_prompt > 1)  # each prompt once
-                pg_loss, mb_stats = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range)
-                losses: Losses = {"policy_loss": (pg_loss, 1.0)}
-                if not self.kl_in_reward:
-                    losses["kl_loss"] = (kl_loss(logprobs, mb.ref_logprobs, mask, "k3"), beta)
-                extra, extra_stats = self.extra_losses(mb)
-                losses.update(extra)
-                if not all(self.finite(f"ppo/{name}", loss, step=iteration) for name, (loss, _) in losses.items()):
-                    continue  # skip this minibatch: no gradient from it
-                share = token_share(self, mask)  # under DDP: losses are token means over all ranks
-                losses = {name: (loss * share, weight) for name, (loss, weight) in losses.items()}
-                for optimizer in optimizers:
-                    optimizer.zero_grad()
-                self.manual_backward(sum(weight * loss for loss, weight in losses.values()))
-                for optimizer in optimizers:
-                    if cfg.max_grad_norm is not None:
-                        self.clip_gradients(optimizer, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
-                    optimizer.step()
-                with torch.no_grad():
-                    entropy = masked_mean(entropy_from_logits(logits), mask)
-                for key, value in {**{n: loss for n, (loss, _) in losses.items()}, "entropy": entropy,
-                                   **mb_stats, **extra_stats}.items():
-                    stats.setdefault(key, []).append(float(value.detach()))
-                epoch_kl.append(float(mb_stats["approx_kl_k3"]))
-            # every rank must take the same decision, or DDP waits forever for the ranks that go on
-            if cfg.target_kl is not None and epoch_kl and self.mean_over_ranks(np.mean(epoch_kl)) > cfg.target_kl:
-                break  # CleanRL's early stop: the policy moved far enough from the rollout's
-        return {f"ppo/{key}": float(np.mean(values)) for key, values in stats.items()}
