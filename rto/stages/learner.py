@@ -7,7 +7,9 @@ steps, on one optimizer or two.
 Modes and numbers (`rto/rl/modes.py`): sampling and experience run in eval mode, the update with
 dropout off too, so pi_old and pi agree at the first minibatch (ratio 1); every model reads the
 rollout at the sampling temperature; pi_old comes from the sampler only in full fp32, else from one
-full forward in the update's precision (`sampler_logprobs_are_exact`).
+full forward in the update's precision (`sampler_logprobs_are_exact`). Under `bf16-mixed` (Lightning's
+autocast around the whole step) sampling, experience and update all compute in bf16
+(`rto.models.precision`).
 
 Under DDP each rank samples its own prompts, each prompt's k samples on that rank (a group
 baseline needs no other rank); reward normalisation, whitening, the adaptive KL coefficient, the
@@ -34,6 +36,7 @@ from rto.algos.logprobs import entropy_from_logits
 from rto.algos.losses import kl_loss, ppo_policy_loss
 from rto.algos.masked import masked_mean
 from rto.models.forward import policy_logprobs
+from rto.models.precision import sampling_in_autocast
 from rto.rl.experience import Experience
 from rto.rl.metrics import iteration_metrics, mean_response_kl
 from rto.rl.modes import inference_mode, update_mode
@@ -123,9 +126,10 @@ class RLModule(NonFiniteGuard, L.LightningModule):
         """k = `samples_per_prompt` responses to each prompt, the group's rows consecutive."""
         prompt_ids, prompt_mask, prompt_text = repeat_prompts(batch, self.samples_per_prompt)
         exact = sampler_logprobs_are_exact(self.actor)  # else the experience recomputes pi_old
-        response_ids, response_mask, *logprobs = sample_responses(
-            self.actor, prompt_ids, prompt_mask, self.ppo_cfg.max_new_tokens, self.eos_id, self.pad_id,
-            self.ppo_cfg.temperature, self.generator, return_logprobs=exact)
+        with sampling_in_autocast(self.actor):  # bf16-mixed on a CPU: bf16 weights while sampling
+            response_ids, response_mask, *logprobs = sample_responses(
+                self.actor, prompt_ids, prompt_mask, self.ppo_cfg.max_new_tokens, self.eos_id, self.pad_id,
+                self.ppo_cfg.temperature, self.generator, return_logprobs=exact)
         return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, prompt_text,
                        logprobs=logprobs[0] if exact else None)
 
