@@ -21,6 +21,7 @@ from rto.models.scalar_head import ScalarHeadModel
 from rto.rl.rollout import sample_responses
 from tests.conftest import compose_config
 from tests.real_assets import save_tiny_llama
+from tests.test_rl_numbers import TOLERANCE, first_minibatch  # noqa: F401 - a fixture
 
 LORA = "model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}"
 AUTOCAST = dict(device_type="cpu", dtype=torch.bfloat16, cache_enabled=False)  # as Lightning's bf16-mixed
@@ -94,11 +95,11 @@ def test_scalar_heads_stay_fp32_under_autocast(chat_model):
     assert torch.equal(values, fp32_head)  # not rounded to bf16
 
 
-def test_every_stage_computes_in_bf16_and_the_checkpoints_stay_fp32(chat_model, tmp_path, monkeypatch):
+def test_every_stage_computes_in_bf16_and_the_checkpoints_stay_fp32(chat_model, tmp_path, monkeypatch, first_minibatch):
     """The sentiment chain (pairs sampled from SFT) with LoRA, DPO's reference precomputed and the
     validation curve on: everything outside Lightning's training steps runs under autocast too; the
     rollout samples with bf16 weights (frozen base for the stage, the adapter for the rollout), the update
-    trains the fp32 adapter on the bf16 base."""
+    trains the fp32 adapter on the bf16 base, and starts where the rollout left it (ratio 1, old values)."""
     import rto.evaluation
     from rto.stages import dpo, learner
     from rto.tasks.sentiment import sampling as pairs_sampling
@@ -134,6 +135,7 @@ def test_every_stage_computes_in_bf16_and_the_checkpoints_stay_fp32(chat_model, 
     assert all(w == {"lora": bf16, "base": bf16} for _, w in seen["rollout"])   # sampling: all bf16
     assert all(w == {"lora": fp32, "base": bf16} for _, w in seen["update"])    # training: fp32 adapter
     assert any(w["base"] == bf16 for _, w in seen["eval and validation"])
+    assert first_minibatch["ratio"] <= TOLERANCE and first_minibatch["values"] <= TOLERANCE
     checkpoints = tmp_path / "checkpoints"
     for weights in (checkpoints / "ppo" / "adapter_model.safetensors", checkpoints / "rm" / "model.safetensors"):
         assert {t.dtype for t in load_file(str(weights)).values()} == {torch.float32}, weights
