@@ -126,6 +126,8 @@ def test_real_data_with_one_held_out_prompt_is_refused(tmp_path, assets):
     ("beta=-1", ["Error (config)", "beta must be a number > 0, got -1"]),
     ("trainer=gpu", ["Error (environment)", "trainer.accelerator=gpu", "trainer=cpu"]),
     ("stage=ppo", ["Error (checkpoint)", "stage=ppo needs the sft checkpoint", "run stage=sft"]),
+    ("trainer.precision=bf16-true", ["Error (config)", "trainer.precision must be 32-true (fp32) or bf16-mixed",
+                                     "got 'bf16-true'", "model.dtype=bf16"]),
 ])
 def test_user_error_is_one_short_message(tmp_path, override, named):
     if override == "trainer=gpu":
