@@ -4,7 +4,6 @@ the job reports. Recipes (`rto.recipes`) read it; they never build loggers or tr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from functools import partial
 from pathlib import Path
@@ -18,11 +17,10 @@ from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
 
 from rto.artifacts import config_hash
-from rto.cache import may_run_several_processes
 from rto.data import DataBundle, load_data
 from rto.data.preference_formats import chat_prompt
 from rto.models.factory import policy_tokenizer
-from rto.models.precision import autocast_dtype, lowered_linears
+from rto.models.precision import frozen_weights_lowered
 from rto.models.retokenize import RewardScorer, check_same_tokenizer
 from rto.models.reward import reward_tokenizer
 from rto.models.scalar_head import ScalarHeadModel
@@ -110,20 +108,11 @@ class RunContext:
         `loaders()` gives `(train, val)` once the stage's trainer exists: training rows are dealt to its ranks."""
         resume = self.cfg.resume
         module.on_nonfinite = self.cfg.on_nonfinite
-        with fast_stage(module, self.cfg.compile), self.frozen_weights_lowered(module):
+        with fast_stage(module, self.cfg.compile), frozen_weights_lowered(self.cfg.trainer, module):
             fit_resumable(partial(self.trainer, **trainer_overrides), module, loaders,
                           folder=self.resume_dir(recipe.name), cfg_hash=self.config_hash(recipe.config_keys),
                           every_n_steps=recipe.resume_every or resume.every_n_steps, enabled=resume.enabled,
                           callbacks=callbacks)
-
-    def frozen_weights_lowered(self, module):
-        """`bf16-mixed` in one CPU process: the stage's frozen linear weights stored in bf16 while it
-        trains, the numbers of autocast's per-call cast without its cost (`rto.models.precision`)."""
-        trainer = self.cfg.trainer
-        dtype = autocast_dtype(trainer.precision)
-        if dtype is None or trainer.get("accelerator") != "cpu" or may_run_several_processes(trainer):
-            return contextlib.nullcontext()
-        return lowered_linears([module], dtype, trainable=False)
 
     # ---- texts ------------------------------------------------------------------------------
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from rto.cache import may_run_several_processes
+
 SUPPORTED = {"32-true": None, "bf16-mixed": torch.bfloat16}
 ALIASES = {"32": "32-true", "bf16": "bf16-mixed"}  # Lightning's short names for the same two
 LOWERED = (nn.Linear, Conv1D)  # weights autocast casts to bf16 at every call (F.linear, addmm)
@@ -92,6 +94,16 @@ def lowered_linears(models: Iterable[Optional[nn.Module]], dtype: torch.dtype,
     finally:
         for module, name, param in reversed(swapped):
             setattr(module, name, param)
+
+
+def frozen_weights_lowered(trainer_cfg, module: nn.Module):
+    """For a stage's `trainer.fit`: under `bf16-mixed` in one CPU process, the frozen linear weights of
+    `module` stored in bf16 while it trains (a no-op otherwise: on a GPU the per-call cast is cheap and
+    memory dear; under DDP the ranks' broadcast of the weights stays as it was)."""
+    dtype = autocast_dtype(trainer_cfg.get("precision", "32-true"))
+    if dtype is None or trainer_cfg.get("accelerator") != "cpu" or may_run_several_processes(trainer_cfg):
+        return contextlib.nullcontext()
+    return lowered_linears([module], dtype, trainable=False)
 
 
 @contextlib.contextmanager
