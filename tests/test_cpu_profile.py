@@ -1,5 +1,6 @@
-"""`benchmarks/profile_iteration.py --smoke`: one real PPO iteration (the tiny preset, bf16-mixed) broken
-into phases that add up to the iteration, with the torch profiler's operators and matmul FLOPs per phase."""
+"""The CPU speed scripts at smoke size: `benchmarks/profile_iteration.py --smoke` (one real PPO iteration
+of the tiny preset under bf16-mixed, broken into phases that add up to the iteration, with the torch
+profiler's operators and matmul FLOPs per phase) and `benchmarks/amx_check.py`."""
 
 from __future__ import annotations
 
@@ -32,3 +33,11 @@ def test_profile_smoke_breaks_an_iteration_into_phases_that_add_up(tmp_path):
     assert any("mm" in op or "linear" in op for op, _ in profile["sampling/decode_forward"]["ops"])
     assert profile["update/backward"]["flops"] > 0 and profile["experience/reference"]["flops"] > 0
     assert "| iteration |" in out.stdout and "decode_forward" in out.stdout
+
+
+def test_amx_check_reports_both_throughputs_and_the_onednn_kernel():
+    out = subprocess.run([sys.executable, str(BENCH / "amx_check.py"), "--threads", "1", "--n", "256"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "GFLOP/s, bf16" in out.stdout and "oneDNN kernel of a bf16 linear layer:" in out.stdout
+    assert "AMX: " in out.stdout
