@@ -62,9 +62,13 @@ class Phases:
 
     @contextlib.contextmanager
     def time(self, name: str):
+        """Also a torch-profiler range of that name (`profile_iteration.py` files the ops under it)."""
+        import torch
+
         start = time.perf_counter()
         try:
-            yield
+            with torch.profiler.record_function(name):
+                yield
         finally:
             self.seconds[name] += time.perf_counter() - start
 
@@ -158,32 +162,39 @@ def build_module(cfg, spec: dict, tok, encoder, folder: Path):
 
 
 def instrument(module, phases: Phases) -> None:
-    """Phase timers around what `PPOModule.training_step` calls (rto.stages.ppo's names)."""
+    """Phase timers around what `RLModule.training_step` calls (the names in rto.stages.learner and
+    rto.stages.ppo): sampling (its first forward the prefill, the others decoding steps), the
+    experience by model, the update's forwards, backward and optimizer steps (`time_optimizers`)."""
+    import torch
+
     from rto.rl import experience
-    from rto.stages import ppo
+    from rto.stages import learner, ppo
 
     roles = {id(module.actor): "pi_old", id(module.reference): "reference", id(module.dpo_policy): "dpo"}
     sampling = {"on": False, "calls": 0}
-    phases.wrap(ppo, "sample_responses", "sampling")
-    original_sample = ppo.sample_responses
+    original_sample = learner.sample_responses
 
     def sample(*args, **kwargs):
         sampling.update(on=True, calls=0)
         try:
-            return original_sample(*args, **kwargs)
+            with phases.time("sampling"):
+                return original_sample(*args, **kwargs)
         finally:
             sampling["on"] = False
-    ppo.sample_responses = sample
+    learner.sample_responses = sample
 
-    # the sampler's first forward is the prefill, the others are decoding steps
     def pre(mod, args, kwargs):
         if sampling["on"]:
+            name = "sampling/prefill" if sampling["calls"] == 0 else "sampling/decode_forward"
+            sampling["range"] = torch.profiler.record_function(name)
+            sampling["range"].__enter__()
             sampling["start"] = time.perf_counter()
 
     def post(mod, args, kwargs, out):
         if sampling["on"]:
             phases.seconds["sampling/prefill" if sampling["calls"] == 0 else "sampling/decode_forward"] += (
                 time.perf_counter() - sampling["start"])
+            sampling["range"].__exit__(None, None, None)
             sampling["calls"] += 1
     module.actor.register_forward_pre_hook(pre, with_kwargs=True)
     module.actor.register_forward_hook(post, with_kwargs=True)
@@ -193,9 +204,16 @@ def instrument(module, phases: Phases) -> None:
     phases.wrap(experience, "critic_values", "experience/critic")
     phases.wrap(module.reward_model, "score", "experience/reward_model")
     phases.wrap(module, "update", "update")
-    phases.wrap(ppo, "policy_logprobs", "update/actor_forward")
+    phases.wrap(learner, "policy_logprobs", "update/actor_forward")
     phases.wrap(ppo, "critic_values", "update/critic_forward")
     phases.wrap(module, "manual_backward", "update/backward")
+    phases.wrap(module, "clip_gradients", "update/clip_gradients")
+
+
+def time_optimizers(optimizers, phases: Phases) -> None:
+    """`update/optimizer`: every optimizer's step (the trainer makes them at the start of `fit`)."""
+    for optimizer in optimizers:
+        phases.wrap(optimizer, "step", "update/optimizer")
 
 
 def main() -> None:
@@ -209,6 +227,10 @@ def main() -> None:
 
     from rto.data import PromptCollator
     from rto.models.speed import fast_stage
+    try:
+        from rto.models.precision import frozen_weights_lowered
+    except ImportError:  # an older checkout (the `before` variant)
+        frozen_weights_lowered = lambda *args: contextlib.nullcontext()  # noqa: E731
 
     torch.set_num_threads(spec["threads"])
     cfg = compose_cfg(spec, root / "conf")
@@ -242,6 +264,9 @@ def main() -> None:
                 else:
                     self.remaining = int(line[1])
 
+            def on_train_start(self, trainer, pl_module):
+                time_optimizers(trainer.optimizers, phases)
+
             def on_train_batch_start(self, *args):
                 phases.seconds.clear()
                 if self.profiler is not None:
@@ -273,7 +298,7 @@ def main() -> None:
               flush=True)
         reset_peak_rss()
         clock.wait()
-        with fast_stage(module, cfg.compile):
+        with fast_stage(module, cfg.compile), frozen_weights_lowered(cfg.trainer, module):  # as RunContext.fit
             trainer.fit(module, loader)
 
 

@@ -43,7 +43,8 @@ VARIANTS = {  # name -> Hydra overrides (`before`: fp32 on the checkout given by
 }
 PHASE_ORDER = ["iteration", "sampling", "sampling/prefill", "sampling/decode_forward", "experience",
                "experience/pi_old", "experience/reference", "experience/dpo", "experience/reward_model",
-               "experience/critic", "update", "update/actor_forward", "update/critic_forward", "update/backward"]
+               "experience/critic", "update", "update/actor_forward", "update/critic_forward", "update/backward",
+               "update/clip_gradients", "update/optimizer"]
 
 
 class Worker:

@@ -17,6 +17,7 @@ from rto.algos.kl_control import KL_CONTROLLERS
 from rto.algos.losses import DPO_LOSSES
 from rto.algos.rewards import REWARDS, reward_variant
 from rto.errors import ConfigError, MachineError
+from rto.models.precision import precision_problem
 
 STAGES = ("all", "sft", "pairs", "rm", "dpo", "ppo", "eval")
 KL_ESTIMATORS = ("k1", "k3")
@@ -238,6 +239,9 @@ def validate(cfg: DictConfig) -> None:
         if not check(value):
             problems.append(f"{_shown(cfg, key)} must be {what}, got {value!r}")
     problems += lora_problems(cfg)
+    precision = OmegaConf.select(cfg, "trainer.precision", default=None)
+    if precision is not None and precision_problem(precision):
+        problems.append(precision_problem(precision))
     policies = OmegaConf.select(cfg, "eval.policies", default=None)
     if policies is not None and (not OmegaConf.is_list(policies) or "sft" not in policies
                                  or not set(policies) <= {"sft", "dpo", "policy"}):

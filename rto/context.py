@@ -21,6 +21,7 @@ from rto.data import DataBundle, load_data
 from rto.data.preference_formats import chat_prompt
 from rto.models.factory import policy_tokenizer
 from rto.models.pretrained_cache import share_frozen_weights
+from rto.models.precision import frozen_weights_lowered
 from rto.models.retokenize import RewardScorer, check_same_tokenizer
 from rto.models.reward import reward_tokenizer
 from rto.models.scalar_head import ScalarHeadModel
@@ -115,7 +116,7 @@ class RunContext:
         `loaders()` gives `(train, val)` once the stage's trainer exists: training rows are dealt to its ranks."""
         resume = self.cfg.resume
         module.on_nonfinite = self.cfg.on_nonfinite
-        with fast_stage(module, self.cfg.compile):
+        with fast_stage(module, self.cfg.compile), frozen_weights_lowered(self.cfg.trainer, module):
             fit_resumable(partial(self.trainer, **trainer_overrides), module, loaders,
                           folder=self.resume_dir(recipe.name), cfg_hash=self.config_hash(recipe.config_keys),
                           every_n_steps=recipe.resume_every or resume.every_n_steps, enabled=resume.enabled,

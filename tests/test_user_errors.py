@@ -128,6 +128,8 @@ def test_real_data_with_one_held_out_prompt_is_refused(tmp_path, assets):
     ("stage=ppo", ["Error (checkpoint)", "stage=ppo needs the sft checkpoint", "run stage=sft"]),
     ("ppo.micro_batch_size=0", ["Error (config)", "ppo.micro_batch_size must be null or an integer >= 1, got 0"]),
     ("ppo.micro_batch_size=5", ["Error (config)", "ppo.micro_batch_size (5) must not exceed ppo.minibatch_size (4)"]),
+    ("trainer.precision=bf16-true", ["Error (config)", "trainer.precision must be 32-true (fp32) or bf16-mixed",
+                                     "got 'bf16-true'", "model.dtype=bf16"]),
 ])
 def test_user_error_is_one_short_message(tmp_path, override, named):
     if override == "trainer=gpu":

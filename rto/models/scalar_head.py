@@ -22,11 +22,20 @@ from rto.models.forward import sequence_inputs, shared_prompt_forward
 HEAD_FILE = "scalar_head.safetensors"
 
 
+class ScalarHead(nn.Linear):
+    """The value / score head: fp32 whatever the backbone computes in. Under bf16 autocast a plain
+    linear layer would round every score and value to bf16 (about 3 significant digits)."""
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            return super().forward(hidden.to(self.weight.dtype))
+
+
 class ScalarHeadModel(nn.Module):
     def __init__(self, backbone: PreTrainedModel):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.config.hidden_size, 1)
+        self.head = ScalarHead(backbone.config.hidden_size, 1)
         nn.init.normal_(self.head.weight, std=1.0 / (backbone.config.hidden_size + 1) ** 0.5)
         nn.init.zeros_(self.head.bias)
 
@@ -43,7 +52,7 @@ class ScalarHeadModel(nn.Module):
         return self.head_values(hidden)
 
     def head_values(self, hidden: Tensor) -> Tensor:
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()  # the head stays fp32
+        return self.head(hidden).squeeze(-1).float()
 
     def response_values(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
                         response_mask: Tensor) -> Tensor:

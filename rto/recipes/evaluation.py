@@ -8,6 +8,7 @@ import time
 
 from rto.credit import credit_on_texts
 from rto.evaluation import evaluate, format_table
+from rto.models.precision import computing_in
 from rto.models.reward import judge_scorer
 from rto.outputs import OutputWriter
 from rto.recipes.base import StageRecipe
@@ -42,17 +43,21 @@ class EvaluationRecipe(StageRecipe):
         policies = {name: upstream[POLICY_STAGES[name]] for name in cfg.policies}
         start = time.perf_counter()
         judge = judge_scorer(cfg.get("judge"), ctx.data.encoder, ctx.data.tokenizer)
-        results, samples = evaluate(policies, upstream["sft"], ctx.scorer(upstream["rm"]), prompts, ctx.data.encoder,
-                                    cfg, ctx.decode, ctx.data.gold, judge, optimum=ctx.data.optimum)
-        ctx.metrics["time/eval_seconds"] = time.perf_counter() - start
+        scorer, dpo, credit = ctx.scorer(upstream["rm"]), upstream.get("dpo"), None
+        # in the run's precision (`trainer.precision`), as the policies were trained
+        with computing_in(ctx.cfg.trainer.precision, *policies.values(), upstream["sft"], scorer, judge, dpo):
+            results, samples = evaluate(policies, upstream["sft"], scorer, prompts, ctx.data.encoder, cfg, ctx.decode,
+                                        ctx.data.gold, judge, optimum=ctx.data.optimum)
+            ctx.metrics["time/eval_seconds"] = time.perf_counter() - start
+            if dpo is not None and ctx.data.gold_tokens is not None:
+                # DPO's token rewards against the gold per-word rewards, on the SFT policy's responses
+                credit = credit_on_texts(dpo, upstream["sft"], samples["sft"].prompts, samples["sft"].responses,
+                                         ctx.data.encoder, ctx.data.gold_tokens, cfg.batch_size,
+                                         ctx.cfg.ppo.temperature)
         table = format_table(results, {"sft": "SFT", "dpo": DPO_LABELS[ctx.cfg.dpo.loss], "policy": policy_label(ctx.cfg)})
         for name, result in results.items():
             ctx.metrics.update({f"eval/{name}/{k}": v for k, v in result.items()})
-        dpo = upstream.get("dpo")
-        if dpo is not None and ctx.data.gold_tokens is not None:
-            # DPO's token rewards against the gold per-word rewards, on the SFT policy's responses
-            credit = credit_on_texts(dpo, upstream["sft"], samples["sft"].prompts, samples["sft"].responses,
-                                     ctx.data.encoder, ctx.data.gold_tokens, cfg.batch_size, ctx.cfg.ppo.temperature)
+        if credit is not None:
             ctx.metrics.update({f"eval/credit/{k}": v for k, v in credit.items()})
         n = cfg.n_samples_saved
         rows = [{"policy": name, "prompt": ctx.prompt_text(p), "response": r,

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 
 from rto.data.collate import Encoder
 from rto.evaluation import sample_policy
+from rto.models.precision import computing_in
 
 
 class ValidationCurve(Callback):
@@ -46,9 +47,12 @@ class ValidationCurve(Callback):
         shard = self.prompts[trainer.global_rank::trainer.world_size]
         totals = torch.zeros(5, dtype=torch.float64)
         if shard:
-            # sample_policy runs every model in inference mode (rto/rl/modes.py); the next iteration sets its own
-            samples = sample_policy(pl_module.actor, pl_module.reference, pl_module.reward_model, shard, self.encoder,
-                                    decode=self.decode, gold=self.gold, **self.sampling)
+            # sample_policy runs every model in inference mode (rto/rl/modes.py); the next iteration sets its own.
+            # In the trainer's precision, as the rollouts are sampled (outside a step: no autocast of Lightning's)
+            models = (pl_module.actor, pl_module.reference, pl_module.reward_model)
+            with computing_in(trainer.precision, *models):
+                samples = sample_policy(*models, shard, self.encoder, decode=self.decode, gold=self.gold,
+                                        **self.sampling)
             gold = samples.gold if samples.gold is not None else np.zeros(len(shard))
             fraction = gold / self.optimum(shard) if self.optimum is not None else np.zeros(len(shard))
             totals += torch.tensor([len(shard), gold.sum(), samples.rm_score.sum(), samples.kl.sum(), fraction.sum()],

@@ -7,7 +7,9 @@ manual: an iteration makes many optimizer steps, on one optimizer or two.
 Modes and numbers (`rto/rl/modes.py`): sampling and experience run in eval mode, the update with
 dropout off too, so pi_old and pi agree at the first minibatch (ratio 1); every model reads the
 rollout at the sampling temperature; pi_old comes from the sampler only in full fp32, else from one
-full forward in the update's precision (`sampler_logprobs_are_exact`).
+full forward in the update's precision (`sampler_logprobs_are_exact`). Under `bf16-mixed` (Lightning's
+autocast around the whole step) sampling, experience and update all compute in bf16
+(`rto.models.precision`).
 
 Under DDP each rank samples its own prompts, each prompt's k samples on that rank (a group
 baseline needs no other rank); reward normalisation, whitening, the adaptive KL coefficient, the
@@ -29,6 +31,7 @@ from omegaconf import DictConfig
 from rto.algos.advantages import RunningMoments
 from rto.algos.finite import NonFiniteError
 from rto.algos.kl_control import KLController
+from rto.models.precision import sampling_in_autocast
 from rto.rl.experience import Experience
 from rto.rl.metrics import iteration_metrics, mean_response_kl
 from rto.rl.modes import inference_mode
@@ -118,10 +121,11 @@ class RLModule(NonFiniteGuard, MinibatchUpdate, L.LightningModule):
         """k = `samples_per_prompt` responses to each prompt, the group's rows consecutive."""
         prompt_ids, prompt_mask, prompt_text = repeat_prompts(batch, self.samples_per_prompt)
         exact = sampler_logprobs_are_exact(self.actor)  # else the experience recomputes pi_old
-        response_ids, response_mask, *logprobs = sample_responses(
-            self.actor, prompt_ids, prompt_mask, self.ppo_cfg.max_new_tokens, self.eos_id, self.pad_id,
-            self.ppo_cfg.temperature, self.generator, return_logprobs=exact,
-            share_repeated=self.samples_per_prompt > 1)  # each prompt's forward once for its k samples
+        with sampling_in_autocast(self.actor):  # bf16-mixed on a CPU: bf16 weights while sampling
+            response_ids, response_mask, *logprobs = sample_responses(
+                self.actor, prompt_ids, prompt_mask, self.ppo_cfg.max_new_tokens, self.eos_id, self.pad_id,
+                self.ppo_cfg.temperature, self.generator, return_logprobs=exact,
+                share_repeated=self.samples_per_prompt > 1)  # each prompt's forward once for its k samples
         return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, prompt_text,
                        logprobs=logprobs[0] if exact else None)
 
