@@ -99,10 +99,11 @@ def measure(spec: dict) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             times.append(time.perf_counter() - self.start)
             peaks.append(peak_rss_mib())
-            if batch_idx == 0:
-                widths.append(int(batch["prompt_ids"].shape[1]))
+            widths.append(int(batch["prompt_ids"].shape[1]))
+            lengths.append(float(trainer.callback_metrics["ppo/response_length"]))  # mean over the rollout
 
     widths: list[int] = []
+    lengths: list[float] = []
     trainer = instantiate(cfg.trainer, logger=False, max_epochs=1, callbacks=[Clock()])
     reset_peak_rss()  # from here: what iterating needs (the models are resident already)
     trainer.fit(module, loader)
@@ -111,7 +112,7 @@ def measure(spec: dict) -> dict:
             "process_peak_rss_mib": max(setup_peak, *peaks), "setup_seconds": setup_seconds,
             "parameters": sum(p.numel() for p in module.actor.parameters()),
             "trainable_parameters": sum(p.numel() for p in module.actor.parameters() if p.requires_grad),
-            "prompt_tokens": widths[0], "torch": torch.__version__}
+            "prompt_tokens": max(widths), "response_tokens": min(lengths), "pid": os.getpid(), "torch": torch.__version__}
 
 
 def run_point(name: str, spec: dict, log_dir: Path) -> dict:
