@@ -188,6 +188,10 @@ def table(results: dict) -> str:
     return "\n".join(out)
 
 
+def _seconds_label(value: float, _position) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def plot(results: dict, path: Path) -> None:
     """Seconds (top) and peak RSS (bottom) against parameters (left) and new tokens (right), log-log for
     the seconds with a line of linear growth from the first point; RSS on a linear axis (its floor,
@@ -196,7 +200,7 @@ def plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     series = [(k, [p for p in results.get(k, []) if "error" not in p]) for k in ("size", "length")]
     series = [(k, pts) for k, pts in series if pts]
@@ -221,9 +225,9 @@ def plot(results: dict, path: Path) -> None:
             if key == "median" and len(pts) > 1:  # linear growth through the first point, for the eye
                 ax.plot([x[0], max(x)], [y[0], y[0] * max(x) / x[0]], ":", color="gray", label="linear from the first point")
                 ax.set_yscale("log")
-                ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+                ax.yaxis.set_major_formatter(FuncFormatter(_seconds_label))
                 # within one decade there may be no major tick: label the minor ones then
-                ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g") if max(y) < 10 * min(y) else NullFormatter())
+                ax.yaxis.set_minor_formatter(FuncFormatter(_seconds_label) if max(y) < 10 * min(y) else NullFormatter())
             ax.set_xlabel("parameters per model" if kind == "size" else "new tokens per response")
             ax.set_ylabel("seconds per PPO iteration" if key == "median" else "peak RSS while iterating (MiB)")
             ax.grid(True, which="both", alpha=0.3)
@@ -242,8 +246,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--lengths", nargs="*", type=int, default=LENGTHS)
     parser.add_argument("--length-model", choices=list(SIZES), default="smollm2-135m-lora")
-    for key, value in SHAPES.items():
-        parser.add_argument(f"--{key}", type=type(value), default=value)
+    for key, value in SHAPES.items():  # --prompts, --new-tokens (the size series' length), --epochs, ...
+        parser.add_argument("--" + key.replace("_", "-"), dest=key, type=type(value), default=value)
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for scaling.json, scaling.md, scaling.png")
     args = parser.parse_args()
     if args.point:
@@ -271,7 +275,8 @@ def main() -> None:
 
     if "size" in args.only:
         results["size"] = [point(name, shapes["new_tokens"]) for name in args.sizes]
-        exponents(results["size"], lambda p: p["parameters"])
+        # growth within the full fine-tuning series only (the LoRA row trains and holds other things)
+        exponents([p for p in results["size"] if p["spec"]["lora"] is None], lambda p: p["parameters"])
     if "length" in args.only:
         results["length"] = [point(args.length_model, n) for n in sorted(args.lengths)]
         exponents(results["length"], lambda p: p["spec"]["new_tokens"])
