@@ -115,9 +115,14 @@ def ppo_smollm2_trainer(spec: dict, out: str, clock: StepClock):
         temperature=1.0, kl_coef=spec["beta"], kl_estimator="k1", learning_rate=spec["learning_rate"])
     forced_length_check(spec["max_new_tokens"])
     # exactly one batch of prompts: every (shuffled) batch holds the same prompts, as on our side
-    return PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
-                      value_model=value, train_dataset=Dataset.from_list([{"input_ids": ids} for ids in prompt_ids]),
-                      peft_config=lora_config(spec, TaskType.CAUSAL_LM), callbacks=[Tick(clock)])
+    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
+                         value_model=value, train_dataset=Dataset.from_list([{"input_ids": ids} for ids in prompt_ids]),
+                         peft_config=lora_config(spec, TaskType.CAUSAL_LM), callbacks=[Tick(clock)])
+    trained = {name: sum(p.numel() for p in getattr(trainer.model, name).parameters() if p.requires_grad)
+               for name in ("policy", "value_model")}
+    print(f"trainable parameters: {trained}; reference: the policy's adapter disabled "
+          f"({trainer.ref_model is None and trainer.is_peft_model})", file=sys.stderr, flush=True)
+    return trainer
 
 
 def dpo_trainer(spec: dict, tok, out: str, clock: StepClock, precompute: bool):
