@@ -3,12 +3,14 @@
     python benchmarks/vs_trl.py            # full: PPO (sentence, token) vs TRL 0.23.1, DPO, GRPO, RLOO vs current TRL
     python benchmarks/vs_trl.py --quick    # 3 alternations of 1 step: meant for under 2 minutes on an idle 2-core CPU
     python benchmarks/vs_trl.py --only dpo --repeats 10
+    python benchmarks/vs_trl.py --only ppo_smollm2 --repeats 6 --steps 1   # SmolLM2-135M + LoRA (not in the default run)
 
 Each side runs in its own process (ours in this venv, TRL's in `benchmarks/.venv-trl*`, which
 this script creates on first use: TRL is not a dependency of the project) and keeps its trainer
 alive; the driver alternates them chunk by chunk (`--steps` steps each), after one warm-up chunk,
 and reports medians, the spread (25th-75th percentile) and the ratio TRL median / our median.
-Same files (tokenizer, GPT-2 checkpoint, prompts, pairs: `shapes.py`), same shapes, same threads.
+Same files (tokenizer, GPT-2 checkpoint, prompts, pairs: `shapes.py`; for `ppo_smollm2` the GGUF
+model and prompt ids of `smollm2_spec.py`), same shapes, same threads.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ HERE = Path(__file__).resolve().parent
 # this checkout's rto first (a venv may hold another checkout's editable install)
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from shapes import write_fixtures  # noqa: E402
+from smollm2_spec import SHAPES as SMOLLM2_SHAPES, write_smollm2_spec  # noqa: E402
 from step_clock import TIMES_PREFIX  # noqa: E402
 
 # TRL 0.23.1 is the last release whose PPOTrainer is a regular trainer; it needs transformers<4.57
+# (folder, packages, modules that must import: a venv made before a package joined the list gets it)
 VENVS = {
-    "ppo": (HERE / ".venv-trl", ["trl==0.23.1", "transformers<4.57"]),
-    "current": (HERE / ".venv-trl-dpo", ["trl"]),  # current TRL (1.x): DPOTrainer, GRPOTrainer, RLOOTrainer
+    # peft and gguf: `ppo_smollm2` (LoRA, the GGUF model)
+    "ppo": (HERE / ".venv-trl", ["trl==0.23.1", "transformers<4.57", "peft", "gguf"], ["trl", "peft", "gguf"]),
+    # current TRL (1.x): DPOTrainer, GRPOTrainer, RLOOTrainer
+    "current": (HERE / ".venv-trl-dpo", ["trl"], ["trl"]),
 }
 WORKS = {  # work -> (our worker args, TRL worker's work, target ratio)
     "ppo_sentence": (["ppo_sentence"], "ppo", 1.5),
@@ -45,17 +51,25 @@ WORKS = {  # work -> (our worker args, TRL worker's work, target ratio)
     # both sides (GRPO: k3 KL loss term; RLOO: k1 KL in the reward)
     "grpo": (["grpo"], "grpo", 1.5),
     "rloo": (["rloo"], "rloo", 1.5),
+    # SmolLM2-135M-Instruct (GGUF) with LoRA, 16 prompts x 32 new tokens, 2 epochs over minibatches of 8
+    # (`smollm2_spec.py`); minutes per step on a CPU, so only when asked (`--only ppo_smollm2`)
+    "ppo_smollm2": (["ppo_smollm2"], "ppo_smollm2", 1.5),
 }
+DEFAULT_WORKS = [w for w in WORKS if w != "ppo_smollm2"]
+TRL_PPO_WORKS = ("ppo", "ppo_smollm2")  # TRL worker works that run TRL 0.23.1's PPOTrainer (the "ppo" venv)
 
 
 def ensure_venv(kind: str) -> Path:
-    folder, packages = VENVS[kind]
+    folder, packages, modules = VENVS[kind]
     python = folder / "bin" / "python"
     if not python.exists():
         print(f"creating {folder} (once) with {' '.join(packages)}", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
         # torch first, pinned: the CPU build, and the same torch as ours
         subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+    elif subprocess.run([str(python), "-c", f"import {', '.join(modules)}"], capture_output=True).returncode:
+        print(f"installing {' '.join(packages)} into {folder}", flush=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
     return python
 
@@ -106,7 +120,7 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 def compare(work: str, spec_path: Path, spec: dict, args, logs: Path) -> dict:
     ours_arg, trl_arg, target = WORKS[work]
-    trl_python = ensure_venv("ppo" if trl_arg == "ppo" else "current")
+    trl_python = ensure_venv("ppo" if trl_arg in TRL_PPO_WORKS else "current")
     our_work, *our_overrides = ours_arg
     print(f"\n== {work}: starting workers", flush=True)
     ours = Worker("ours", [sys.executable, str(HERE / "ours_worker.py"), our_work, str(spec_path), *our_overrides, *args.ours],
@@ -135,7 +149,7 @@ def compare(work: str, spec_path: Path, spec: dict, args, logs: Path) -> dict:
             "paired_speedup": paired, "target": target, "met": ratio >= target, "times": times}
 
 
-def table(results: list[dict], spec: dict) -> str:
+def table(results: list[dict], threads: int) -> str:
     rows = ["| work | ours: median s/step (p25-p75) | TRL: median s/step (p25-p75) | speed-up (TRL / ours) "
             "| median of paired ratios | target |", "|---|---|---|---|---|---|"]
     for r in results:
@@ -143,43 +157,83 @@ def table(results: list[dict], spec: dict) -> str:
         rows.append(f"| {r['work']} | {fmt(r['ours'])} | {fmt(r['trl'])} | **{r['speedup']:.2f}x** | "
                     f"{r['paired_speedup']:.2f}x | "
                     f">= {r['target']}x {'met' if r['met'] else 'NOT met'} |")
-    rows.append(f"\n{spec['threads']} torch thread(s) per side, {len(results[0]['times']['ours'])} timed steps per side, "
-                f"{spec['n_params'] / 1e6:.2f}M parameters per model")
+    rows.append(f"\n{threads} torch thread(s) per side, {len(results[0]['times']['ours'])} timed steps per side")
+    for r in results:
+        rows.append(f"- {r['work']}: {r['setting']}")
     return "\n".join(rows)
+
+
+def setting(spec: dict) -> str:
+    """One line on what a work ran: model, rollout shape, update."""
+    shape = (f"{spec['rollout_batch_size']} responses x {spec['max_new_tokens']} new tokens, {spec['ppo_epochs']} PPO "
+             f"epochs over minibatches of {spec['minibatch_size']}")
+    if spec.get("kind") == "smollm2":
+        lora = spec["lora"]
+        return (f"{spec['model_name']} ({spec['gguf_file'] or spec['model_dir']}), LoRA r={lora['r']} alpha={lora['alpha']} "
+                f"on {lora['target_modules']}, prompts of {spec['prompt_tokens']} tokens (padded), {shape}, "
+                f"every response full length")
+    return f"GPT-2 {spec['n_params'] / 1e6:.2f}M parameters per model, {shape} (DPO: {spec['dpo_pairs']} pairs per step)"
+
+
+def write_spec(kind: str, folder: Path, args) -> tuple[Path, dict]:
+    """The spec file both workers of a work read: `gpt2` (`shapes.py`) or `smollm2` (`smollm2_spec.py`)."""
+    common = {"threads": args.threads, "seed": 0, "total_steps": args.warmup + args.repeats * args.steps + 2}
+    if kind == "smollm2":
+        shapes = {"rollout_batch_size": args.smollm2_prompts, "max_new_tokens": args.smollm2_new_tokens,
+                  "ppo_epochs": args.smollm2_epochs, "minibatch_size": args.smollm2_minibatch}
+        spec = write_smollm2_spec(folder / kind, shapes=shapes, overrides=tuple(args.smollm2_overrides), **common)
+    else:
+        spec = {**write_fixtures(folder / kind, n_prompts=256), **common}
+    path = folder / f"{kind}_spec.json"
+    path.write_text(json.dumps(spec))
+    return path, spec
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 alternations of 1 step per side")
-    parser.add_argument("--only", choices=list(WORKS), nargs="*", default=list(WORKS))
+    parser.add_argument("--only", choices=list(WORKS), nargs="*", default=DEFAULT_WORKS,
+                        help="works to run (default: all but ppo_smollm2)")
     parser.add_argument("--repeats", type=int, default=8, help="alternations ours/TRL")
     parser.add_argument("--steps", type=int, default=2, help="steps per side per alternation")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--json", default="benchmarks/results/vs_trl.json")
+    parser.add_argument("--json", help="default: benchmarks/results/vs_trl.json (vs_trl_smollm2.json for ppo_smollm2 alone)")
     parser.add_argument("--ours", nargs="*", default=[], help="extra Hydra overrides for our side")
+    small = parser.add_argument_group("ppo_smollm2 shapes (defaults: the issue's setting; smaller ones to check the pair)")
+    small.add_argument("--smollm2-prompts", type=int, default=SMOLLM2_SHAPES["rollout_batch_size"])
+    small.add_argument("--smollm2-new-tokens", type=int, default=SMOLLM2_SHAPES["max_new_tokens"])
+    small.add_argument("--smollm2-epochs", type=int, default=SMOLLM2_SHAPES["ppo_epochs"])
+    small.add_argument("--smollm2-minibatch", type=int, default=SMOLLM2_SHAPES["minibatch_size"])
+    small.add_argument("--smollm2-overrides", nargs="*", default=[],
+                       help="Hydra overrides of the model (tests: `model=hf model.pretrained=<folder>`)")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.steps, args.warmup = 3, 1, 1
+    args.json = args.json or ("benchmarks/results/vs_trl_smollm2.json" if args.only == ["ppo_smollm2"]
+                              else "benchmarks/results/vs_trl.json")
     start = time.perf_counter()
+    specs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        total = args.warmup + args.repeats * args.steps + 2
-        spec = {**write_fixtures(tmp / "fixtures", n_prompts=256), "threads": args.threads, "seed": 0,
-                "total_steps": total}
-        spec_path = tmp / "spec.json"
-        spec_path.write_text(json.dumps(spec))
         logs = HERE / "results" / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        results = [compare(work, spec_path, spec, args, logs) for work in args.only]
-    md = table(results, spec)
+        results = []
+        for work in args.only:
+            kind = "smollm2" if work == "ppo_smollm2" else "gpt2"
+            if kind not in specs:
+                specs[kind] = write_spec(kind, Path(tmp), args)
+            spec_path, spec = specs[kind]
+            results.append({**compare(work, spec_path, spec, args, logs), "setting": setting(spec)})
+    md = table(results, args.threads)
     print("\n" + md)
     out = HERE.parent / args.json
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/vs_trl.py " + " ".join(sys.argv[1:])
+    hidden = ("model", "prompts", "pairs", "prompt_ids", "tokenizer")  # temporary files
     out.write_text(json.dumps({"command": command.strip(), "seconds": time.perf_counter() - start,
                                "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
-                               "spec": {k: v for k, v in spec.items() if k not in ("model", "prompts", "pairs")},
+                               "spec": {kind: {k: v for k, v in spec.items() if k not in hidden}
+                                        for kind, (_, spec) in specs.items()},
                                "results": results}, indent=2) + "\n")
     out.with_suffix(".md").write_text(f"`{command.strip()}`\n\n{md}\n")
     print(f"\n{time.perf_counter() - start:.0f} s; wrote {out} and {out.with_suffix('.md')}")

@@ -53,3 +53,76 @@ def test_trl_parity_script_finds_our_ppo_numbers_equal_to_trls(tmp_path):
     checked = [r for r in results if r["ok"] is not None]
     assert checked and all(r["ok"] for r in checked)
     assert any(r["rows_ending_early"] for r in checked) and all(r["clipfrac"] > 0 for r in checked)
+
+
+# ---- vs_trl.py --only ppo_smollm2, at a tiny size: a small Llama with a chat template stands in for the GGUF model
+def trl_venv_ready() -> bool:
+    python = BENCH / ".venv-trl" / "bin" / "python"
+    return python.exists() and subprocess.run([str(python), "-c", "import trl, peft, gguf"]).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory) -> Path:
+    from tests.real_assets import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_chat") / "model")
+
+
+SMALL = ["--smollm2-prompts", "4", "--smollm2-new-tokens", "6", "--smollm2-epochs", "1", "--smollm2-minibatch", "2"]
+
+
+def test_smollm2_spec_gives_both_sides_the_same_prompt_ids_and_trl_a_pad_no_prompt_holds(tiny_chat_model, tmp_path):
+    from smollm2_spec import write_smollm2_spec
+
+    spec = write_smollm2_spec(tmp_path, threads=1, seed=0, total_steps=3, shapes={"rollout_batch_size": 4},
+                              overrides=("model=hf", f"model.pretrained={tiny_chat_model}"))
+    ids = json.loads(Path(spec["prompt_ids"]).read_text())
+    assert len(ids) == 4 == len(json.loads(Path(spec["prompts"]).read_text()))
+    assert spec["lora"] == {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    assert spec["max_new_tokens"] == 32 and spec["ppo_epochs"] == 2 and spec["minibatch_size"] == 8
+    # the tiny tokenizer has no pad: ours pads with EOS, which TRL could not tell from a real token
+    assert spec["trl_pad_id"] not in {i for row in ids for i in row}
+    assert spec["prompt_tokens"] == max(len(row) for row in ids)
+
+
+def test_trl_pad_is_a_token_no_prompt_holds(tiny_chat_model):
+    from smollm2_spec import trl_pad_id
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_chat_model)
+    specials = [tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, 0, 1, 2, 3, 4]
+    assert trl_pad_id(tok, [specials[:4], specials[4:]]) not in specials
+    assert trl_pad_id(tok, [[5, 6]]) == 0  # no <|endoftext|> here: the first id no prompt holds
+
+
+def test_our_smollm2_worker_times_real_steps(tiny_chat_model, tmp_path):
+    from smollm2_spec import write_smollm2_spec
+
+    spec = write_smollm2_spec(tmp_path, threads=1, seed=0, total_steps=3,
+                              shapes={"rollout_batch_size": 4, "max_new_tokens": 6, "ppo_epochs": 1, "minibatch_size": 2},
+                              overrides=("model=hf", f"model.pretrained={tiny_chat_model}"))
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, str(BENCH / "ours_worker.py"), "ppo_smollm2", str(path)],
+                         input="run 2\nstop\n", capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith(TIMES_PREFIX)]
+    assert lines and len(json.loads(lines[0][len(TIMES_PREFIX):])) == 2
+
+
+@pytest.mark.skipif(not trl_venv_ready(), reason="TRL's virtualenv with peft and gguf is absent "
+                    "(`python benchmarks/vs_trl.py --quick --only ppo_smollm2` creates it)")
+def test_vs_trl_runs_trl_ppo_with_lora_against_ours(tiny_chat_model, tmp_path):
+    """Both workers of `ppo_smollm2` end to end (TRL 0.23.1's PPOTrainer with peft; its rollout checked
+    to run the full `response_length`), through the driver, which writes the table."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, str(BENCH / "vs_trl.py"), "--quick", "--only", "ppo_smollm2", "--threads", "1",
+                          *SMALL, "--smollm2-overrides", "model=hf", f"model.pretrained={tiny_chat_model}",
+                          "--json", str(tmp_path / "vs.json")], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads((tmp_path / "vs.json").read_text())["results"][0]
+    assert result["work"] == "ppo_smollm2" and result["speedup"] > 0
+    assert len(result["times"]["ours"]) == len(result["times"]["trl"]) == 3
+    assert "LoRA r=8 alpha=16" in result["setting"] and "4 responses x 6 new tokens" in result["setting"]
+    assert "ppo_smollm2" in (tmp_path / "vs.md").read_text()
