@@ -162,13 +162,13 @@ def build_module(cfg, spec: dict, tok, encoder, folder: Path):
 
 
 def instrument(module, phases: Phases) -> None:
-    """Phase timers around what `RLModule.training_step` calls (the names in rto.stages.learner and
-    rto.stages.ppo): sampling (its first forward the prefill, the others decoding steps), the
+    """Phase timers around what `RLModule.training_step` calls (the names in rto.stages.learner,
+    rto.stages.update and rto.stages.ppo): sampling (its first forward the prefill, the others decoding steps), the
     experience by model, the update's forwards, backward and optimizer steps (`time_optimizers`)."""
     import torch
 
     from rto.rl import experience
-    from rto.stages import learner, ppo
+    from rto.stages import learner, ppo, update as minibatch_update
 
     roles = {id(module.actor): "pi_old", id(module.reference): "reference", id(module.dpo_policy): "dpo"}
     sampling = {"on": False, "calls": 0}
@@ -204,7 +204,7 @@ def instrument(module, phases: Phases) -> None:
     phases.wrap(experience, "critic_values", "experience/critic")
     phases.wrap(module.reward_model, "score", "experience/reward_model")
     phases.wrap(module, "update", "update")
-    phases.wrap(learner, "policy_logprobs", "update/actor_forward")
+    phases.wrap(minibatch_update, "policy_logprobs", "update/actor_forward")  # the update's forward lives in rto.stages.update
     phases.wrap(ppo, "critic_values", "update/critic_forward")
     phases.wrap(module, "manual_backward", "update/backward")
     phases.wrap(module, "clip_gradients", "update/clip_gradients")
