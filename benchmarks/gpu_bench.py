@@ -38,7 +38,8 @@ from transformers import AutoModel
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from shapes import build_tokenizer  # noqa: E402
 
-import rto.stages.learner as rl_loop  # noqa: E402  (the loop every learner shares: sampler and policy loss)
+import rto.stages.learner as rl_loop  # noqa: E402  (the loop every learner shares: its sampler)
+import rto.stages.update as rl_update  # noqa: E402  (its minibatch update: the policy loss)
 from rto.data.collate import Encoder, PairCollator, PromptCollator  # noqa: E402
 from rto.models import ScalarHeadModel, load_policy  # noqa: E402
 from rto.models.factory import build_policy, save_policy  # noqa: E402
@@ -110,7 +111,7 @@ class SamplerSpy:
     def __init__(self):
         self.rollouts: list[tuple[float, int]] = []
         self.first_ratio_error: float | None = None
-        self._sample, self._loss = rl_loop.sample_responses, rl_loop.ppo_policy_loss
+        self._sample, self._loss = rl_loop.sample_responses, rl_update.ppo_policy_loss
 
     def __enter__(self):
         def sample(*args, **kwargs):
@@ -128,11 +129,11 @@ class SamplerSpy:
                                                .sub(1).abs().max())
             return self._loss(logprobs, old_logprobs, advantages, mask, clip_range)
 
-        rl_loop.sample_responses, rl_loop.ppo_policy_loss = sample, loss
+        rl_loop.sample_responses, rl_update.ppo_policy_loss = sample, loss
         return self
 
     def __exit__(self, *exc):
-        rl_loop.sample_responses, rl_loop.ppo_policy_loss = self._sample, self._loss
+        rl_loop.sample_responses, rl_update.ppo_policy_loss = self._sample, self._loss
 
 
 def write_model(folder: Path, size: str, vocab_words: int, context: int) -> tuple[str, int]:
