@@ -170,6 +170,7 @@ def test_grpo_and_rloo_iterations_run_the_same_forwards(upstream, tmp_path, monk
     per minibatch, and no pi_old forward (the sampler's fp32 log-probs stand in)."""
     from rto.models.retokenize import RewardScorer
     from rto.rl import experience as experience_module
+    from rto.stages import update as update_stage  # the minibatch update: its policy forward
 
     calls = []
 
@@ -190,7 +191,7 @@ def test_grpo_and_rloo_iterations_run_the_same_forwards(upstream, tmp_path, monk
 
     sample_responses, rm_score = learner_stage.sample_responses, RewardScorer.score
     monkeypatch.setattr(experience_module, "policy_logprobs", spy("experience", experience_module.policy_logprobs))
-    monkeypatch.setattr(learner_stage, "policy_logprobs", spy("update", learner_stage.policy_logprobs))
+    monkeypatch.setattr(update_stage, "policy_logprobs", spy("update", update_stage.policy_logprobs))
     monkeypatch.setattr(learner_stage, "sample_responses", sample)
     monkeypatch.setattr(RewardScorer, "score", score)
     rl_stage(upstream, tmp_path, f"algo={algo}", "reward=sentence", "ppo.iterations=2", "ppo.rollout_batch_size=8",
