@@ -1,0 +1,143 @@
+"""How much memory the PPO stage needs (the peak of a run): the formula of docs/MEMORY.md.
+
+    python -m rto.models.memory            # the estimate for every pretrained preset (docs/MEMORY.md's table)
+
+Bytes of one process (one device; DDP holds all of it on every device, FSDP shards weights, grads
+and AdamW states). Three parts add up:
+
+- **held**: the models' weights (the policy's base once when LoRA bases are shared, else actor +
+  reference + DPO model; LoRA adapters in fp32, as peft keeps them), the reward model, the critic
+  (sharing the reward model's weights when it is a LoRA critic on a same-dtype reward model), and
+  the trained parameters' gradient and two AdamW moments (in the parameters' dtype);
+- **the largest transient** of the three phases, which never overlap: sampling's KV cache (every
+  rollout row, prompt + response, keys and values of every layer); the experience's frozen forwards
+  (one model's fp32 logits over the response and their log-softmax, for a micro-batch or the whole
+  rollout); the update's activations for one micro-batch (or minibatch) of the actor and the critic
+  (per token and layer about `6 h + 4 kv + 4 f` values kept for the backward, or only the layer's
+  input `h` under gradient checkpointing plus one layer recomputed), plus the fp32 logits, their
+  log-softmax and softmax (`3 x 4 V` bytes per response token).
+
+An estimate: allocator slack, CUDA context (~0.5-1 GB) and framework buffers come on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A decoder's size: parameters, layers, hidden width h, key/value width kv (kv heads x head
+    dim), MLP width f (SwiGLU: gate, up and down of that width), vocabulary V."""
+    params: float
+    layers: int
+    hidden: int
+    kv: int
+    ffn: int
+    vocab: int
+
+    def lora_params(self, r: int) -> float:
+        """LoRA of rank r on every linear layer of a block (q, k, v, o, gate, up, down)."""
+        h, kv, f = self.hidden, self.kv, self.ffn
+        return r * self.layers * (2 * h + 2 * (h + kv) + 2 * h + 3 * (h + f))
+
+    def activation_values(self, tokens: float, checkpointing: bool) -> float:
+        """Values kept for the backward over `tokens` tokens (the logits aside)."""
+        per_layer = 6 * self.hidden + 4 * self.kv + 4 * self.ffn
+        if checkpointing:
+            return tokens * (self.layers * self.hidden + per_layer)
+        return tokens * self.layers * per_layer
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a run holds: bytes per weight of the policy / reward model / critic, LoRA ranks (0: full
+    fine-tuning), the RL shapes (`ppo.*`, `data.max_*_tokens`) and options."""
+    weight_bytes: int = 4
+    rm_bytes: int = 4
+    critic_bytes: int = 4
+    lora_r: int = 0
+    critic_lora_r: int = 0
+    token_reward: bool = True
+    shared: bool = True
+    rollout: int = 64
+    minibatch: int = 32
+    micro: Optional[int] = None
+    prompt_tokens: int = 512
+    response_tokens: int = 256
+    checkpointing: bool = False
+    critic_checkpointing: bool = False  # reward_model=same: model.gradient_checkpointing; else reward_model's
+    gguf: bool = False  # the file's dequantised weights stay cached for later loads (a full copy unless shared)
+
+
+def ppo_memory(policy: Shape, rm: Shape, s: Setting) -> dict[str, float]:
+    """The estimate's parts in bytes, and `total` = held + the largest transient."""
+    lora, critic_lora = policy.lora_params(s.lora_r), rm.lora_params(s.critic_lora_r)
+    policies = 2 + s.token_reward  # actor, reference, DPO model
+    out = {}
+    if s.lora_r:
+        out["policy weights"] = policy.params * s.weight_bytes * (1 if s.shared else policies)
+        out["policy adapters"] = 4 * lora * policies
+        out["actor grads + AdamW"] = 3 * 4 * lora
+    else:
+        out["policy weights"] = policy.params * s.weight_bytes * policies
+        out["actor grads + AdamW"] = 3 * policy.params * s.weight_bytes
+    if s.gguf and not (s.lora_r and s.shared):
+        out["cached GGUF weights"] = policy.params * s.weight_bytes
+    out["reward model"] = rm.params * s.rm_bytes
+    if s.critic_lora_r:
+        shares = s.shared and s.critic_bytes == s.rm_bytes
+        out["critic"] = (0 if shares else rm.params * s.critic_bytes) + 4 * critic_lora
+        out["critic grads + AdamW"] = 3 * 4 * critic_lora
+    else:
+        out["critic"] = rm.params * s.critic_bytes
+        out["critic grads + AdamW"] = 3 * rm.params * s.critic_bytes
+    held = sum(out.values())
+    rows = s.micro or s.minibatch
+    tokens = s.prompt_tokens + s.response_tokens
+    out["sampling KV cache"] = s.rollout * tokens * policy.layers * 2 * policy.kv * s.weight_bytes
+    out["experience logits"] = 2 * 4 * (s.micro or s.rollout) * s.response_tokens * max(policy.vocab, rm.vocab)
+    out["update activations"] = (
+        rows * s.response_tokens * 3 * 4 * policy.vocab
+        + policy.activation_values(rows * tokens, s.checkpointing) * s.weight_bytes
+        + rm.activation_values(rows * tokens, s.critic_checkpointing) * s.critic_bytes)
+    out["total"] = held + max(out["sampling KV cache"], out["experience logits"], out["update activations"])
+    return out
+
+
+# the pretrained presets' models (their config.json; GPT-2's and Pythia's GELU MLP of width 4h is
+# counted as a SwiGLU one, which overestimates its activations), and how each preset runs them. The
+# reward model and the critic are read from the reward model's folder in fp32 (`from_pretrained`'s
+# default dtype) in a `stage=ppo` run, whatever `model.dtype`: 4 bytes
+SMOLLM2_135M = Shape(134.5e6, 30, 576, 192, 1536, 49152)
+PRESETS = {  # preset -> (policy, reward model (None: the policy's backbone), setting)
+    "gpt2": (Shape(124.4e6, 12, 768, 768, 3072, 50257), None, Setting()),
+    "pythia-160m": (Shape(162.3e6, 12, 768, 768, 3072, 50304), None, Setting()),
+    "smollm2-135m-instruct": (SMOLLM2_135M, None, Setting()),
+    "smollm2-135m-gguf": (SMOLLM2_135M, None, Setting(gguf=True)),
+    "qwen2.5-0.5b-instruct": (Shape(494.0e6, 24, 896, 128, 4864, 151936), None, Setting(weight_bytes=2)),
+    # with reward_model=pretrained: a 1B reward model (Llama-3.2-1B's shape), its critic trained fully (lora: null)
+    "llama3-8b": (Shape(8.03e9, 32, 4096, 1024, 14336, 128256), Shape(1.236e9, 16, 2048, 512, 8192, 128256),
+                  Setting(weight_bytes=2, lora_r=16, checkpointing=True)),  # the critic: not checkpointed
+}
+
+
+def preset_table(micro: Optional[int] = None) -> str:
+    rows = ["| preset | held (GB) | sampling KV | experience logits | update activations | total (GB) |",
+            "|---|---|---|---|---|---|"]
+    for name, (policy, rm, setting) in PRESETS.items():
+        setting = replace(setting, micro=micro)
+        parts = ppo_memory(policy, rm or policy, setting)
+        held = parts["total"] - max(parts["sampling KV cache"], parts["experience logits"], parts["update activations"])
+        rows.append(f"| {name} | {held / GB:.1f} | {parts['sampling KV cache'] / GB:.1f} | "
+                    f"{parts['experience logits'] / GB:.1f} | {parts['update activations'] / GB:.1f} | "
+                    f"{parts['total'] / GB:.1f} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    for micro in (None, 4):
+        print(f"\nppo.micro_batch_size={micro}\n" + preset_table(micro))
