@@ -101,7 +101,7 @@ def test_every_stage_computes_in_bf16_and_the_checkpoints_stay_fp32(chat_model, 
     rollout samples with bf16 weights (frozen base for the stage, the adapter for the rollout), the update
     trains the fp32 adapter on the bf16 base, and starts where the rollout left it (ratio 1, old values)."""
     import rto.evaluation
-    from rto.stages import dpo, learner
+    from rto.stages import dpo, learner, update
     from rto.tasks.sentiment import sampling as pairs_sampling
 
     seen: dict[str, list] = {}
@@ -120,7 +120,7 @@ def test_every_stage_computes_in_bf16_and_the_checkpoints_stay_fp32(chat_model, 
     spy(pairs_sampling, "sample_responses", "pairs")
     spy(dpo, "sequence_logps", "dpo")
     spy(learner, "sample_responses", "rollout")
-    spy(learner, "policy_logprobs", "update")
+    spy(update, "policy_logprobs", "update")  # the minibatch update's forward
     spy(rto.evaluation, "sample_responses", "eval and validation")
     cfg = compose_config("model=hf", f"model.pretrained={chat_model}", LORA, "data=sentiment", "sft.epochs=0",
                          "pairs.n_prompts=16", "data.n_train_prompts=16", "data.n_val_prompts=4",
