@@ -75,6 +75,17 @@ def test_bf16_copies_of_the_weights_give_autocasts_numbers_bit_for_bit_and_go_ba
                 assert n > 0
                 for got, want in zip(run(), expected):
                     assert torch.equal(got, want), trainable
+    # the update: frozen weights lowered, the adapter's gradients are autocast's too
+    def adapter_grads():
+        model.zero_grad()
+        with torch.autocast(**AUTOCAST):
+            model(input_ids=ids, attention_mask=mask).logits.float().logsumexp(-1).mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    expected_grads = adapter_grads()
+    with lowered_linears([model], torch.bfloat16, trainable=False):
+        grads = adapter_grads()
+    assert grads.keys() == expected_grads.keys() and all(torch.equal(grads[k], expected_grads[k]) for k in grads)
     after = dict(model.named_parameters())
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)  # the originals, fp32
     assert all(p.dtype == torch.float32 for p in after.values())
