@@ -57,7 +57,8 @@ def compare(first: Path, second: Path) -> str:
                 if key in a[(reward, algo, seed)] and key in b[(reward, algo, seed)]:
                     rows[(name, metric)][0].append((seed, a[(reward, algo, seed)][key]))
                     rows[(name, metric)][1].append((seed, b[(reward, algo, seed)][key]))
-    lines = [f"| policy | metric | {first.name} | {second.name} | paired difference | seeds |", "|---|---|---|---|---|---|"]
+    lines = [f"| policy | metric | {first.name} | {second.name} | paired difference | seeds |",
+             "|---|---|---|---|---|---|"]
     for (name, metric), (xs, ys) in rows.items():
         x, y = dict(xs), dict(ys)  # SFT and DPO appear once per reward: one value per seed
         seeds = sorted(x)
