@@ -20,12 +20,13 @@ growth); experience = pi_old (a full forward; fp32 takes it from the sampler) + 
 forwards + backward + gradient clipping + optimizer steps + the rest (losses, entropy, statistics);
 other = the iteration minus those three (Lightning's loop, metrics, logging).
 
-`--torch-profile` adds two iterations after the timed ones: one under torch's FLOP counter (the
-linear layers' FLOPs of every phase, as a rate at the timed median against this machine's fp32 /
-bf16 matmul throughput, 2048^3 at the same threads, measured at the start; attention kernels are
-not counted), and one in which the first call of every timed phase runs under the torch profiler
-(its top operators by self CPU time). One call per phase, because a profile of a whole iteration of
-the real model holds millions of events: more than 10 GB.
+`--torch-profile` adds two iterations after the timed ones. In the first, the first call of every
+timed phase runs under torch's FLOP counter; times its calls, that is the phase's linear-layer FLOPs
+(attention kernels are not counted), shown as a rate at the timed median against this machine's
+fp32 / bf16 matmul throughput (2048^3, same threads, measured at the start). In the second, the
+first call of every timed phase runs under the torch profiler (its top operators by self CPU time).
+One call per phase: a profile of a whole real-size iteration holds millions of events (over 10 GB,
+tried), and a whole iteration under the FLOP counter took over half an hour on the loaded machine.
 """
 
 from __future__ import annotations
@@ -116,33 +117,44 @@ def top_ops(profiler, top: int = 4) -> list[tuple[str, float]]:
 
 
 class MeasuredPhases(Phases):
-    """Phases that, when asked, also count each phase's FLOPs (`counting`: a FlopCounterMode active
-    for the iteration) or profile the first call of each timed phase (`profiling`)."""
+    """Phases that also count their calls and, when asked, run the first call of each timed phase
+    under torch's FLOP counter (`counting`) or the torch profiler (`profiling`)."""
 
     def __init__(self):
         super().__init__()
-        self.counter, self.profiling = None, False
-        self.flops, self.ops = defaultdict(float), {}
-        self.flops_at, self.profiler = {}, None
+        self.counting = self.profiling = False
+        self.calls, self.first_flops, self.ops = defaultdict(int), {}, {}
+        self.active = None  # (phase, FlopCounterMode or profiler)
 
     def start(self, name: str) -> None:
-        if self.counter is not None:
-            self.flops_at[name] = self.counter.get_total_flops()
-        if self.profiling and name in LEAVES and name not in self.ops and self.profiler is None:
-            import torch
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
 
-            self.profiler = (name, torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]))
-            self.profiler[1].start()
+        self.calls[name] += 1
+        if name in LEAVES and self.active is None:
+            if self.counting and name not in self.first_flops:
+                self.active = (name, FlopCounterMode(display=False))
+                self.active[1].__enter__()
+            elif self.profiling and name not in self.ops:
+                self.active = (name, torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]))
+                self.active[1].start()
         super().start(name)
 
     def stop(self, name: str) -> None:
         super().stop(name)
-        if self.counter is not None:
-            self.flops[name] += self.counter.get_total_flops() - self.flops_at.pop(name)
-        if self.profiler is not None and self.profiler[0] == name:
-            self.profiler[1].stop()
-            self.ops[name] = top_ops(self.profiler[1])
-            self.profiler = None
+        if self.active is not None and self.active[0] == name:
+            if self.counting:
+                self.active[1].__exit__(None, None, None)
+                self.first_flops[name] = self.active[1].get_total_flops()
+            else:
+                self.active[1].stop()
+                self.ops[name] = top_ops(self.active[1])
+            self.active = None
+
+    def iteration_flops(self, calls: dict) -> dict:
+        """Each timed phase's FLOPs in an iteration: its first call's, times its calls (every call of a
+        phase does the same linear-layer work: decoding steps, equal minibatches)."""
+        return {name: flops * calls.get(name, 0) for name, flops in self.first_flops.items()}
 
 
 class PySpy:
@@ -167,21 +179,18 @@ def clock_callback(phases: MeasuredPhases, args, done: dict):
     profiled = counted + 1
 
     class Clock(L.Callback):
-        """Times the iterations after the warm-up ones; counts FLOPs, then profiles, in the two after them."""
+        """Times the iterations after the warm-up ones; counts FLOPs, then profiles, in the two after them
+        (the first call of each phase)."""
 
         def on_train_start(self, trainer, pl_module):
             time_optimizers(trainer.optimizers, phases)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             phases.seconds.clear()
+            phases.calls.clear()
             if batch_idx == args.warmup and args.py_spy:
                 done["py_spy"] = PySpy(args.py_spy)
-            if batch_idx == counted:
-                from torch.utils.flop_counter import FlopCounterMode
-
-                phases.counter = FlopCounterMode(display=False)
-                phases.counter.__enter__()
-            phases.profiling = batch_idx == profiled
+            phases.counting, phases.profiling = batch_idx == counted, batch_idx == profiled
             self.range = torch.profiler.record_function("iteration")
             self.range.__enter__()
             self.start = time.perf_counter()
@@ -190,10 +199,13 @@ def clock_callback(phases: MeasuredPhases, args, done: dict):
             seconds = time.perf_counter() - self.start
             self.range.__exit__(None, None, None)
             if batch_idx == counted:
-                phases.counter.__exit__(None, None, None)
-                phases.counter = None
-            elif args.warmup <= batch_idx < counted:
-                done["times"].append(with_rests({"iteration": seconds, **phases.seconds}))
+                done["flops"] = phases.iteration_flops(phases.calls)
+            if args.warmup <= batch_idx < counted:
+                row = with_rests({"iteration": seconds, **phases.seconds})
+                done["times"].append(row)
+                done["calls"] = dict(phases.calls)
+                print(f"iteration {batch_idx + 1}: {seconds:.2f} s (" + ", ".join(
+                    f"{phase} {row[phase]:.2f}" for phase in PARTS) + f", other {row['other']:.2f})", flush=True)
             if batch_idx == counted - 1 and "py_spy" in done:
                 done["py_spy"].stop()
     return Clock()
@@ -232,7 +244,7 @@ def run(args) -> dict:
     medians = {key: statistics.median(t[key] for t in done["times"]) for key in done["times"][0]}
     return {"command": "python benchmarks/profile_iteration.py " + " ".join(sys.argv[1:]), "spec": spec,
             "setup_seconds": setup, "gemm_gflops": gemm, "load_average": os.getloadavg(), "median": medians,
-            "times": done["times"], "flops": dict(phases.flops) if args.torch_profile else None,
+            "times": done["times"], "calls": done.get("calls"), "flops": done.get("flops"),
             "top_ops": phases.ops if args.torch_profile else None, "torch": torch.__version__}
 
 
@@ -247,10 +259,11 @@ def table(result: dict, precision: str) -> str:
         shown = ("  " * name.count("/")) + name.split("/")[-1] if name != "other" else "other (loop, logging)"
         line = f"| {shown} | {seconds:.3f} | {seconds / med['iteration']:.0%} |"
         if flops is not None:
-            gflop = (sum(flops.get(p, 0.0) for p in PARTS) if name == "iteration" else flops.get(name, 0.0)) / 1e9
+            inside = [name] if name in flops else [p for p in flops if name == "iteration" or p.startswith(name + "/")]
+            gflop = sum(flops[p] for p in inside) / 1e9
             rate = gflop / seconds if seconds > 0 else 0.0
             top = ", ".join(f"{op} {s * 1e3:.1f}" for op, s in ops.get(name, []))
-            line += f" {gflop:.1f} | {rate:.0f} ({rate / gemm:.0%}) | {top} |" if gflop else f" | | {top} |"
+            line += f" {gflop:.3g} | {rate:.3g} ({rate / gemm:.0%}) | {top} |" if gflop else f" | | {top} |"
         lines.append(line)
     return "\n".join(lines)
 

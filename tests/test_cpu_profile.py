@@ -28,6 +28,9 @@ def test_profile_smoke_breaks_an_iteration_into_phases_that_add_up(tmp_path):
         for part in parts:  # reward=token: every model reads the rollout; bf16: pi_old is a forward of its own
             assert 0 < times[part] <= times[phase], part
     assert times["other"] >= 0
+    # the smoke's shapes: 6 new tokens (a prefill and 5 decoding forwards), 1 epoch of 2 minibatches
+    calls = result["calls"]
+    assert (calls["sampling/prefill"], calls["sampling/decode_forward"], calls["update/backward"]) == (1, 5, 2)
     assert abs(sum(times[p] for p in PARTS) + times["other"] - times["iteration"]) < 1e-6
     # the first decoding step's operators, and the FLOPs of the backward and of a frozen forward
     assert any("mm" in op or "linear" in op for op, _ in result["top_ops"]["sampling/decode_forward"])
