@@ -59,18 +59,28 @@ class Phases:
 
     def __init__(self):
         self.seconds = defaultdict(float)
+        self.open: dict[str, tuple] = {}
+
+    def start(self, name: str) -> None:
+        """A phase begins; also a torch-profiler range of that name (seen in a trace of the iteration)."""
+        import torch
+
+        scope = torch.profiler.record_function(name)
+        scope.__enter__()
+        self.open[name] = (scope, time.perf_counter())
+
+    def stop(self, name: str) -> None:
+        scope, start = self.open.pop(name)
+        self.seconds[name] += time.perf_counter() - start
+        scope.__exit__(None, None, None)
 
     @contextlib.contextmanager
     def time(self, name: str):
-        """Also a torch-profiler range of that name (`profile_iteration.py` files the ops under it)."""
-        import torch
-
-        start = time.perf_counter()
+        self.start(name)
         try:
-            with torch.profiler.record_function(name):
-                yield
+            yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
+            self.stop(name)
 
     def wrap(self, owner, attr: str, name) -> None:
         """Time every call of `owner.attr`; `name` is a phase name or `(args) -> name`."""
@@ -165,8 +175,6 @@ def instrument(module, phases: Phases) -> None:
     """Phase timers around what `RLModule.training_step` calls (the names in rto.stages.learner,
     rto.stages.update and rto.stages.ppo): sampling (its first forward the prefill, the others decoding steps), the
     experience by model, the update's forwards, backward and optimizer steps (`time_optimizers`)."""
-    import torch
-
     from rto.rl import experience
     from rto.stages import learner, ppo, update as minibatch_update
 
@@ -183,18 +191,16 @@ def instrument(module, phases: Phases) -> None:
             sampling["on"] = False
     learner.sample_responses = sample
 
+    def step_name():
+        return "sampling/prefill" if sampling["calls"] == 0 else "sampling/decode_forward"
+
     def pre(mod, args, kwargs):
         if sampling["on"]:
-            name = "sampling/prefill" if sampling["calls"] == 0 else "sampling/decode_forward"
-            sampling["range"] = torch.profiler.record_function(name)
-            sampling["range"].__enter__()
-            sampling["start"] = time.perf_counter()
+            phases.start(step_name())
 
     def post(mod, args, kwargs, out):
         if sampling["on"]:
-            phases.seconds["sampling/prefill" if sampling["calls"] == 0 else "sampling/decode_forward"] += (
-                time.perf_counter() - sampling["start"])
-            sampling["range"].__exit__(None, None, None)
+            phases.stop(step_name())
             sampling["calls"] += 1
     module.actor.register_forward_pre_hook(pre, with_kwargs=True)
     module.actor.register_forward_hook(post, with_kwargs=True)

@@ -2,7 +2,7 @@
 
     python benchmarks/profile_iteration.py                          # fp32: 3 timed iterations after 1 warm-up
     python benchmarks/profile_iteration.py --precision bf16-mixed   # trainer.precision=bf16-mixed
-    python benchmarks/profile_iteration.py --torch-profile          # + one iteration under the torch profiler
+    python benchmarks/profile_iteration.py --torch-profile          # + FLOPs and top operators of each phase
     python benchmarks/profile_iteration.py --py-spy flame.svg       # + py-spy's flame graph of the timed iterations
     python benchmarks/profile_iteration.py --smoke                  # the tiny preset, seconds (the test suite's run)
 
@@ -18,10 +18,15 @@ sampling = prefill (the prompts' forward) + decoding forwards + the rest (softma
 growth); experience = pi_old (a full forward; fp32 takes it from the sampler) + reference + DPO model
 + reward model + critic values + the rest (rewards, GAE, whitening); update = actor forwards + critic
 forwards + backward + gradient clipping + optimizer steps + the rest (losses, entropy, statistics);
-other = the iteration minus those three (Lightning's loop, metrics, logging). `--torch-profile` adds
-the top operators of each phase (self CPU time, the profiler's overhead included) and the matmul
-FLOPs each phase does, as a rate against this machine's fp32 / bf16 matmul throughput (2048^3,
-same threads) measured at the start.
+other = the iteration minus those three (Lightning's loop, metrics, logging).
+
+`--torch-profile` adds two iterations after the timed ones. In the first, the first call of every
+timed phase runs under torch's FLOP counter; times its calls, that is the phase's linear-layer FLOPs
+(attention kernels are not counted), shown as a rate at the timed median against this machine's
+fp32 / bf16 matmul throughput (2048^3, same threads, measured at the start). In the second, the
+first call of every timed phase runs under the torch profiler (its top operators by self CPU time).
+One call per phase: a profile of a whole real-size iteration holds millions of events (over 10 GB,
+tried), and a whole iteration under the FLOP counter took over half an hour on the loaded machine.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]  # this checkout's rto, not an installed one
 from iteration_worker import Phases, build_module, compose_cfg, instrument, task_prompts, time_optimizers  # noqa: E402
 
+
 PARTS = {  # a phase and the phases timed inside it; `<phase>/other` is the rest of it
     "sampling": ["sampling/prefill", "sampling/decode_forward"],
     "experience": ["experience/pi_old", "experience/reference", "experience/dpo", "experience/reward_model",
@@ -54,6 +60,7 @@ PARTS = {  # a phase and the phases timed inside it; `<phase>/other` is the rest
                "update/optimizer"],
 }
 ROWS = [name for phase, parts in PARTS.items() for name in (phase, *parts, f"{phase}/other")] + ["other"]
+LEAVES = {part for parts in PARTS.values() for part in parts}  # each profiled on its first call
 LORA = {"experiment": None,  # read from conf/experiment/sentiment_smollm2.yaml
         "all-linear": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}, "none": None}
 
@@ -100,23 +107,54 @@ def with_rests(seconds: dict) -> dict:
     return row
 
 
-def ops_by_phase(profiler, top: int = 4) -> dict:
-    """{phase: {"ops": [(op, seconds)...], "flops": n}}: every operator's self CPU time and FLOPs filed
-    under the innermost phase range around it (a phase's own ops under `<phase>/other`)."""
-    ranges = {"iteration", *ROWS}
-    seconds, flops = defaultdict(lambda: defaultdict(float)), defaultdict(float)
+def top_ops(profiler, top: int = 4) -> list[tuple[str, float]]:
+    """The operators with the most self CPU time in a profile, seconds (the phase's own range left out)."""
+    seconds = defaultdict(float)
     for event in profiler.events():
-        if event.name in ranges:
-            continue
-        parent = event.cpu_parent
-        while parent is not None and parent.name not in ranges:
-            parent = parent.cpu_parent
-        phase = "other" if parent is None else parent.name
-        phase = f"{phase}/other" if phase in PARTS else phase
-        seconds[phase][event.name] += event.self_cpu_time_total / 1e6
-        flops[phase] += event.flops or 0
-    return {phase: {"ops": sorted(ops.items(), key=lambda kv: -kv[1])[:top], "flops": flops[phase]}
-            for phase, ops in seconds.items()}
+        if event.name not in LEAVES:
+            seconds[event.name] += event.self_cpu_time_total / 1e6
+    return sorted(seconds.items(), key=lambda kv: -kv[1])[:top]
+
+
+class MeasuredPhases(Phases):
+    """Phases that also count their calls and, when asked, run the first call of each timed phase
+    under torch's FLOP counter (`counting`) or the torch profiler (`profiling`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counting = self.profiling = False
+        self.calls, self.first_flops, self.ops = defaultdict(int), {}, {}
+        self.active = None  # (phase, FlopCounterMode or profiler)
+
+    def start(self, name: str) -> None:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self.calls[name] += 1
+        if name in LEAVES and self.active is None:
+            if self.counting and name not in self.first_flops:
+                self.active = (name, FlopCounterMode(display=False))
+                self.active[1].__enter__()
+            elif self.profiling and name not in self.ops:
+                self.active = (name, torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]))
+                self.active[1].start()
+        super().start(name)
+
+    def stop(self, name: str) -> None:
+        super().stop(name)
+        if self.active is not None and self.active[0] == name:
+            if self.counting:
+                self.active[1].__exit__(None, None, None)
+                self.first_flops[name] = self.active[1].get_total_flops()
+            else:
+                self.active[1].stop()
+                self.ops[name] = top_ops(self.active[1])
+            self.active = None
+
+    def iteration_flops(self, calls: dict) -> dict:
+        """Each timed phase's FLOPs in an iteration: its first call's, times its calls (every call of a
+        phase does the same linear-layer work: decoding steps, equal minibatches)."""
+        return {name: flops * calls.get(name, 0) for name, flops in self.first_flops.items()}
 
 
 class PySpy:
@@ -133,24 +171,26 @@ class PySpy:
         self.proc.wait(timeout=120)
 
 
-def clock_callback(phases: Phases, args, done: dict):
+def clock_callback(phases: MeasuredPhases, args, done: dict):
     import lightning as L
     import torch
 
+    counted = args.warmup + args.iterations  # then, with --torch-profile, the FLOP count and the profile
+    profiled = counted + 1
+
     class Clock(L.Callback):
-        """Times the iterations after the warm-up ones; the one after them under the torch profiler."""
+        """Times the iterations after the warm-up ones; counts FLOPs, then profiles, in the two after them
+        (the first call of each phase)."""
 
         def on_train_start(self, trainer, pl_module):
             time_optimizers(trainer.optimizers, phases)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             phases.seconds.clear()
+            phases.calls.clear()
             if batch_idx == args.warmup and args.py_spy:
                 done["py_spy"] = PySpy(args.py_spy)
-            if batch_idx == args.warmup + args.iterations:
-                done["profiler"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                                          record_shapes=True, with_flops=True)
-                done["profiler"].start()
+            phases.counting, phases.profiling = batch_idx == counted, batch_idx == profiled
             self.range = torch.profiler.record_function("iteration")
             self.range.__enter__()
             self.start = time.perf_counter()
@@ -158,12 +198,15 @@ def clock_callback(phases: Phases, args, done: dict):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             seconds = time.perf_counter() - self.start
             self.range.__exit__(None, None, None)
-            if batch_idx == args.warmup + args.iterations:
-                done["profiler"].stop()
-                done["profile"] = ops_by_phase(done["profiler"])
-            elif batch_idx >= args.warmup:
-                done["times"].append(with_rests({"iteration": seconds, **phases.seconds}))
-            if batch_idx == args.warmup + args.iterations - 1 and "py_spy" in done:
+            if batch_idx == counted:
+                done["flops"] = phases.iteration_flops(phases.calls)
+            if args.warmup <= batch_idx < counted:
+                row = with_rests({"iteration": seconds, **phases.seconds})
+                done["times"].append(row)
+                done["calls"] = dict(phases.calls)
+                print(f"iteration {batch_idx + 1}: {seconds:.2f} s (" + ", ".join(
+                    f"{phase} {row[phase]:.2f}" for phase in PARTS) + f", other {row['other']:.2f})", flush=True)
+            if batch_idx == counted - 1 and "py_spy" in done:
                 done["py_spy"].stop()
     return Clock()
 
@@ -186,12 +229,12 @@ def run(args) -> dict:
     L.seed_everything(cfg.seed, verbose=False)
     start = time.perf_counter()
     tok, encoder, prompts = task_prompts(cfg, spec)
-    steps = args.warmup + args.iterations + int(args.torch_profile)
+    steps = args.warmup + args.iterations + 2 * int(args.torch_profile)
     done = {"times": []}
     with tempfile.TemporaryDirectory() as tmp:
         module = build_module(cfg, spec, tok, encoder, Path(tmp))
         setup = time.perf_counter() - start
-        phases = Phases()
+        phases = MeasuredPhases()
         instrument(module, phases)
         rows = [prompts[i % len(prompts)] for i in range(steps * spec["prompts"])]
         loader = DataLoader(rows, batch_size=spec["prompts"], shuffle=False, collate_fn=PromptCollator(encoder))
@@ -201,28 +244,26 @@ def run(args) -> dict:
     medians = {key: statistics.median(t[key] for t in done["times"]) for key in done["times"][0]}
     return {"command": "python benchmarks/profile_iteration.py " + " ".join(sys.argv[1:]), "spec": spec,
             "setup_seconds": setup, "gemm_gflops": gemm, "load_average": os.getloadavg(), "median": medians,
-            "times": done["times"], "profile": done.get("profile"), "torch": torch.__version__}
+            "times": done["times"], "calls": done.get("calls"), "flops": done.get("flops"),
+            "top_ops": phases.ops if args.torch_profile else None, "torch": torch.__version__}
 
 
 def table(result: dict, precision: str) -> str:
-    med, profile = result["median"], result.get("profile") or {}
+    med, flops, ops = result["median"], result.get("flops"), result.get("top_ops") or {}
     gemm = result["gemm_gflops"]["bf16" if precision == "bf16-mixed" else "fp32"]
-    head = "| phase | median s | share |" + (" matmul GFLOP | GFLOP/s (% of gemm) | top ops (self s, profiled) |"
-                                               if profile else "")
-    lines = [head, "|---|---|---|" + ("---|---|---|" if profile else "")]
+    head = "| phase | median s | share |" + (" GFLOP (linear layers) | GFLOP/s (% of gemm) | top ops, first call "
+                                               "(self ms) |" if flops is not None else "")
+    lines = [head, "|---|---|---|" + ("---|---|---|" if flops is not None else "")]
     for name in ["iteration", *ROWS]:
         seconds = med.get(name, 0.0)
         shown = ("  " * name.count("/")) + name.split("/")[-1] if name != "other" else "other (loop, logging)"
         line = f"| {shown} | {seconds:.3f} | {seconds / med['iteration']:.0%} |"
-        if profile:
-            entry = profile.get(name, {"ops": [], "flops": 0.0})
-            if name in PARTS or name == "iteration":  # a phase's total: its parts' and its own
-                entry = {"ops": [], "flops": sum(v["flops"] for k, v in profile.items()
-                                                 if name == "iteration" or k.startswith(name + "/"))}
-            gflop = entry["flops"] / 1e9
+        if flops is not None:
+            inside = [name] if name in flops else [p for p in flops if name == "iteration" or p.startswith(name + "/")]
+            gflop = sum(flops[p] for p in inside) / 1e9
             rate = gflop / seconds if seconds > 0 else 0.0
-            ops = ", ".join(f"{op} {s:.2f}" for op, s in entry["ops"])
-            line += f" {gflop:.1f} | {rate:.0f} ({rate / gemm:.0%}) | {ops} |" if gflop else f" | | {ops} |"
+            top = ", ".join(f"{op} {s * 1e3:.1f}" for op, s in ops.get(name, []))
+            line += f" {gflop:.3g} | {rate:.3g} ({rate / gemm:.0%}) | {top} |" if gflop else f" | | {top} |"
         lines.append(line)
     return "\n".join(lines)
 

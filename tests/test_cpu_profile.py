@@ -1,6 +1,6 @@
 """The CPU speed scripts at smoke size: `benchmarks/profile_iteration.py --smoke` (one real PPO iteration
 of the tiny preset under bf16-mixed, broken into phases that add up to the iteration, with the torch
-profiler's operators and matmul FLOPs per phase) and `benchmarks/amx_check.py`."""
+profiler's operators and the FLOPs of each phase) and `benchmarks/amx_check.py`."""
 
 from __future__ import annotations
 
@@ -28,10 +28,13 @@ def test_profile_smoke_breaks_an_iteration_into_phases_that_add_up(tmp_path):
         for part in parts:  # reward=token: every model reads the rollout; bf16: pi_old is a forward of its own
             assert 0 < times[part] <= times[phase], part
     assert times["other"] >= 0
+    # the smoke's shapes: 6 new tokens (a prefill and 5 decoding forwards), 1 epoch of 2 minibatches
+    calls = result["calls"]
+    assert (calls["sampling/prefill"], calls["sampling/decode_forward"], calls["update/backward"]) == (1, 5, 2)
     assert abs(sum(times[p] for p in PARTS) + times["other"] - times["iteration"]) < 1e-6
-    profile = result["profile"]  # the ops of a decoding step and the backward's matmul FLOPs, by phase
-    assert any("mm" in op or "linear" in op for op, _ in profile["sampling/decode_forward"]["ops"])
-    assert profile["update/backward"]["flops"] > 0 and profile["experience/reference"]["flops"] > 0
+    # the first decoding step's operators, and the FLOPs of the backward and of a frozen forward
+    assert any("mm" in op or "linear" in op for op, _ in result["top_ops"]["sampling/decode_forward"])
+    assert result["flops"]["update/backward"] > 0 and result["flops"]["experience/reference"] > 0
     assert "| iteration |" in out.stdout and "decode_forward" in out.stdout
 
 

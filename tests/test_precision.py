@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from rto.main import train
 from rto.models.factory import load_policy, load_tokenizer
 from rto.models.lora import add_lora
-from rto.models.precision import computing_in, lowered_linears, precision_problem
+from rto.models.precision import lowered_linears, off_step_precision, precision_problem
 from rto.models.scalar_head import ScalarHeadModel
 from rto.rl.rollout import sample_responses
 from tests.conftest import compose_config
@@ -52,6 +52,14 @@ def test_precision_values_beyond_fp32_and_bf16_mixed_are_refused_by_name():
     assert "model.dtype=bf16" in precision_problem("bf16-true")
 
 
+def test_a_gpu_runs_work_on_the_cpu_stays_fp32():
+    """Pairs sampling, DPO's precomputed reference and evaluation run on the CPU: in bf16 for a CPU run,
+    in fp32 as before for a GPU run (whose host CPU may have no bf16 units)."""
+    cpu, gpu = OmegaConf.create({"accelerator": "cpu", "precision": "bf16"}), OmegaConf.create(
+        {"accelerator": "gpu", "precision": "bf16-mixed"})
+    assert off_step_precision(cpu) == "bf16-mixed" and off_step_precision(gpu) == "32-true"
+
+
 def test_bf16_copies_of_the_weights_give_autocasts_numbers_bit_for_bit_and_go_back(chat_model):
     model = lora_policy(chat_model)
     tok = load_tokenizer(OmegaConf.create({"pretrained": str(chat_model)}))
@@ -75,6 +83,17 @@ def test_bf16_copies_of_the_weights_give_autocasts_numbers_bit_for_bit_and_go_ba
                 assert n > 0
                 for got, want in zip(run(), expected):
                     assert torch.equal(got, want), trainable
+    # the update: frozen weights lowered, the adapter's gradients are autocast's too
+    def adapter_grads():
+        model.zero_grad()
+        with torch.autocast(**AUTOCAST):
+            model(input_ids=ids, attention_mask=mask).logits.float().logsumexp(-1).mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    expected_grads = adapter_grads()
+    with lowered_linears([model], torch.bfloat16, trainable=False):
+        grads = adapter_grads()
+    assert grads.keys() == expected_grads.keys() and all(torch.equal(grads[k], expected_grads[k]) for k in grads)
     after = dict(model.named_parameters())
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)  # the originals, fp32
     assert all(p.dtype == torch.float32 for p in after.values())

@@ -5,7 +5,8 @@ which does the matmuls (linear layers, attention) in bf16, on a CPU with AMX uni
 AMX kernels; weights, optimizer states, embeddings, norms, the log-softmax and log-probs (`.float()`
 in `rto.models.forward`), the losses and the scalar heads (`ScalarHead`) stay fp32. Outside a
 training step (pairs sampling, DPO's precomputed reference, the validation curve, evaluation)
-`computing_in` enters the same autocast, so every stage computes in the precision the user picked.
+`computing_in` enters the same autocast, so every stage of a CPU run computes in the precision the
+user picked (a GPU run's CPU-side work stays fp32: `off_step_precision`).
 
 Autocast casts each fp32 weight to bf16 at every call (Lightning turns its cast cache off: the
 optimizer steps between forwards would make cached casts stale). For a weight that does not change
@@ -96,12 +97,25 @@ def lowered_linears(models: Iterable[Optional[nn.Module]], dtype: torch.dtype,
             setattr(module, name, param)
 
 
+def runs_on_cpu(trainer_cfg) -> bool:
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
+def off_step_precision(trainer_cfg) -> str:
+    """The precision of a run's work outside training steps on the CPU (pairs sampling, DPO's
+    precomputed reference, evaluation, which reads the models after Lightning moved them back to the
+    CPU): `trainer.precision` for a CPU run; fp32 for a GPU run, as before (its host CPU may have no
+    bf16 units, and its policies were sampled on the GPU)."""
+    return normalized(trainer_cfg.get("precision", "32-true")) if runs_on_cpu(trainer_cfg) else "32-true"
+
+
 def frozen_weights_lowered(trainer_cfg, module: nn.Module):
     """For a stage's `trainer.fit`: under `bf16-mixed` in one CPU process, the frozen linear weights of
     `module` stored in bf16 while it trains (a no-op otherwise: on a GPU the per-call cast is cheap and
     memory dear; under DDP the ranks' broadcast of the weights stays as it was)."""
     dtype = autocast_dtype(trainer_cfg.get("precision", "32-true"))
-    if dtype is None or trainer_cfg.get("accelerator") != "cpu" or may_run_several_processes(trainer_cfg):
+    if dtype is None or not runs_on_cpu(trainer_cfg) or may_run_several_processes(trainer_cfg):
         return contextlib.nullcontext()
     return lowered_linears([module], dtype, trainable=False)
 
