@@ -24,7 +24,7 @@ def test_rto_steps_on_smollm2_gguf_with_lora(tmp_path):
     cfg = compose_config(
         "model=smollm2-135m-gguf", "model.lora={r: 8, alpha: 16, dropout: 0.0, target_modules: [q_proj, v_proj]}",
         "data=ultrafeedback", f"data.path={data}", "data.limit=12", "data.sft_path=null", "data.test_split=null",
-        "data.test_prompt_fraction=0.25", "data.n_test_prompts=3", "data.max_prompt_tokens=64", "data.max_response_tokens=12",
+        "data.test_prompt_fraction=0.25", "data.n_test_prompts=3", "data.val_prompt_fraction=0.25", "data.max_prompt_tokens=64", "data.max_response_tokens=12",
         "sft.batch_size=8", "rm.batch_size=8", "dpo.batch_size=8", "reward=token",
         "ppo.iterations=2", "ppo.rollout_batch_size=4", "ppo.minibatch_size=2", "ppo.ppo_epochs=1",
         output_dir=tmp_path / "run")

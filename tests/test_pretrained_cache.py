@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
+from peft import TaskType
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM
 
@@ -15,6 +16,7 @@ from rto.main import train
 from rto.models import factory, pretrained_cache
 from rto.models.critic import save_critic
 from rto.models.factory import build_policy, load_policy, save_policy
+from rto.models.lora import add_lora
 from rto.models.reward import new_critic
 from rto.models.scalar_head import ScalarHeadModel
 from rto.recipes import evaluation
@@ -124,14 +126,16 @@ def test_fsdp_turns_sharing_off(tmp_path):
     assert not uses_fsdp(compose_config(output_dir=tmp_path).trainer)
 
 
-def test_a_lora_critic_shares_the_reward_models_backbone_and_never_writes_into_it(tmp_path, reads):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_lora_critic_shares_the_reward_models_backbone_and_never_writes_into_it(tmp_path, reads, dtype):
     folder = save_tiny_gguf(tmp_path / "gguf", vocab_size=len(build_tokenizer(chat_template=False)))
     tok = build_tokenizer(chat_template=False)
-    rm = ScalarHeadModel(pretrained_cache.dense(_fresh(AutoModel, folder)))
+    rm = ScalarHeadModel(pretrained_cache.dense(_fresh(AutoModel, folder)).to(dtype))
     rm.save_pretrained(tmp_path / "rm")
     rm_cfg = OmegaConf.create({"source": "pretrained", "path": str(folder), "critic_init": "rm", "lora": LORA,
                                "gradient_checkpointing": False})
     critic = new_critic(rm_cfg, OmegaConf.create({}), tmp_path / "rm", tmp_path / "sft", tok, tok, reward_model=rm)
+    assert ScalarHeadModel.from_pretrained(tmp_path / "rm").backbone.dtype == dtype  # what it would read back
     for name, p in rm.backbone.named_parameters():
         assert p is _base_weights(critic.backbone)[name], name
     before = {name: t.clone() for name, t in rm.state_dict().items()}
@@ -144,11 +148,17 @@ def test_a_lora_critic_shares_the_reward_models_backbone_and_never_writes_into_i
     save_critic(tmp_path / "critic", critic, tok, None, None)
     for name, tensor in rm.state_dict().items():
         assert torch.equal(tensor, before[name]), name  # the reward model is as it was
+    # a reward model that differs from its folder (its LoRA not merged, as on a rank that did not save
+    # it): the critic is read from the folder
+    rm.backbone = add_lora(rm.backbone, OmegaConf.create(LORA), TaskType.FEATURE_EXTRACTION)
+    own = new_critic(rm_cfg, OmegaConf.create({}), tmp_path / "rm", tmp_path / "sft", tok, tok, reward_model=rm)
+    assert not {p.data_ptr() for p in own.parameters()} & {p.data_ptr() for p in rm.parameters()}
     # what was saved is the trained critic, merged: the same values as the critic in memory
     saved = ScalarHeadModel.from_pretrained(tmp_path / "critic")
     assert not torch.equal(saved.head.weight, rm.head.weight)
+    close = {} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}  # merged in bf16: rounded once more
     torch.testing.assert_close(saved.eval().response_values(ids[:, :3], mask[:, :3], ids[:, 3:], mask[:, 3:]),
-                               critic.eval().response_values(ids[:, :3], mask[:, :3], ids[:, 3:], mask[:, 3:]))
+                               critic.eval().response_values(ids[:, :3], mask[:, :3], ids[:, 3:], mask[:, 3:]), **close)
 
 
 def test_a_whole_run_reads_each_file_once_and_leaves_the_cached_weights_as_read(tmp_path, reads, monkeypatch):

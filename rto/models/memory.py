@@ -109,19 +109,20 @@ def ppo_memory(policy: Shape, rm: Shape, s: Setting) -> dict[str, float]:
 
 
 # the pretrained presets' models (their config.json; GPT-2's and Pythia's GELU MLP of width 4h is
-# counted as a SwiGLU one, which overestimates its activations), and how each preset runs them. The
-# reward model and the critic are read from the reward model's folder in fp32 (`from_pretrained`'s
-# default dtype) in a `stage=ppo` run, whatever `model.dtype`: 4 bytes
+# counted as a SwiGLU one, which overestimates its activations), and how each preset runs them (the
+# reward model and the critic in the policy's dtype: `reward_model.dtype` follows `model.dtype`)
 SMOLLM2_135M = Shape(134.5e6, 30, 576, 192, 1536, 49152)
 PRESETS = {  # preset -> (policy, reward model (None: the policy's backbone), setting)
     "gpt2": (Shape(124.4e6, 12, 768, 768, 3072, 50257), None, Setting()),
     "pythia-160m": (Shape(162.3e6, 12, 768, 768, 3072, 50304), None, Setting()),
     "smollm2-135m-instruct": (SMOLLM2_135M, None, Setting()),
     "smollm2-135m-gguf": (SMOLLM2_135M, None, Setting(gguf=True)),
-    "qwen2.5-0.5b-instruct": (Shape(494.0e6, 24, 896, 128, 4864, 151936), None, Setting(weight_bytes=2)),
-    # with reward_model=pretrained: a 1B reward model (Llama-3.2-1B's shape), its critic trained fully (lora: null)
+    "qwen2.5-0.5b-instruct": (Shape(494.0e6, 24, 896, 128, 4864, 151936), None,
+                              Setting(weight_bytes=2, rm_bytes=2, critic_bytes=2)),
+    # with reward_model=pretrained: a 1B reward model (Llama-3.2-1B's shape), its critic trained fully
+    # (reward_model.lora: null) and not checkpointed (reward_model.gradient_checkpointing: false)
     "llama3-8b": (Shape(8.03e9, 32, 4096, 1024, 14336, 128256), Shape(1.236e9, 16, 2048, 512, 8192, 128256),
-                  Setting(weight_bytes=2, lora_r=16, checkpointing=True)),  # the critic: not checkpointed
+                  Setting(weight_bytes=2, rm_bytes=2, critic_bytes=2, lora_r=16, checkpointing=True)),
 }
 
 

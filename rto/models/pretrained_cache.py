@@ -1,10 +1,11 @@
 """Pretrained weights read once per process, and frozen copies that share one set of tensors.
 
 A GGUF file is slow to read: transformers parses all its metadata (the tokenizer's ~50k strings)
-and dequantises every tensor in numpy, 20-40 s for SmolLM2-135M on a 2-core machine, and a run
-used to pay it for every model built on the file (SFT, the DPO model, the PPO actor, each stage
-loaded from a checkpoint) and for every tokenizer. Here the first load of a (file, loader, dtype)
-keeps a pristine copy, the template, and every load hands out a copy of it:
+and dequantises every tensor in numpy (45-78 s for SmolLM2-135M, 12-14 s more for its tokenizer, on
+a busy 2-core machine: benchmarks/shared_weights.py), and a run used to pay it for every model built
+on the file (SFT, the DPO model, the PPO actor, each stage loaded from a checkpoint) and for every
+tokenizer. Here the first load of a (file, loader, dtype) keeps a pristine copy, the template, and
+every load hands out a copy of it:
 
 - `share=False`: a full copy (a memcpy), for a model whose weights train (full fine-tuning);
 - `share=True`: a model whose parameters *are* the template's (the same `Parameter` objects, so a

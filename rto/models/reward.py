@@ -67,9 +67,10 @@ def new_critic(rm_cfg: DictConfig, model_cfg: DictConfig, rm_path: Path, sft_pat
                 f"the critic gives a value per policy token, but the reward model {rm_cfg.path} has another "
                 f"tokenizer than the policy: set reward_model.critic_init=policy (critic from the SFT backbone)")
         lora, checkpointing = _options_of(rm_cfg, model_cfg)
-        if lora and reward_model is not None and shares_frozen_weights():
-            return _trainable_options(reward_model.sharing_backbone(), lora, checkpointing)
-        return _trainable_options(ScalarHeadModel.from_pretrained(rm_path), lora, checkpointing)
+        shared = reward_model.sharing_backbone() if lora and reward_model is not None and shares_frozen_weights() \
+            else None  # None too where the reward model in memory differs from its folder (an unmerged LoRA)
+        critic = ScalarHeadModel.from_pretrained(rm_path) if shared is None else shared
+        return _trainable_options(critic, lora, checkpointing)
     sft = load_policy(sft_path, model_cfg, trainable=False)
     return _trainable_options(ScalarHeadModel.from_causal_lm(sft), model_cfg.get("lora"),
                               bool(model_cfg.get("gradient_checkpointing")))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 from peft import PeftModel
 from torch import Tensor, nn
@@ -29,6 +30,11 @@ class ScalarHead(nn.Linear):
     def forward(self, hidden: Tensor) -> Tensor:
         with torch.autocast(hidden.device.type, enabled=False):
             return super().forward(hidden.to(self.weight.dtype))
+
+
+def read_back_dtype(saved: torch.dtype) -> torch.dtype:
+    """The dtype `from_pretrained` without a `dtype` gives a folder saved in `saved`."""
+    return saved if int(transformers.__version__.split(".")[0]) >= 5 else torch.get_default_dtype()
 
 
 class ScalarHeadModel(nn.Module):
@@ -93,10 +99,9 @@ class ScalarHeadModel(nn.Module):
     def sharing_backbone(self) -> Optional["ScalarHeadModel"]:
         """A copy whose backbone parameters are this model's own objects (a LoRA critic on the frozen
         reward model: one set of backbone weights for both) and whose head is its own, trainable.
-        None where the copy would differ from this model saved and loaded again (`from_pretrained`:
-        the LoRA merged, in the default dtype)."""
-        if isinstance(self.backbone, PeftModel) or any(p.dtype != torch.get_default_dtype()
-                                                       for p in self.parameters()):
+        None where the copy would differ from this model saved and read back (`from_pretrained`: the
+        LoRA merged; the saved dtype with transformers 5, the default dtype before)."""
+        if isinstance(self.backbone, PeftModel) or any(p.dtype != read_back_dtype(p.dtype) for p in self.parameters()):
             return None
         model = copy.deepcopy(self, {id(p): p for p in self.backbone.parameters()})
         model.head.requires_grad_(True)
