@@ -160,3 +160,26 @@ def test_every_stage_computes_in_bf16_and_the_checkpoints_stay_fp32(chat_model, 
         assert {t.dtype for t in load_file(str(weights)).values()} == {torch.float32}, weights
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert -3.0 <= metrics["eval/policy/gold_reward"] <= 1.0
+
+
+def test_attention_runs_in_fp32_under_cpu_bf16_autocast_and_gradients_flow(chat_model, monkeypatch):
+    """torch's bf16 attention backward is slow on a CPU: `rto.models.cpu_attention` runs attention in
+    fp32 under a CPU's bf16 autocast (the linear layers stay bf16) and leaves every other call alone."""
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, *args, **kwargs):
+        seen.append((query.dtype, key.dtype, value.dtype))
+        return sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    policy = lora_policy(chat_model).train()
+    ids = torch.randint(5, 20, (2, 6))
+    with torch.autocast(**AUTOCAST):
+        logits = policy(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert seen and all(dtypes == (torch.float32,) * 3 for dtypes in seen)
+    logits.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in policy.parameters() if p.requires_grad)
+    seen.clear()
+    policy(input_ids=ids, attention_mask=torch.ones_like(ids))  # fp32 run: untouched
+    assert seen and all(dtypes == (torch.float32,) * 3 for dtypes in seen)

@@ -15,7 +15,9 @@ for a while: the same numbers bit for bit (autocast's cast is this cast) without
 which costs more than the matmul itself in a one-token decoding step. The fp32 originals are kept
 and put back afterwards (checkpoints and later stages see fp32). Where: a stage's frozen weights
 (the reference, reward and DPO models, a LoRA model's base) for the whole stage (`RunContext.fit`);
-the actor's trainable ones while it samples a rollout; every model's during evaluation.
+the actor's trainable ones while it samples a rollout; every model's during evaluation. Attention
+itself runs in fp32 under a CPU's bf16 autocast (`rto.models.cpu_attention`: torch's bf16 attention
+backward is slower than its fp32 one on a CPU).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from rto.cache import may_run_several_processes
+from rto.models import cpu_attention
+
+cpu_attention.install()  # a no-op for any call outside a CPU's bf16 autocast
 
 SUPPORTED = {"32-true": None, "bf16-mixed": torch.bfloat16}
 ALIASES = {"32": "32-true", "bf16": "bf16-mixed"}  # Lightning's short names for the same two
