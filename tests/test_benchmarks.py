@@ -95,6 +95,7 @@ def test_trl_pad_is_a_token_no_prompt_holds(tiny_chat_model):
     assert trl_pad_id(tok, [[5, 6]]) == 0  # no <|endoftext|> here: the first id no prompt holds
 
 
+@pytest.mark.slow  # a benchmark script's smoke run: kept out of the default suite's 15 minutes
 def test_our_smollm2_worker_times_real_steps(tiny_chat_model, tmp_path):
     from smollm2_spec import write_smollm2_spec
 

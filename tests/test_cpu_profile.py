@@ -4,6 +4,8 @@ profiler's operators and the FLOPs of each phase) and `benchmarks/amx_check.py`.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -15,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 from profile_iteration import PARTS  # noqa: E402
 
 
+@pytest.mark.slow  # a benchmark script's smoke run: kept out of the default suite's 15 minutes
 def test_profile_smoke_breaks_an_iteration_into_phases_that_add_up(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, str(BENCH / "profile_iteration.py"), "--smoke", "--torch-profile",

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a benchmark script's smoke run: kept out of the default suite's 15 minutes
 def test_gpu_bench_smoke_counts_flops_forces_the_length_and_checks_the_ratio(tmp_path):
     result = subprocess.run([sys.executable, "benchmarks/gpu_bench.py", "--out", str(tmp_path), "--smoke",
                              "--works", "ppo_token,dpo"], cwd=ROOT, capture_output=True, text=True, timeout=600)

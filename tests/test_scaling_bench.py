@@ -26,6 +26,7 @@ def smoke(tmp_path_factory) -> tuple[dict, Path]:
     return json.loads((out / "scaling.json").read_text()), out
 
 
+@pytest.mark.slow  # a benchmark script's smoke run: kept out of the default suite's 15 minutes
 def test_smoke_measures_both_series_in_fresh_processes(smoke):
     data, _ = smoke
     sizes, lengths = data["results"]["size"], data["results"]["length"]
@@ -44,6 +45,7 @@ def test_smoke_measures_both_series_in_fresh_processes(smoke):
     assert "exponent" in sizes[1] and "exponent" in lengths[1] and "exponent" not in sizes[0]
 
 
+@pytest.mark.slow  # a benchmark script's smoke run: kept out of the default suite's 15 minutes
 def test_smoke_writes_the_table_and_the_plot(smoke):
     data, out = smoke
     md = (out / "scaling.md").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -53,6 +55,7 @@ def test_compiled_models_go_back_to_eager_after_the_stage(make_cfg):
         assert module.policy._compiled_call_impl is None
 
 
+@pytest.mark.slow  # compiling takes about a minute: kept out of the default suite's 15 minutes
 def test_compile_true_trains_sft_like_eager(make_cfg, tmp_path):
     """The real entry point with `compile=true` (SFT at tiny size): same loss as eager, same saved keys."""
     runs = {}
