@@ -45,3 +45,19 @@ def test_smoothing_and_first_time_a_target_is_reached():
     assert first_reaching(x, y, 2.5, window=2) == 200.0  # smoothed: 0, 1, 3, 2
     assert first_reaching(x, y, 5.0) is None  # not within the budget
     assert first_reaching([200, 0, 100], [4.0, 0.0, 2.0], 2.0) == 100.0  # order by x first
+
+
+def test_a_resumed_runs_curves_include_the_logs_it_kept(tmp_path):
+    """A resumed run keeps its earlier CSV log as `metrics.<n>.csv` (`rto.resume`); the report reads them
+    all, oldest first, and a point logged again after the resume replaces the first."""
+    from rto.report.jobs import read_curves
+
+    logs = tmp_path / "csv"
+    logs.mkdir()
+    header = "ppo/iteration,ppo/gold_reward,val/sampled_responses,val/gold_reward\n"
+    (logs / "metrics.1.csv").write_text(header + "0,0.1,,\n1,0.2,,\n,,32,0.05\n")
+    (logs / "metrics.2.csv").write_text(header + "1,0.25,,\n2,0.3,,\n,,64,0.07\n")
+    (logs / "metrics.csv").write_text(header + "3,0.4,,\n,,96,0.09\n")
+    curve, val = read_curves(logs / "metrics.csv")
+    assert curve == {0: 0.1, 1: 0.25, 2: 0.3, 3: 0.4}
+    assert [(p["val/sampled_responses"], p["val/gold_reward"]) for p in val] == [(32, 0.05), (64, 0.07), (96, 0.09)]

@@ -49,18 +49,26 @@ class Job:
         return int(self.get("seed"))
 
 
+def csv_logs(path: Path) -> list[Path]:
+    """`metrics.csv` and the logs a resumed run kept before it (`metrics.<n>.csv`, `rto.resume`), oldest first."""
+    kept = sorted((p for p in path.parent.glob(f"{path.stem}.*{path.suffix}") if p.stem.split(".")[-1].isdigit()),
+                  key=lambda p: int(p.stem.split(".")[-1]))
+    return [p for p in [*kept, path] if p.is_file()]
+
+
 def read_curves(path: Path) -> tuple[dict[int, float], list[dict[str, float]]]:
-    """(rollout gold per PPO iteration, validation points sorted by sampled responses) from a CSV log."""
-    if not path.is_file():
-        return {}, []
-    curve, val = {}, []
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            if row.get(CURVE_X) and row.get(CURVE_Y):
-                curve[int(float(row[CURVE_X]))] = float(row[CURVE_Y])
-            if row.get(VAL_X):
-                val.append({key: float(row[key]) for key in (VAL_X, *VAL_KEYS) if row.get(key)})
-    return curve, sorted(val, key=lambda point: point[VAL_X])
+    """(rollout gold per PPO iteration, validation points sorted by sampled responses) from a CSV log,
+    with the earlier logs of a resumed run (a point logged again after the resume replaces its first)."""
+    curve, val = {}, {}
+    for log in csv_logs(path):
+        with open(log) as f:
+            for row in csv.DictReader(f):
+                if row.get(CURVE_X) and row.get(CURVE_Y):
+                    curve[int(float(row[CURVE_X]))] = float(row[CURVE_Y])
+                if row.get(VAL_X):
+                    point = {key: float(row[key]) for key in (VAL_X, *VAL_KEYS) if row.get(key)}
+                    val.setdefault(point[VAL_X], {}).update(point)
+    return curve, [val[x] for x in sorted(val)]
 
 
 def load_jobs(folder: Path, required: bool = True) -> list[Job]:
