@@ -30,3 +30,14 @@ def make_cfg(tmp_path):
     def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
         return compose_config(*overrides, output_dir=output_dir or tmp_path)
     return make
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """SFT, RM and DPO of one tiny run (Llama from config), read by a test module's RL runs."""
+    from rto.main import train
+
+    out = tmp_path_factory.mktemp("upstream")
+    for stage in ("sft", "rm", "dpo"):
+        train(compose_config(f"stage={stage}", output_dir=out))
+    return out / "checkpoints"

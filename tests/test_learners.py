@@ -87,13 +87,6 @@ def test_group_baseline_branches_reach_the_experience(make_cfg):
 # ---------------------------------------------------------------- through the entry point
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    out = tmp_path_factory.mktemp("upstream")
-    for stage in ("sft", "rm", "dpo"):
-        train(compose_config(f"stage={stage}", output_dir=out))
-    return out / "checkpoints"
-
 
 def rl_stage(ckpt, out, *overrides):
     cfg = compose_config("stage=ppo", "logger=csv", f"sft.checkpoint={ckpt / 'sft'}", f"rm.checkpoint={ckpt / 'rm'}",

@@ -27,14 +27,6 @@ LEARNER_RUNS = {
 }
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    """SFT, RM and DPO of one tiny run, read by every RL run below."""
-    out = tmp_path_factory.mktemp("upstream")
-    for stage in ("sft", "rm", "dpo"):
-        train(compose_config(f"stage={stage}", output_dir=out))
-    return out / "checkpoints"
-
 
 def rl_weights(upstream, out, *overrides) -> dict[str, torch.Tensor]:
     """One RL iteration (rollout of 8, 2 epochs over minibatches of 4) from the upstream stages; the

@@ -53,14 +53,6 @@ def test_nan_in_masked_slots_never_reaches_a_loss():
     assert torch.isfinite(loss)
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    """SFT, RM and DPO of one tiny run, read by the PPO runs below."""
-    out = tmp_path_factory.mktemp("upstream")
-    for stage in ("sft", "rm", "dpo"):
-        train(compose_config(f"stage={stage}", output_dir=out))
-    return out / "checkpoints"
-
 
 def ppo_cfg(ckpt, out, *overrides):
     return compose_config("stage=ppo", "ppo.iterations=3", f"sft.checkpoint={ckpt / 'sft'}",

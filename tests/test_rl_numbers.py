@@ -28,14 +28,6 @@ from tests.real_assets import save_tiny_llama
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    """SFT, RM and DPO of one tiny run (Llama from config), read by the PPO runs below."""
-    out = tmp_path_factory.mktemp("upstream")
-    for stage in ("sft", "rm", "dpo"):
-        train(compose_config(f"stage={stage}", output_dir=out))
-    return out / "checkpoints"
-
 
 @pytest.fixture
 def first_minibatch(monkeypatch):
