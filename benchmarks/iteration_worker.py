@@ -173,17 +173,18 @@ def build_module(cfg, spec: dict, tok, encoder, folder: Path):
 
 def instrument(module, phases: Phases) -> None:
     """Phase timers around what `RLModule.training_step` calls (the names in rto.stages.learner,
-    rto.stages.update and rto.stages.ppo): sampling (its first forward the prefill, the others decoding steps), the
+    rto.stages.update and rto.stages.ppo): sampling (its prompt forwards the prefill: one, or the shared prefix
+    and the rest of the prompts; its one-token forwards decoding steps), the
     experience by model, the update's forwards, backward and optimizer steps (`time_optimizers`)."""
     from rto.rl import experience
     from rto.stages import learner, ppo, update as minibatch_update
 
     roles = {id(module.actor): "pi_old", id(module.reference): "reference", id(module.dpo_policy): "dpo"}
-    sampling = {"on": False, "calls": 0}
+    sampling = {"on": False, "step": None}
     original_sample = learner.sample_responses
 
     def sample(*args, **kwargs):
-        sampling.update(on=True, calls=0)
+        sampling["on"] = True
         try:
             with phases.time("sampling"):
                 return original_sample(*args, **kwargs)
@@ -191,17 +192,15 @@ def instrument(module, phases: Phases) -> None:
             sampling["on"] = False
     learner.sample_responses = sample
 
-    def step_name():
-        return "sampling/prefill" if sampling["calls"] == 0 else "sampling/decode_forward"
-
     def pre(mod, args, kwargs):
         if sampling["on"]:
-            phases.start(step_name())
+            one_token = kwargs["input_ids"].shape[1] == 1
+            sampling["step"] = "sampling/decode_forward" if one_token else "sampling/prefill"
+            phases.start(sampling["step"])
 
     def post(mod, args, kwargs, out):
         if sampling["on"]:
-            phases.stop(step_name())
-            sampling["calls"] += 1
+            phases.stop(sampling["step"])
     module.actor.register_forward_pre_hook(pre, with_kwargs=True)
     module.actor.register_forward_hook(post, with_kwargs=True)
 

@@ -80,7 +80,7 @@ def spec_of(args) -> dict:
     lora = experiment_lora() if args.lora == "experiment" else LORA[args.lora]
     return {"model": args.model, "lora": lora, "prompts": args.prompts, "new_tokens": args.new_tokens,
             "epochs": args.epochs, "minibatch": args.minibatch, "reward": args.reward, "threads": args.threads,
-            "full_length": True, "overrides": [f"trainer.precision={args.precision}"]}
+            "full_length": True, "overrides": [f"trainer.precision={args.precision}", *args.override]}
 
 
 def gemm_gflops(dtype, threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -284,6 +284,9 @@ def main() -> None:
     parser.add_argument("--torch-profile", action="store_true", help="one more iteration under the torch profiler")
     parser.add_argument("--py-spy", metavar="PATH", help="py-spy's record of the timed iterations (.svg, .json, .txt)")
     parser.add_argument("--smoke", action="store_true", help="the tiny preset: checks the script, times nothing real")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further Hydra override of the run's config (repeatable), e.g. "
+                             "ppo.shared_prefix_min_tokens=null for the forward without the shared prefix")
     parser.add_argument("--json", help="where to write the result (default: benchmarks/results/profile_iteration_"
                                        "<precision>.json, none with --smoke)")
     args = parser.parse_args()

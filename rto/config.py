@@ -118,6 +118,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ppo.micro_batch_size": _optional(COUNT),
     "ppo.ppo_epochs": COUNT,
     "ppo.max_new_tokens": COUNT,
+    "ppo.shared_prefix_min_tokens": _optional(_integer(lambda v: v >= 0, "an integer >= 0")),
     "ppo.temperature": POSITIVE,
     "ppo.clip_range": POSITIVE,
     "ppo.value_clip_range": _optional(POSITIVE),

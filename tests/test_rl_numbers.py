@@ -146,3 +146,31 @@ def test_gradient_checkpointing_still_runs_with_dropout_off(make_cfg):
     assert not any(m.training for m in model.modules())
     update_mode(model, dropout=True)
     assert all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("overrides", [(), ("model.dtype=bf16",)], ids=["fp32", "bf16-weights"])
+def test_shared_prompt_prefix_keeps_the_first_minibatch_exact(upstream, tmp_path, first_minibatch, monkeypatch,
+                                                              overrides):
+    """The tiny task's prompts share 3 tokens (BOS, "write about"): with `ppo.shared_prefix_min_tokens=2`
+    every forward of the iteration runs them once, all with the rollout's prefix length, so pi_old
+    (recomputed with bf16 weights) and the first minibatch's pi still agree, as do old and new values."""
+    from rto.models import forward
+
+    lengths = []
+    split = forward.split_prefix
+    monkeypatch.setattr(forward, "split_prefix", lambda *args: lengths.append(args[2]) or split(*args))
+    run_ppo_stage(upstream, tmp_path, "ppo.shared_prefix_min_tokens=2", *overrides)
+    assert len(lengths) >= 6 and set(lengths) == {3}  # sampler, frozen forwards, critic, update: all shared
+    assert first_minibatch["ratio"] <= TOLERANCE
+    assert first_minibatch["values"] <= TOLERANCE
+
+
+def test_no_shared_prefix_under_cpu_bf16_autocast(upstream, tmp_path, monkeypatch):
+    """Under bf16-mixed on a CPU the prefix is not shared (measured slower there): every forward is plain."""
+    from rto.models import forward
+
+    lengths = []
+    split = forward.split_prefix
+    monkeypatch.setattr(forward, "split_prefix", lambda *args: lengths.append(args[2]) or split(*args))
+    run_ppo_stage(upstream, tmp_path, "ppo.shared_prefix_min_tokens=2", "trainer.precision=bf16-mixed")
+    assert lengths == []

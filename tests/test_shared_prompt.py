@@ -171,3 +171,119 @@ def test_sampler_runs_each_repeated_prompt_once_with_the_same_samples(setup, mon
     assert calls == [3 * half]  # called once, for the shared sampler only
     assert torch.equal(shared[0], plain[0]) and torch.equal(shared[1], plain[1])
     torch.testing.assert_close(shared[2], plain[2], atol=1e-6, rtol=1e-6)
+
+
+# ---- the prompts' shared prefix (`prefix_len`: a chat template's system prompt), run once ----------
+PREFIX_ROWS = [  # every prompt begins with "a b c" (with BOS: 4 shared tokens); lengths 5, 9 and 6
+    {"prompt": "a b c d", "chosen": "e f g", "rejected": ""},
+    {"prompt": "a b c e f g h i", "chosen": "j", "rejected": "k l m n o"},
+    {"prompt": "a b c h g", "chosen": "f e d c", "rejected": "b"},
+]
+
+
+@pytest.fixture
+def prefix_batch(setup, make_cfg):
+    """`(policy, batch)`: six rows, three prompts of different lengths that share their first 4 tokens,
+    responses of different lengths (an empty one), `prefix_len` set as the RL loop sets it."""
+    from rto.models.forward import common_prefix_length
+
+    policy, _ = setup
+    data = load_data(make_cfg().data)
+    pairs = PairCollator(Encoder(data.tokenizer, max_prompt_tokens=16, max_response_tokens=8))(PREFIX_ROWS)
+    order = torch.tensor([0, 4, 2, 1, 5, 3])  # no two neighbours share a prompt
+    batch = {k: v[order] for k, v in pairs.items() if k != "ref_logps"}
+    prefix_len = common_prefix_length(batch["prompt_ids"], batch["prompt_mask"], 2)
+    assert prefix_len == 4 and batch["prompt_mask"].sum(1).unique().numel() == 3  # left padding differs per row
+    return policy, {**batch, "prefix_len": prefix_len}
+
+
+def test_common_prefix_length_counts_shared_leading_real_tokens():
+    from rto.models.forward import common_prefix_length, split_prefix
+
+    ids = torch.tensor([[0, 0, 7, 8, 9, 4], [7, 8, 9, 5, 6, 3], [0, 7, 8, 9, 1, 2]])
+    mask = (ids != 0).long()
+    assert common_prefix_length(ids, mask, 1) == 3
+    assert common_prefix_length(ids, mask, 3) == 3 and common_prefix_length(ids, mask, 4) == 0
+    assert common_prefix_length(ids, mask, None) == 0 and common_prefix_length(ids, mask, 0) == 0
+    assert common_prefix_length(ids[:1], mask[:1], 1) == 0  # one row: nothing to share
+    # a prompt that is all prefix keeps its last token: every row needs one of its own
+    assert common_prefix_length(torch.tensor([[0, 7, 8, 9], [7, 8, 9, 5]]), torch.tensor([[0, 1, 1, 1], [1] * 4]), 1) == 2
+    right_padded = torch.tensor([[7, 8, 9, 0], [7, 8, 9, 5]])
+    assert common_prefix_length(right_padded, (right_padded != 0).long(), 1) == 0  # not left-padded
+    holed = torch.tensor([[7, 0, 9, 4], [7, 8, 9, 5]])
+    assert common_prefix_length(holed, (holed != 0).long(), 1) == 0  # a pad between real tokens
+    prefix, rest, rest_mask = split_prefix(ids, mask, 3)
+    assert prefix.tolist() == [[7, 8, 9]]
+    assert rest.tolist() == [[0, 0, 4], [5, 6, 3], [0, 1, 2]] and rest_mask.tolist() == [[0, 0, 1], [1, 1, 1], [0, 1, 1]]
+    with pytest.raises(ValueError, match="do not share"):
+        split_prefix(ids, mask, 4)
+
+
+def test_shared_prefix_logprobs_values_scores_and_gradients_equal_the_plain_forward(prefix_batch, monkeypatch):
+    """Log-probs, the critic's values, the reward model's scores and all their gradients, with the
+    shared prefix run once, equal the plain forward's (Llama and GPT-2)."""
+    from rto.models import forward as forward_module
+    from rto.models.forward import repeated_prompt_rows
+
+    policy, batch = prefix_batch
+    plain_batch = {k: v for k, v in batch.items() if k != "prefix_len"}
+    heads = []
+    split = forward_module.split_prefix
+    monkeypatch.setattr(forward_module, "split_prefix", lambda *a: heads.append(a[2]) or split(*a))
+    def backward(logprobs):
+        (logprobs * torch.arange(1, logprobs.shape[1] + 1)).sum().backward()
+    plain, _ = policy_logprobs(policy, plain_batch)
+    backward(plain)
+    plain_grads = _grads(policy)
+    shared, _ = policy_logprobs(policy, batch)
+    backward(shared)
+    shared_grads = _grads(policy)
+    repeated, _ = policy_logprobs(policy, batch, share_repeated=True)  # each prompt once too (k samples)
+    backward(repeated)
+    repeated_grads = _grads(policy)
+    assert heads == [4, 4]  # the shared paths ran, with the prefix
+    assert len(shared_grads) == len(repeated_grads) == len(plain_grads) > 0
+    for logprobs, grads in ((shared, shared_grads), (repeated, repeated_grads)):
+        torch.testing.assert_close(logprobs, plain.detach(), atol=1e-5, rtol=1e-5)
+        for a, b in zip(grads, plain_grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+    critic = ScalarHeadModel.from_causal_lm(policy)
+    args = {k: plain_batch[k] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
+    real = args["response_mask"].bool()  # after a response's end the two layouts give pads other positions
+    plain_values = critic.response_values(**args)[real]
+    plain_values.sum().backward()
+    plain_grads = _grads(critic)
+    shared_values = critic.response_values(**args, prefix_len=batch["prefix_len"])[real]
+    shared_values.sum().backward()
+    shared_grads = _grads(critic)
+    assert heads == [4, 4, 4]
+    torch.testing.assert_close(shared_values, plain_values.detach(), atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    scores = critic.score(**args)
+    torch.testing.assert_close(critic.score(**args, prefix_len=batch["prefix_len"]), scores, atol=1e-5, rtol=1e-5)
+    rows = repeated_prompt_rows(batch)
+    torch.testing.assert_close(critic.score_pairs(**args, rows=rows, prefix_len=batch["prefix_len"]), scores,
+                               atol=1e-5, rtol=1e-5)
+    assert heads == [4, 4, 4, 4, 4]
+
+
+def test_sampler_with_a_shared_prefix_draws_the_plain_samples(prefix_batch):
+    """The sampler with the prefix run once: the same tokens and log-probs as the plain sampler (the
+    same random stream), and those log-probs equal a full forward's on the prefix path."""
+    from rto.rl.rollout import sample_responses
+
+    policy, batch = prefix_batch
+
+    def sample(prefix_len: int):
+        return sample_responses(policy, batch["prompt_ids"], batch["prompt_mask"], 6, eos_id=2, pad_id=0,
+                                temperature=0.8, generator=torch.Generator().manual_seed(0), return_logprobs=True,
+                                prefix_len=prefix_len)
+    plain, shared = sample(0), sample(batch["prefix_len"])
+    assert torch.equal(shared[0], plain[0]) and torch.equal(shared[1], plain[1])
+    torch.testing.assert_close(shared[2], plain[2], atol=1e-6, rtol=1e-6)
+    rollout = {**batch, "response_ids": shared[0], "response_mask": shared[1]}
+    with torch.no_grad():
+        full, _ = policy_logprobs(policy, rollout, temperature=0.8)
+    torch.testing.assert_close(full, shared[2], atol=1e-5, rtol=1e-5)

@@ -8,6 +8,12 @@ each prompt once and both responses on its cached keys and values (`shared_promp
 the same numbers, with the prompt's forward and backward done once instead of twice. A rollout
 with k samples per prompt does the same for each prompt's k responses, in any row order
 (`repeated_prompt_rows`).
+
+Prompts that all begin with the same tokens (a chat template's system prompt and user header: 24 of
+SmolLM2's ~46 prompt tokens) can run those tokens once for the whole batch (`prefix_len`, see
+`common_prefix_length`): the rest of each prompt and its response read the prefix's cached keys and
+values. The RL loop fixes `prefix_len` once per rollout, so pi_old, the update's minibatches and the
+critic's old and new values all take the same path.
 """
 
 from __future__ import annotations
@@ -88,30 +94,122 @@ def first_rows(rows: Tensor) -> Tensor:
     return first.scatter_reduce(0, rows, torch.arange(n, device=rows.device), reduce="amin")
 
 
-def shared_prompt_cache(model, prompt_ids: Tensor, prompt_mask: Tensor, rows: Tensor,
-                        logits: bool = False) -> Optional[tuple[Any, Any]]:
-    """Each distinct prompt once (`rows` maps the `N` rows to prompts 0..U-1; the prompts left-padded):
-    `(prompt output [U], its key/value cache with one copy per row [N], in the rows' order)`, or None
-    where this cannot be done (gradient checkpointing, not a causal model, a cache without row
-    selection). `logits`: a causal LM, the prompt's logits at its last position only."""
+def common_prefix_length(prompt_ids: Tensor, prompt_mask: Tensor, min_tokens: Optional[int]) -> int:
+    """How many leading real tokens every left-padded prompt of the batch shares (a chat template's
+    system prompt and user header), leaving each prompt at least one token of its own; 0 (no
+    sharing) where that is fewer than `min_tokens` (null or 0: never share), the batch has one row,
+    or a prompt is not left-padded."""
+    ids, mask = prompt_ids, prompt_mask.long()
+    if not min_tokens or ids.shape[0] < 2 or not bool(mask[:, -1].all()):
+        return 0
+    lengths = mask.sum(dim=1)
+    starts = ids.shape[1] - lengths
+    if not torch.equal(mask, (torch.arange(ids.shape[1], device=ids.device) >= starts[:, None]).long()):
+        return 0  # a hole in a prompt's mask: not plain left padding
+    heads = ids.gather(1, starts[:, None] + torch.arange(int(lengths.min()) - 1, device=ids.device))
+    shared = int((heads == heads[:1]).all(dim=0).long().cumprod(dim=0).sum())
+    return shared if shared >= min_tokens else 0
+
+
+def split_prefix(prompt_ids: Tensor, prompt_mask: Tensor, prefix_len: int) -> tuple[Tensor, Tensor, Tensor]:
+    """`(prefix [1, L], rest of each prompt [B, P-L], its mask)`: the prompts' `L` shared leading
+    tokens and what follows them, still left-padded (pads, then the row's own tokens)."""
+    mask = prompt_mask.long()
+    width = prompt_ids.shape[1]
+    starts = width - mask.sum(dim=1, keepdim=True)  # each row's first real column
+    prefix_columns = starts + torch.arange(prefix_len, device=mask.device)
+    prefix = prompt_ids.gather(1, prefix_columns)
+    if not bool((prefix == prefix[:1]).all()):
+        raise ValueError(f"prefix_len={prefix_len}: the prompts do not share their first {prefix_len} tokens")
+    columns = torch.arange(width - prefix_len, device=mask.device).expand(mask.shape[0], -1)
+    columns = columns + prefix_len * (columns >= starts)  # skip the prefix: pads stay left, the rest follows
+    return prefix[:1], prompt_ids.gather(1, columns), mask.gather(1, columns)
+
+
+def per_row(t: Tensor, rows: Optional[Tensor]) -> Tensor:
+    """A per-prompt tensor `[U, ...]` read per row (`rows` maps rows to prompts; None: one row each)."""
+    return t if rows is None else t[rows]
+
+
+def prefix_cache(model, prefix: Tensor, rows: int, lm: bool) -> Optional[Any]:
+    """The shared prefix's `[1, L]` forward: its key/value cache with one copy per row, or None where
+    this cannot be done (gradient checkpointing, not a causal model, a cache without row selection).
+    Gradients through the copies reach the one prefix forward. `lm`: a causal LM (its LM head runs
+    at the last position only)."""
     if _checkpointing(model) or not causal_attention_only(model):
         return None
-    firsts = first_rows(rows)
-    mask = prompt_mask[firsts].long()
-    prompt_out = model(input_ids=prompt_ids[firsts], attention_mask=mask, position_ids=shift_positions(mask),
-                       use_cache=True, **({"logits_to_keep": 1} if logits else {}))
+    positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
+    head = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), position_ids=positions, use_cache=True,
+                 **({"logits_to_keep": 1} if lm else {}))
+    cache = cache_of(head)
+    if cache is None or not _selectable(cache):
+        return None
+    cache.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=prefix.device))
+    return cache
+
+
+def prefixed_inputs(model, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
+                    prefix_len: int, lm: bool = True) -> Optional[dict[str, Any]]:
+    """`sequence_inputs` with the prompts' shared first `prefix_len` tokens already run (once, for
+    all rows): the inputs of the rest of each prompt and its response, `[B, P - L + R]`, on the
+    prefix's cache (under the model's cache keyword); each token keeps its position, and its output
+    column is the plain forward's last `P - L + R` columns. None where this cannot be done
+    (`prefix_len` 0, or `prefix_cache` says no): the caller runs `sequence_inputs`."""
+    if not prefix_len:
+        return None
+    prefix, rest_ids, rest_mask = split_prefix(prompt_ids, prompt_mask, prefix_len)
+    cache = prefix_cache(model, prefix, prompt_ids.shape[0], lm)
+    if cache is None:
+        return None
+    rest = sequence_inputs(rest_ids, rest_mask, response_ids, response_mask)
+    mask = torch.cat([torch.ones_like(rest["attention_mask"][:, :prefix_len]), rest["attention_mask"]], dim=1)
+    return {"input_ids": rest["input_ids"], "attention_mask": mask, "position_ids": prefix_len + rest["position_ids"],
+            "use_cache": True, cache_keyword(model): cache}
+
+
+def shared_prompt_cache(model, prompt_ids: Tensor, prompt_mask: Tensor, rows: Optional[Tensor],
+                        logits: bool = False, prefix_len: int = 0) -> Optional[tuple[Any, Any, Tensor]]:
+    """Each distinct prompt once (`rows` maps the `N` rows to prompts 0..U-1; None: every row its own
+    prompt; the prompts left-padded) and, with `prefix_len`, the prompts' shared first `prefix_len`
+    tokens once for all of them. Returns `(prompt output [U], its key/value cache with one copy per
+    row [N], in the rows' order, the attention mask [N, P] of the cache's columns)`, or None where
+    this cannot be done (gradient checkpointing, not a causal model, a cache without row selection).
+    With a prefix the cache holds the prefix first, then the rest of each prompt (left-padded): the
+    returned mask has a run of pads between the two, and each token keeps its position.
+    `logits`: a causal LM, the prompt's logits at its last position only."""
+    if _checkpointing(model) or not causal_attention_only(model):
+        return None
+    if rows is not None:
+        firsts = first_rows(rows)
+        prompt_ids, prompt_mask = prompt_ids[firsts], prompt_mask[firsts]
+    mask = prompt_mask.long()
+    keep = {"logits_to_keep": 1} if logits else {}
+    if prefix_len:
+        prefix, rest_ids, rest_mask = split_prefix(prompt_ids, mask, prefix_len)
+        cache = prefix_cache(model, prefix, mask.shape[0], logits)
+        if cache is None:
+            return None
+        mask = torch.cat([torch.ones_like(mask[:, :prefix_len]), rest_mask], dim=1)
+        prompt_out = model(input_ids=rest_ids, attention_mask=mask,
+                           position_ids=prefix_len + shift_positions(rest_mask), use_cache=True,
+                           **{cache_keyword(model): cache}, **keep)
+    else:
+        prompt_out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=shift_positions(mask),
+                           use_cache=True, **keep)
     cache = cache_of(prompt_out)
     if cache is None or not _selectable(cache):
         return None
-    cache.batch_select_indices(rows)  # one copy of its prompt's keys and values per row, in the rows' order
-    return prompt_out, cache
+    if rows is not None:
+        cache.batch_select_indices(rows)  # one copy of its prompt's keys and values per row, in the rows' order
+    return prompt_out, cache, per_row(mask, rows)
 
 
 def shared_prompt_forward(model, batch: dict, logits: bool = False,
                           rows: Optional[Tensor] = None) -> Optional[tuple[Any, Any, Tensor]]:
     """Each prompt once, then every row's response on its prompt's cached keys and values: a pair
     batch's `B` prompts for its `2B` rows, or, given `rows` (`repeated_prompt_rows`), each distinct
-    prompt of a batch whose prompts repeat.
+    prompt of a batch whose prompts repeat; with `batch["prefix_len"]` (the RL loop's batches), the
+    prompts' shared first tokens once for all of them.
 
     Returns `(prompt output [U], response output [N], rows)`, `rows` mapping each of the `N` rows
     to its prompt, or None where this cannot be done (not a pair batch, gradient checkpointing, a
@@ -124,41 +222,44 @@ def shared_prompt_forward(model, batch: dict, logits: bool = False,
         if not holds_pairs(batch):
             return None
         rows = torch.arange(batch["prompt_ids"].shape[0] // 2, device=batch["prompt_ids"].device).repeat(2)
-    shared = shared_prompt_cache(model, batch["prompt_ids"], batch["prompt_mask"], rows, logits)
+    shared = shared_prompt_cache(model, batch["prompt_ids"], batch["prompt_mask"], rows, logits,
+                                 batch.get("prefix_len", 0))
     if shared is None:
         return None
-    prompt_out, cache = shared
-    prompt_mask = batch["prompt_mask"].long()
+    prompt_out, cache, cache_mask = shared
     response_ids, response_mask = batch["response_ids"], batch["response_mask"].long()
     # response token t sits at position (real prompt tokens) + t, as in `sequence_inputs`
-    start = prompt_mask.sum(dim=1, keepdim=True)
+    start = batch["prompt_mask"].long().sum(dim=1, keepdim=True)
     response_positions = start + torch.arange(response_ids.shape[1], device=start.device)
-    response_out = model(input_ids=response_ids, attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
+    response_out = model(input_ids=response_ids, attention_mask=torch.cat([cache_mask, response_mask], dim=1),
                          position_ids=response_positions, use_cache=True, **{cache_keyword(model): cache},
                          **({"logits_to_keep": 0} if logits else {}))  # 0: all positions
     return prompt_out, response_out, rows
 
 
 def response_forward(model, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
-                     response_mask: Tensor) -> Tensor:
-    """Logits `[B, R, V]` that predict each response token (position P-1+t predicts token t)."""
-    inputs = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+                     response_mask: Tensor, prefix_len: int = 0) -> Tensor:
+    """Logits `[B, R, V]` that predict each response token (position P-1+t predicts token t).
+    `prefix_len`: the prompts' shared first tokens run once (`prefixed_inputs`)."""
+    inputs = prefixed_inputs(model, prompt_ids, prompt_mask, response_ids, response_mask, prefix_len) \
+        or {**sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask), "use_cache": False}
     response_len = response_ids.shape[1]
     # only the last R+1 positions matter: skip the LM head on the prompt
-    logits = model(**inputs, logits_to_keep=response_len + 1, use_cache=False).logits
+    logits = model(**inputs, logits_to_keep=response_len + 1).logits
     return logits[:, :-1].float()
 
 
 def pair_response_forward(model, batch: dict, rows: Optional[Tensor] = None) -> Tensor:
     """`response_forward` for a pair batch (or, with `rows`, a batch whose prompts repeat), each
-    prompt run once (falls back to the plain forward)."""
+    prompt run once, and with `batch["prefix_len"]` the prompts' shared prefix once (falls back to
+    `response_forward`)."""
     shared = shared_prompt_forward(model, batch, logits=True, rows=rows)
     if shared is None:
         return response_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
-                                batch["response_mask"])
+                                batch["response_mask"], batch.get("prefix_len", 0))
     prompt_out, response_out, rows = shared
     # the prompt's last position predicts response token 0; response position t predicts token t+1
-    return torch.cat([prompt_out.logits[:, -1:][rows], response_out.logits[:, :-1]], dim=1).float()
+    return torch.cat([per_row(prompt_out.logits[:, -1:], rows), response_out.logits[:, :-1]], dim=1).float()
 
 
 def policy_logprobs(model, batch: dict, share_prompt: bool = False,
@@ -173,7 +274,7 @@ def policy_logprobs(model, batch: dict, share_prompt: bool = False,
         logits = pair_response_forward(model, batch, rows)
     else:
         logits = response_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
-                                  batch["response_mask"])
+                                  batch["response_mask"], batch.get("prefix_len", 0))
     if temperature != 1.0:
         logits = logits / temperature
     # logits are already aligned (index t predicts token t): a prompt of length 1 in algos' layout

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from rto.data.collate import Encoder, encode_prompts, right_pad
 from rto.data.preference_formats import Prompt
 from rto.errors import TokenizerMismatchError
-from rto.models.forward import repeated_prompt_rows
+from rto.models.forward import common_prefix_length, repeated_prompt_rows
 from rto.models.scalar_head import ScalarHeadModel
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,12 @@ class RewardScorer(nn.Module):
 
     @torch.no_grad()
     def score(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
-              prompt_text: Optional[list[Prompt]] = None, share_repeated: bool = False) -> Tensor:
-        """`share_repeated`: a batch whose prompts repeat (k samples per prompt) runs each prompt once."""
+              prompt_text: Optional[list[Prompt]] = None, share_repeated: bool = False,
+              prefix_len: int = 0) -> Tensor:
+        """`share_repeated`: a batch whose prompts repeat (k samples per prompt) runs each prompt once;
+        `prefix_len`: the policy's prompts share their first `prefix_len` tokens, run once (prompts
+        re-tokenized for the reward model share their own prefix, whatever its length: a frozen model
+        whose score no later forward has to match)."""
         if self.retokenize:
             if not prompt_text:
                 raise ValueError("re-tokenizing for the reward model needs the prompts' text")
@@ -86,7 +90,9 @@ class RewardScorer(nn.Module):
             ids, mask = right_pad(self.response_ids(response_ids, response_mask), self.encoder.pad_id)
             prompt_ids, prompt_mask = batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)
             response_ids, response_mask = ids.to(device), mask.to(device)
+            prefix_len = common_prefix_length(prompt_ids, prompt_mask, 1) if prefix_len else 0
         rows = repeated_prompt_rows({"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}) if share_repeated else None
         if rows is not None:
-            return self.model.score_pairs(prompt_ids, prompt_mask, response_ids, response_mask, rows=rows)
-        return self.model.score(prompt_ids, prompt_mask, response_ids, response_mask)
+            return self.model.score_pairs(prompt_ids, prompt_mask, response_ids, response_mask, rows=rows,
+                                          prefix_len=prefix_len)
+        return self.model.score(prompt_ids, prompt_mask, response_ids, response_mask, prefix_len=prefix_len)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers import AutoModel, PreTrainedModel
 
 from rto.errors import ModelError
-from rto.models.forward import sequence_inputs, shared_prompt_forward
+from rto.models.forward import per_row, prefixed_inputs, sequence_inputs, shared_prompt_forward
 
 HEAD_FILE = "scalar_head.safetensors"
 
@@ -52,45 +52,54 @@ class ScalarHeadModel(nn.Module):
             return cls(copy.deepcopy(lm).merge_and_unload().base_model)
         return cls(copy.deepcopy(lm.base_model))
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids, use_cache=False).last_hidden_state
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, **cache) -> Tensor:
+        """Per-position values; `cache`: the key/value cache of columns before these (a shared prefix)."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               **{"use_cache": False, **cache}).last_hidden_state
         return self.head_values(hidden)
 
     def head_values(self, hidden: Tensor) -> Tensor:
         return self.head(hidden).squeeze(-1).float()
 
+    def _inputs(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
+                prefix_len: int) -> dict:
+        """The forward's inputs: `sequence_inputs`, or with `prefix_len` the prompts' shared first tokens
+        run once and the rest of each prompt and its response on their cache (`prefixed_inputs`)."""
+        return prefixed_inputs(self.backbone, prompt_ids, prompt_mask, response_ids, response_mask, prefix_len,
+                               lm=False) or sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+
     def response_values(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
-                        response_mask: Tensor) -> Tensor:
-        """Per-token values `[B, R]`: the value of the state *before* each response token."""
-        inputs = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
-        values = self(**inputs)
-        prompt_len = prompt_ids.shape[1]
-        return values[:, prompt_len - 1:-1]
+                        response_mask: Tensor, prefix_len: int = 0) -> Tensor:
+        """Per-token values `[B, R]`: the value of the state *before* each response token.
+        `prefix_len`: the prompts' shared first tokens run once (`rto.models.forward.prefixed_inputs`)."""
+        values = self(**self._inputs(prompt_ids, prompt_mask, response_ids, response_mask, prefix_len))
+        return values[:, -response_ids.shape[1] - 1:-1]  # the prompt's last position, then the response's
 
     def score(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
-              response_mask: Tensor) -> Tensor:
+              response_mask: Tensor, prefix_len: int = 0) -> Tensor:
         """Sentence score `[B]`: the head's output at the last real token of the response."""
-        inputs = sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+        inputs = self._inputs(prompt_ids, prompt_mask, response_ids, response_mask, prefix_len)
         values = self(**inputs)
-        mask = inputs["attention_mask"]
+        mask = inputs["attention_mask"][:, -values.shape[1]:]  # the columns these values are for
         positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         last = torch.where(mask.bool(), positions, -1).max(dim=1).values
         return values.gather(1, last.unsqueeze(1)).squeeze(1)
 
     def score_pairs(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
-                    response_mask: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+                    response_mask: Tensor, rows: Optional[Tensor] = None, prefix_len: int = 0) -> Tensor:
         """`score` for a pair batch (chosen rows, then rejected rows), or, given `rows`
         (`repeated_prompt_rows`), a batch whose prompts repeat: each prompt runs once and its
-        responses read its cached keys and values. Falls back to `score` for other batches."""
+        responses read its cached keys and values; `prefix_len`: the prompts' shared first tokens
+        run once. Falls back to `score` for other batches."""
         batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
-                 "response_mask": response_mask}
+                 "response_mask": response_mask, "prefix_len": prefix_len}
         shared = shared_prompt_forward(self.backbone, batch, rows=rows)
         if shared is None:
-            return self.score(prompt_ids, prompt_mask, response_ids, response_mask)
+            return self.score(prompt_ids, prompt_mask, response_ids, response_mask, prefix_len)
         prompt_out, response_out, rows = shared
         # column 0: the prompt's last token (an empty response is scored there), then the response
-        hidden = torch.cat([prompt_out.last_hidden_state[:, -1:][rows], response_out.last_hidden_state], dim=1)
+        hidden = torch.cat([per_row(prompt_out.last_hidden_state[:, -1:], rows), response_out.last_hidden_state],
+                           dim=1)
         values = self.head_values(hidden)
         columns = torch.arange(1, response_mask.shape[1] + 1, device=response_mask.device).expand_as(response_mask)
         last = torch.where(response_mask.bool(), columns, 0).max(dim=1).values

@@ -34,10 +34,11 @@ class Experience:
     returns: Optional[Tensor] = None     # [B, R]: GAE's targets (PPO), returns-to-go (critic-free)
     values: Optional[Tensor] = None      # V_old(s_h) [B, R]; None without a critic
     dpo_rewards: Optional[Tensor] = None  # dpo_scale * log pi_dpo/pi_ref, for logging
+    prefix_len: int = 0  # the rollout's (`Rollout.prefix_len`): every slice runs the same path
 
     def minibatch(self, index: Tensor) -> "Experience":
         picked = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Experience(**{k: None if v is None else v[index] for k, v in picked.items()})
+        return Experience(**{k: v[index] if isinstance(v, Tensor) else v for k, v in picked.items()})
 
     def micro_batches(self, size: Optional[int]) -> Iterator["Experience"]:
         """Consecutive slices of at most `size` rows (`ppo.micro_batch_size`); itself when `size` is
@@ -49,9 +50,10 @@ class Experience:
         for start in range(0, n, size):
             yield self.minibatch(slice(start, start + size))
 
-    def batch(self) -> dict[str, Tensor]:
-        return {"prompt_ids": self.prompt_ids, "prompt_mask": self.prompt_mask,
-                "response_ids": self.response_ids, "response_mask": self.response_mask}
+    def batch(self) -> dict:
+        """The model inputs, with `prefix_len` where the rollout has a shared prefix."""
+        return {"prompt_ids": self.prompt_ids, "prompt_mask": self.prompt_mask, "response_ids": self.response_ids,
+                "response_mask": self.response_mask, **({"prefix_len": self.prefix_len} if self.prefix_len else {})}
 
 
 def in_micro_batches(forward: Callable[[dict], Tensor], batch: dict, size: Optional[int]) -> Tensor:
@@ -60,7 +62,7 @@ def in_micro_batches(forward: Callable[[dict], Tensor], batch: dict, size: Optio
     n = batch["response_ids"].shape[0]
     if not size or size >= n:
         return forward(batch)
-    return torch.cat([forward({k: None if v is None else v[i:i + size] for k, v in batch.items()})
+    return torch.cat([forward({k: v[i:i + size] if isinstance(v, (Tensor, list)) else v for k, v in batch.items()})
                       for i in range(0, n, size)])
 
 
@@ -94,7 +96,8 @@ def score_rollout(rollout: Rollout, *, actor, reference, reward_model, dpo_polic
     reference and the DPO model alike, so the KL term and the DPO reward compare the distributions
     the tokens were drawn from."""
     batch = {"prompt_ids": rollout.prompt_ids, "prompt_mask": rollout.prompt_mask,
-             "response_ids": rollout.response_ids, "response_mask": rollout.response_mask}
+             "response_ids": rollout.response_ids, "response_mask": rollout.response_mask,
+             "prefix_len": rollout.prefix_len}
     mask = rollout.response_mask
     size = ppo_cfg.get("micro_batch_size")
 
@@ -108,10 +111,14 @@ def score_rollout(rollout: Rollout, *, actor, reference, reward_model, dpo_polic
     check("logprobs", logprobs, mask)
     ref_logprobs = read(reference)
     check("ref_logprobs", ref_logprobs, mask)
-    # a RewardScorer (re-tokenizes if needed), each prompt once where the rollout repeats them
+    # a RewardScorer (re-tokenizes if needed), each prompt once where the rollout repeats them, the
+    # shared prefix once; a stand-in scorer is passed only the keywords it is asked to honour
     sharing = {"share_repeated": True} if share_prompts else {}
+    if rollout.prefix_len:
+        sharing["prefix_len"] = rollout.prefix_len
+    tensors = {k: v for k, v in batch.items() if k != "prefix_len"}
     score = in_micro_batches(lambda b: reward_model.score(**b, **sharing),
-                             {**batch, "prompt_text": rollout.prompt_text}, size)
+                             {**tensors, "prompt_text": rollout.prompt_text}, size)
     check("score", score)
     if score_moments is not None:
         score_moments.update(score, reduce=reduce)
@@ -132,7 +139,8 @@ def score_rollout(rollout: Rollout, *, actor, reference, reward_model, dpo_polic
     check("rewards", rewards, mask)
     return Experience(prompt_ids=rollout.prompt_ids, prompt_mask=rollout.prompt_mask,
                       response_ids=rollout.response_ids, response_mask=mask, logprobs=logprobs,
-                      ref_logprobs=ref_logprobs, score=score, rewards=rewards, dpo_rewards=dpo_rewards)
+                      ref_logprobs=ref_logprobs, score=score, rewards=rewards, dpo_rewards=dpo_rewards,
+                      prefix_len=rollout.prefix_len)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from rto.algos.logprobs import shift_positions
-from rto.models.forward import cache_keyword, cache_of, repeated_prompt_rows, shared_prompt_cache
+from rto.models.forward import cache_keyword, cache_of, per_row, repeated_prompt_rows, shared_prompt_cache
 
 
 @dataclass
@@ -27,6 +27,9 @@ class Rollout:
     # log pi_T(y_t) of the sampled tokens under the tempered sampling distribution (masked slots 0),
     # kept only where they equal a full forward's (`sampler_logprobs_are_exact`): saves PPO a forward
     logprobs: Optional[Tensor] = None
+    # the prompts' shared first tokens (`common_prefix_length`), fixed here for every forward of the
+    # iteration: each runs them once, and pi_old and the update's minibatches take the same path
+    prefix_len: int = 0
 
 
 def repeat_prompts(batch: dict, k: int) -> tuple[Tensor, Tensor, list[str]]:
@@ -62,7 +65,7 @@ def sampler_logprobs_are_exact(model) -> bool:
 def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos_id: int,
                      pad_id: int, temperature: float = 1.0,
                      generator: Optional[torch.Generator] = None, return_logprobs: bool = False,
-                     share_repeated: bool = False):
+                     share_repeated: bool = False, prefix_len: int = 0):
     """Sample up to `max_new_tokens` tokens per prompt from `softmax(logits / temperature)`, in eval
     mode (dropout off). Returns `(response_ids, response_mask)`, trimmed to the longest response in
     the batch, and with `return_logprobs` also the `[B, R]` log-probs of the sampled tokens under
@@ -70,21 +73,24 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tok
     numbers `policy_logprobs(..., temperature=temperature)` gives, in full fp32 (see
     `sampler_logprobs_are_exact`). `share_repeated`: where prompts repeat (k samples per prompt), each
     prompt's forward runs once and its keys and values are copied to its rows (the same numbers up to
-    float rounding, as `policy_logprobs(share_repeated=True)`)."""
+    float rounding, as `policy_logprobs(share_repeated=True)`). `prefix_len`: the prompts' shared first
+    tokens run once (`rto.models.forward.common_prefix_length`)."""
     was_training = model.training
     model.eval()
     attention = prompt_mask.long()
     rows = repeated_prompt_rows({"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}) if share_repeated else None
-    shared = None if rows is None else shared_prompt_cache(model, prompt_ids, prompt_mask, rows, logits=True)
+    shared = None
+    if rows is not None or prefix_len:
+        shared = shared_prompt_cache(model, prompt_ids, prompt_mask, rows, logits=True, prefix_len=prefix_len)
     if shared is not None:
-        out, cache = shared
-        logits = out.logits[:, -1][rows]
+        out, cache, attention = shared  # the cache's columns: with a prefix, not the prompts' own layout
+        logits = per_row(out.logits[:, -1], rows)
     else:
         out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=shift_positions(attention),
                     use_cache=True, logits_to_keep=1)
         cache, logits = cache_of(out), out.logits[:, -1]
     cache_kw = cache_keyword(model)
-    next_position = attention.sum(dim=1, keepdim=True)
+    next_position = prompt_mask.long().sum(dim=1, keepdim=True)  # real prompt tokens, whatever the layout
     finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     ones = torch.ones_like(finished, dtype=torch.long).unsqueeze(1)
     tokens, logprobs = [], []
