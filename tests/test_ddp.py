@@ -164,10 +164,11 @@ sample, K, calls = learner.sample_responses, int(os.environ["RTO_TEST_K"]), []
 
 
 def row_seeded(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature=1.0, generator=None,
-               return_logprobs=False, share_repeated=False):
+               return_logprobs=False, share_repeated=False, prefix_len=0):
     """Each response drawn from its own stream, seeded by its prompt, its place j in the prompt's group
     and the iteration: the same responses whichever rank (or how many ranks) samples them (one row at a
-    time: no prompt repeats within a call, so `share_repeated` has nothing to share)."""
+    time: no prompt repeats within a call and no other row shares a prefix, so `share_repeated` and
+    `prefix_len` have nothing to share)."""
     calls.append(1)
     rows = []
     for i in range(prompt_ids.shape[0]):

@@ -216,7 +216,31 @@ def test_common_prefix_length_counts_shared_leading_real_tokens():
     assert prefix.tolist() == [[7, 8, 9]]
     assert rest.tolist() == [[0, 0, 4], [5, 6, 3], [0, 1, 2]] and rest_mask.tolist() == [[0, 0, 1], [1, 1, 1], [0, 1, 1]]
     with pytest.raises(ValueError, match="do not share"):
-        split_prefix(ids, mask, 4)
+        split_prefix(torch.tensor([[7, 8, 1, 4], [7, 8, 9, 5]]), torch.ones(2, 4, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="a token after its prefix"):
+        split_prefix(ids, mask, 4)  # the first prompt is all prefix
+
+
+def test_sliding_window_models_keep_the_plain_forward(prefix_batch):
+    """A sliding window counts cache columns, and the prefix layout puts pads between the prefix and the
+    rest of a prompt: such a model takes the plain forward, and its numbers stay the plain ones."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from rto.models.forward import prefixed_inputs, sliding_window_attention
+
+    policy, batch = prefix_batch
+    config = MistralConfig(vocab_size=policy.config.vocab_size, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=128, sliding_window=4)
+    torch.manual_seed(0)
+    mistral = MistralForCausalLM(config).eval()
+    assert sliding_window_attention(mistral) and not sliding_window_attention(policy)
+    args = [batch[k] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")]
+    assert prefixed_inputs(mistral, *args, batch["prefix_len"]) is None
+    plain_batch = {k: v for k, v in batch.items() if k != "prefix_len"}
+    with torch.no_grad():
+        torch.testing.assert_close(policy_logprobs(mistral, batch)[0], policy_logprobs(mistral, plain_batch)[0],
+                                   atol=0, rtol=0)
 
 
 def test_shared_prefix_logprobs_values_scores_and_gradients_equal_the_plain_forward(prefix_batch, monkeypatch):
@@ -250,11 +274,10 @@ def test_shared_prefix_logprobs_values_scores_and_gradients_equal_the_plain_forw
 
     critic = ScalarHeadModel.from_causal_lm(policy)
     args = {k: plain_batch[k] for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")}
-    real = args["response_mask"].bool()  # after a response's end the two layouts give pads other positions
-    plain_values = critic.response_values(**args)[real]
+    plain_values = critic.response_values(**args)
     plain_values.sum().backward()
     plain_grads = _grads(critic)
-    shared_values = critic.response_values(**args, prefix_len=batch["prefix_len"])[real]
+    shared_values = critic.response_values(**args, prefix_len=batch["prefix_len"])
     shared_values.sum().backward()
     shared_grads = _grads(critic)
     assert heads == [4, 4, 4]

@@ -61,6 +61,17 @@ def causal_attention_only(model) -> bool:
     return bool(flags) and all(flags)
 
 
+def sliding_window_attention(model) -> bool:
+    """Some layer attends within a sliding window (Mistral, Gemma 2/3, Phi-3, Qwen2 with
+    `use_sliding_window`). transformers counts the window in cache columns, not positions, so the
+    prefix layout (prefix, pads, rest of the prompt) would move the prefix out of the window early:
+    such models do not share a prefix."""
+    config = getattr(model, "config", None)
+    if any("sliding" in str(kind) for kind in (getattr(config, "layer_types", None) or [])):
+        return True
+    return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True) is not False
+
+
 def _selectable(cache) -> bool:
     """A key/value cache whose every layer can repeat its rows (not a recurrent or hybrid state)."""
     layers = getattr(cache, "layers", None)
@@ -116,6 +127,8 @@ def split_prefix(prompt_ids: Tensor, prompt_mask: Tensor, prefix_len: int) -> tu
     tokens and what follows them, still left-padded (pads, then the row's own tokens)."""
     mask = prompt_mask.long()
     width = prompt_ids.shape[1]
+    if not 0 < prefix_len < int(mask.sum(dim=1).min()):
+        raise ValueError(f"prefix_len={prefix_len}: every prompt needs a token after its prefix")
     starts = width - mask.sum(dim=1, keepdim=True)  # each row's first real column
     prefix_columns = starts + torch.arange(prefix_len, device=mask.device)
     prefix = prompt_ids.gather(1, prefix_columns)
@@ -133,10 +146,10 @@ def per_row(t: Tensor, rows: Optional[Tensor]) -> Tensor:
 
 def prefix_cache(model, prefix: Tensor, rows: int, lm: bool) -> Optional[Any]:
     """The shared prefix's `[1, L]` forward: its key/value cache with one copy per row, or None where
-    this cannot be done (gradient checkpointing, not a causal model, a cache without row selection).
-    Gradients through the copies reach the one prefix forward. `lm`: a causal LM (its LM head runs
-    at the last position only)."""
-    if _checkpointing(model) or not causal_attention_only(model):
+    this cannot be done (gradient checkpointing, not a causal model, sliding-window attention, a cache
+    without row selection). Gradients through the copies reach the one prefix forward. `lm`: a causal
+    LM (its LM head runs at the last position only)."""
+    if _checkpointing(model) or not causal_attention_only(model) or sliding_window_attention(model):
         return None
     positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
     head = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), position_ids=positions, use_cache=True,
