@@ -310,3 +310,32 @@ def test_sampler_with_a_shared_prefix_draws_the_plain_samples(prefix_batch):
     with torch.no_grad():
         full, _ = policy_logprobs(policy, rollout, temperature=0.8)
     torch.testing.assert_close(full, shared[2], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_through_a_lora_model_equals_the_plain_forward(prefix_batch):
+    """A LoRA policy (peft wraps the model and forwards the cache keyword, the position ids and the
+    mask): the prefix path's log-probs and the adapter's gradients equal the plain forward's."""
+    import copy
+
+    from rto.models.lora import add_lora
+
+    policy, batch = prefix_batch
+    lora = add_lora(copy.deepcopy(policy), OmegaConf.create({"r": 4, "alpha": 8, "dropout": 0.0,
+                                                             "target_modules": "all-linear"}))
+    torch.manual_seed(1)
+    with torch.no_grad():  # a trained-looking adapter: B != 0, so the adapter changes the numbers
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    plain_batch = {k: v for k, v in batch.items() if k != "prefix_len"}
+    results = []
+    for b in (plain_batch, batch):
+        logprobs, _ = policy_logprobs(lora, b)
+        logprobs.sum().backward()
+        results.append((logprobs.detach(), [p.grad.clone() for p in lora.parameters() if p.grad is not None]))
+        lora.zero_grad()
+    (plain, plain_grads), (shared, shared_grads) = results
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    assert len(shared_grads) == len(plain_grads) > 0  # the adapter's parameters only
+    for a, b in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
