@@ -339,3 +339,28 @@ def test_shared_prefix_through_a_lora_model_equals_the_plain_forward(prefix_batc
     assert len(shared_grads) == len(plain_grads) > 0  # the adapter's parameters only
     for a, b in zip(shared_grads, plain_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_long_prefix_before_short_rests_and_responses(setup, make_cfg):
+    """The prefix longer than the rest of every prompt and its response together (8 shared tokens, then
+    one of each row's own and one response token): log-probs and the sampler equal the plain ones."""
+    from rto.models.forward import common_prefix_length
+    from rto.rl.rollout import sample_responses
+
+    policy, _ = setup
+    data = load_data(make_cfg().data)
+    rows = [{"prompt": f"a b c d e f g {w}", "chosen": "h", "rejected": "i"} for w in ("j", "k")]
+    batch = PairCollator(Encoder(data.tokenizer, max_prompt_tokens=16, max_response_tokens=8))(rows)
+    batch = {k: v for k, v in batch.items() if k != "ref_logps"}
+    prefix_len = common_prefix_length(batch["prompt_ids"], batch["prompt_mask"], 2)
+    assert prefix_len > batch["prompt_ids"].shape[1] - prefix_len + batch["response_ids"].shape[1]
+    with torch.no_grad():
+        torch.testing.assert_close(policy_logprobs(policy, {**batch, "prefix_len": prefix_len})[0],
+                                   policy_logprobs(policy, batch)[0], atol=1e-5, rtol=1e-5)
+
+    def sample(prefix: int):
+        return sample_responses(policy, batch["prompt_ids"], batch["prompt_mask"], 3, eos_id=2, pad_id=0,
+                                generator=torch.Generator().manual_seed(0), return_logprobs=True, prefix_len=prefix)
+    plain, shared = sample(0), sample(prefix_len)
+    assert torch.equal(shared[0], plain[0])
+    torch.testing.assert_close(shared[2], plain[2], atol=1e-6, rtol=1e-6)

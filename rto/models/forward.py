@@ -175,7 +175,7 @@ def prefixed_inputs(model, prompt_ids: Tensor, prompt_mask: Tensor, response_ids
     if cache is None:
         return None
     rest = sequence_inputs(rest_ids, rest_mask, response_ids, response_mask)
-    mask = torch.cat([torch.ones_like(rest["attention_mask"][:, :prefix_len]), rest["attention_mask"]], dim=1)
+    mask = torch.cat([rest["attention_mask"].new_ones(prompt_ids.shape[0], prefix_len), rest["attention_mask"]], dim=1)
     return {"input_ids": rest["input_ids"], "attention_mask": mask, "position_ids": prefix_len + rest["position_ids"],
             "use_cache": True, cache_keyword(model): cache}
 
