@@ -226,7 +226,7 @@ def test_sliding_window_models_keep_the_plain_forward(prefix_batch):
     rest of a prompt: such a model takes the plain forward, and its numbers stay the plain ones."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    from rto.models.forward import prefixed_inputs, sliding_window_attention
+    from rto.models.forward import prefixed_inputs, repeated_prompt_rows, shared_prompt_cache, sliding_window_attention
 
     policy, batch = prefix_batch
     config = MistralConfig(vocab_size=policy.config.vocab_size, hidden_size=32, intermediate_size=64,
@@ -241,6 +241,12 @@ def test_sliding_window_models_keep_the_plain_forward(prefix_batch):
     with torch.no_grad():
         torch.testing.assert_close(policy_logprobs(mistral, batch)[0], policy_logprobs(mistral, plain_batch)[0],
                                    atol=0, rtol=0)
+        # repeated prompts (k samples) are still run once each, in the plain layout
+        shared = shared_prompt_cache(mistral, batch["prompt_ids"], batch["prompt_mask"],
+                                     repeated_prompt_rows(batch), logits=True, prefix_len=batch["prefix_len"])
+        assert shared is not None and torch.equal(shared[2], batch["prompt_mask"].long())
+        torch.testing.assert_close(policy_logprobs(mistral, batch, share_repeated=True)[0],
+                                   policy_logprobs(mistral, plain_batch)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_shared_prefix_logprobs_values_scores_and_gradients_equal_the_plain_forward(prefix_batch, monkeypatch):

@@ -188,7 +188,8 @@ def shared_prompt_cache(model, prompt_ids: Tensor, prompt_mask: Tensor, rows: Op
     row [N], in the rows' order, the attention mask [N, P] of the cache's columns)`, or None where
     this cannot be done (gradient checkpointing, not a causal model, a cache without row selection).
     With a prefix the cache holds the prefix first, then the rest of each prompt (left-padded): the
-    returned mask has a run of pads between the two, and each token keeps its position.
+    returned mask has a run of pads between the two, and each token keeps its position. A model that
+    cannot share a prefix (`prefix_cache`) still runs each distinct prompt once, in the plain layout.
     `logits`: a causal LM, the prompt's logits at its last position only."""
     if _checkpointing(model) or not causal_attention_only(model):
         return None
@@ -196,19 +197,11 @@ def shared_prompt_cache(model, prompt_ids: Tensor, prompt_mask: Tensor, rows: Op
         firsts = first_rows(rows)
         prompt_ids, prompt_mask = prompt_ids[firsts], prompt_mask[firsts]
     mask = prompt_mask.long()
-    keep = {"logits_to_keep": 1} if logits else {}
-    if prefix_len:
-        prefix, rest_ids, rest_mask = split_prefix(prompt_ids, mask, prefix_len)
-        cache = prefix_cache(model, prefix, mask.shape[0], logits)
-        if cache is None:
-            return None
-        mask = torch.cat([torch.ones_like(mask[:, :prefix_len]), rest_mask], dim=1)
-        prompt_out = model(input_ids=rest_ids, attention_mask=mask,
-                           position_ids=prefix_len + shift_positions(rest_mask), use_cache=True,
-                           **{cache_keyword(model): cache}, **keep)
-    else:
-        prompt_out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=shift_positions(mask),
-                           use_cache=True, **keep)
+    none = prompt_ids[:, :0]  # no response: the prompts alone
+    inputs = prefixed_inputs(model, prompt_ids, mask, none, none, prefix_len, lm=logits) \
+        or {**sequence_inputs(prompt_ids, mask, none, none), "use_cache": True}
+    prompt_out = model(**inputs, **({"logits_to_keep": 1} if logits else {}))
+    mask = inputs["attention_mask"]
     cache = cache_of(prompt_out)
     if cache is None or not _selectable(cache):
         return None
