@@ -67,7 +67,7 @@ def our_side(end: str, gamma: float, lam: float, temperature: float) -> dict:
     from rto.models.retokenize import RewardScorer
     from rto.models.scalar_head import ScalarHeadModel
     from rto.rl.experience import critic_values, make_experience
-    from rto.rl.rollout import Rollout, sample_responses
+    from rto.rl.rollout import Rollout, mask_after_eos, sample_responses
     from tests.conftest import compose_config
 
     cfg = compose_config("reward=sentence", "ppo.normalize_rewards=false", "ppo.whiten_advantages=true",
@@ -85,6 +85,11 @@ def our_side(end: str, gamma: float, lam: float, temperature: float) -> dict:
     eos = tok.eos_token_id if end == "eos" else -1  # -1: never sampled, every response runs to the limit
     ids, mask = sample_responses(actor, batch["prompt_ids"], batch["prompt_mask"], 10, eos, tok.pad_token_id,
                                  temperature, torch.Generator().manual_seed(3))
+    if end == "eos":  # whatever the draw: three rows end with EOS before the limit (pads after it)
+        for row, column in ((0, 3), (2, 6), (5, 8)):
+            ids[row, column] = eos
+        mask = mask_after_eos(ids, eos)
+        ids = torch.where(mask.bool(), ids, torch.full_like(ids, tok.pad_token_id))
     rollout = Rollout(batch["prompt_ids"], batch["prompt_mask"], ids, mask, data.train_prompts[:8])
     exp = make_experience(rollout, actor=actor, critic=critic, reference=reference, reward_model=reward_model,
                           dpo_policy=None, reward_cfg=cfg.reward, beta=cfg.beta, ppo_cfg=cfg.ppo)

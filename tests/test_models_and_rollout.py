@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rto.models import ScalarHeadModel, policy_logprobs, sequence_inputs
-from rto.rl.rollout import mask_after_eos, sample_responses
+from rto.algos.finite import NonFiniteError
+from rto.rl import rollout as rollout_module
+from rto.rl.rollout import draw_tokens, mask_after_eos, sample_responses
 
 PAD = EOS = 2  # the hard case: pad and eos share an id
 
@@ -68,6 +71,32 @@ def test_sampling_is_reproducible_and_matches_policy_logprobs():
         logprobs, _ = policy_logprobs(lm, batch)
     torch.testing.assert_close(sampled, logprobs, atol=1e-6, rtol=1e-6)
     assert (sampled[mask == 0] == 0).all() and (sampled[mask.bool()] < 0).all()
+
+
+def test_draw_tokens_follows_the_distribution_and_never_draws_a_zero_probability_token():
+    probs = torch.tensor([0.0, 0.1, 0.0, 0.2, 0.7, 0.0])
+    logprobs = probs.log().expand(200_000, -1)
+    tokens, total = draw_tokens(logprobs, torch.Generator().manual_seed(0))
+    share = torch.bincount(tokens, minlength=6).double() / tokens.numel()
+    torch.testing.assert_close(share, probs.double(), atol=4e-3, rtol=0)  # s.e. of the 0.7 share: 1e-3
+    assert share[[0, 2, 5]].sum() == 0
+    torch.testing.assert_close(total, torch.ones(200_000, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("u, expected", [(0.0, 1), (1.0 - 2.0 ** -53, 4)])
+def test_draw_tokens_at_the_ends_of_the_uniform_lands_on_tokens_with_probability(monkeypatch, u, expected):
+    """u = 0 draws the first token of nonzero probability, not the zero-probability one before it; the
+    largest u below 1 the last one, not the zero-probability token after it."""
+    monkeypatch.setattr(rollout_module.torch, "rand", lambda shape, generator=None, **kw: torch.full(shape, u, **kw))
+    logprobs = torch.tensor([[0.0, 0.1, 0.0, 0.2, 0.7, 0.0]]).log()
+    assert draw_tokens(logprobs)[0].tolist() == [expected]
+
+
+def test_nan_logits_stop_sampling_with_a_named_error():
+    lm = tiny_lm(1)
+    prompt_ids, prompt_mask = torch.tensor([[1, 4], [1, 5]]), torch.ones(2, 2, dtype=torch.long)
+    with pytest.raises(NonFiniteError, match="sampling distribution is not finite: 6 of 6 "):
+        sample_responses(lm, prompt_ids, prompt_mask, 3, EOS, PAD, temperature=float("nan"))
 
 
 def test_kv_cache_sampling_matches_full_forward_distribution():

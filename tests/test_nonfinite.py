@@ -103,6 +103,30 @@ def test_nan_reward_with_skip_drops_the_rollout_and_trains_on(upstream, tmp_path
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_nan_policy_while_sampling_stops_or_skips_the_iteration(upstream, tmp_path, monkeypatch, caplog, policy):
+    """A policy whose sampling distribution is NaN (here: a NaN temperature from iteration 2 on) is
+    named, with its step, like any other tensor (torch.multinomial used to end in a traceback)."""
+    from rto.stages import learner as learner_stage
+    original, calls = learner_stage.sample_responses, []
+
+    def poisoned(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, *args, **kwargs):
+        calls.append(1)
+        nan = float("nan") if len(calls) == 2 else temperature
+        return original(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, nan, *args, **kwargs)
+    monkeypatch.setattr(learner_stage, "sample_responses", poisoned)
+    message = "the policy's sampling distribution is not finite at step 2"
+    if policy == "raise":
+        with pytest.raises(NonFiniteError, match=message):
+            train(ppo_cfg(upstream, tmp_path))
+        return
+    with caplog.at_level(logging.WARNING):
+        train(ppo_cfg(upstream, tmp_path, "on_nonfinite=skip"))
+    assert f"skipping the batch: {message}" in caplog.text and len(calls) == 3
+    weights = load_file(str(tmp_path / "checkpoints" / "ppo" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
 def test_nan_loss_stops_sft_at_its_step(tmp_path, monkeypatch):
     original = sft_stage.policy_logprobs
 

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from rto.algos.finite import NonFiniteError
 from rto.algos.logprobs import shift_positions
 from rto.models.forward import cache_keyword, cache_of, per_row, repeated_prompt_rows, shared_prompt_cache
 
@@ -61,6 +62,23 @@ def sampler_logprobs_are_exact(model) -> bool:
     return device.type != "cuda" or torch.get_float32_matmul_precision() == "highest"
 
 
+def draw_tokens(logprobs: Tensor, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+    """One token per row of the distribution `exp(logprobs)` `[B, V]`, by inverting its cumulative
+    distribution with one uniform number per row; returns `(tokens [B], each row's total probability
+    [B])` (not finite where the row was not a distribution). `torch.multinomial` draws one
+    exponential number per vocabulary entry instead: 22 ms a step for 16 rows of SmolLM2's 49152 tokens
+    on 2 CPU cores, against 0.4 ms here. The sum runs in float64 (float32 on MPS, which has none) so
+    that a large vocabulary's tail keeps its mass."""
+    dtype = torch.float32 if logprobs.device.type == "mps" else torch.float64
+    cdf = logprobs.to(dtype).exp().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, dtype=dtype, device=cdf.device, generator=generator)
+    # u < 1 is a multiple of the format's epsilon, so u * total rounds to below the total: the first token
+    # whose cumulative probability exceeds it has a probability > 0 (`right=True` skips the empty ones)
+    tokens = torch.searchsorted(cdf, u * total, right=True).squeeze(1)
+    return tokens.clamp_(max=cdf.shape[1] - 1), total.squeeze(1)  # clamp: a NaN row (raised on by the caller)
+
+
 @torch.no_grad()
 def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int, eos_id: int,
                      pad_id: int, temperature: float = 1.0,
@@ -93,12 +111,13 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tok
     next_position = prompt_mask.long().sum(dim=1, keepdim=True)  # real prompt tokens, whatever the layout
     finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     ones = torch.ones_like(finished, dtype=torch.long).unsqueeze(1)
-    tokens, logprobs = [], []
+    tokens, logprobs, totals = [], [], []
     for step in range(max_new_tokens):
-        scaled = logits.float() / temperature
-        token = torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator).squeeze(1)
+        step_logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+        token, total = draw_tokens(step_logprobs, generator)
+        totals.append(torch.where(finished, torch.ones_like(total), total))  # a finished row's draws are unused
         if return_logprobs:  # the log of the probability the token was drawn with
-            logprobs.append(torch.log_softmax(scaled, dim=-1).gather(1, token.unsqueeze(1)).squeeze(1))
+            logprobs.append(step_logprobs.gather(1, token.unsqueeze(1)).squeeze(1))
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         tokens.append(token)
         finished |= token == eos_id
@@ -110,6 +129,11 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tok
         cache, logits = cache_of(out), out.logits[:, -1]
         next_position = next_position + 1
     model.train(was_training)
+    # a NaN or Inf logit makes its row's total probability NaN or Inf (checked once, not at every step)
+    totals = torch.stack(totals, dim=1)
+    bad = ~torch.isfinite(totals)
+    if bool(bad.any()):
+        raise NonFiniteError("the policy's sampling distribution", count=int(bad.sum()), total=bad.numel())
     response_ids = torch.stack(tokens, dim=1)
     response_mask = mask_after_eos(response_ids, eos_id)
     if not return_logprobs:

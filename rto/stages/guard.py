@@ -41,6 +41,11 @@ class NonFiniteGuard:
             check_finite(name, tensor, mask, step)
         except NonFiniteError as err:
             local = err
+        self.raise_on_all_ranks(name, local, step)
+
+    def raise_on_all_ranks(self, name: str, local: Optional[NonFiniteError], step: Optional[int] = None) -> None:
+        """Raise on every rank if any rank met `local` (None: this rank saw no NaN or Inf in `name`).
+        Every rank must make the same calls (it is a collective)."""
         trainer = self._trainer
         if trainer is not None and trainer.world_size > 1:
             if not trainer.strategy.reduce_boolean_decision(local is None, all=True):

@@ -118,7 +118,7 @@ class RLModule(NonFiniteGuard, MinibatchUpdate, L.LightningModule):
         return float(self.trainer.strategy.reduce(torch.tensor(value, device=self.device), reduce_op="mean"))
 
     # ---- one iteration -------------------------------------------------------------------------
-    def rollout(self, batch: dict) -> Rollout:
+    def rollout(self, batch: dict, iteration: Optional[int] = None) -> Rollout:
         """k = `samples_per_prompt` responses to each prompt, the group's rows consecutive."""
         prompt_ids, prompt_mask, prompt_text = repeat_prompts(batch, self.samples_per_prompt)
         # the prompts' shared first tokens (a chat template's system prompt): run once by every forward
@@ -128,12 +128,17 @@ class RLModule(NonFiniteGuard, MinibatchUpdate, L.LightningModule):
         prefix_len = 0 if cpu_autocast else common_prefix_length(prompt_ids, prompt_mask,
                                                                  self.ppo_cfg.get("shared_prefix_min_tokens"))
         exact = sampler_logprobs_are_exact(self.actor)  # else the experience recomputes pi_old
-        with sampling_in_autocast(self.actor):  # bf16-mixed on a CPU: bf16 weights while sampling
-            response_ids, response_mask, *logprobs = sample_responses(
-                self.actor, prompt_ids, prompt_mask, self.ppo_cfg.max_new_tokens, self.eos_id, self.pad_id,
-                self.ppo_cfg.temperature, self.generator, return_logprobs=exact,
-                share_repeated=self.samples_per_prompt > 1,  # each prompt's forward once for its k samples
-                prefix_len=prefix_len)
+        failed = None
+        try:
+            with sampling_in_autocast(self.actor):  # bf16-mixed on a CPU: bf16 weights while sampling
+                response_ids, response_mask, *logprobs = sample_responses(
+                    self.actor, prompt_ids, prompt_mask, self.ppo_cfg.max_new_tokens, self.eos_id, self.pad_id,
+                    self.ppo_cfg.temperature, self.generator, return_logprobs=exact,
+                    share_repeated=self.samples_per_prompt > 1,  # each prompt's forward once for its k samples
+                    prefix_len=prefix_len)
+        except NonFiniteError as err:  # a NaN policy: every rank stops (or skips the batch) together
+            failed = NonFiniteError(err.name, iteration, err.count, err.total)
+        self.raise_on_all_ranks("the policy's sampling distribution", failed, iteration)
         return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, prompt_text,
                        logprobs=logprobs[0] if exact else None, prefix_len=prefix_len)
 
@@ -141,9 +146,9 @@ class RLModule(NonFiniteGuard, MinibatchUpdate, L.LightningModule):
         start = time.perf_counter()
         iteration, beta = batch_idx + 1, self.kl_ctl.value
         inference_mode(self.actor, self.reference, self.reward_model, self.dpo_policy, *self.trained())
-        rollout = self.rollout(batch)
-        sampling_seconds = time.perf_counter() - start
         try:
+            rollout = self.rollout(batch, iteration)
+            sampling_seconds = time.perf_counter() - start
             experience = self.experience(rollout, beta, iteration)
         except NonFiniteError as err:
             self.skip_or_raise(err)
