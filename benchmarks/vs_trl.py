@@ -184,6 +184,7 @@ def write_spec(kind: str, folder: Path, args) -> tuple[Path, dict]:
         spec = write_smollm2_spec(folder / kind, shapes=shapes, overrides=tuple(args.smollm2_overrides), **common)
     else:
         spec = {**write_fixtures(folder / kind, n_prompts=256), **common}
+    spec["trl_compile"] = args.trl_compile
     path = folder / f"{kind}_spec.json"
     path.write_text(json.dumps(spec))
     return path, spec
@@ -200,6 +201,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", help="default: benchmarks/results/vs_trl.json (vs_trl_smollm2.json for ppo_smollm2 alone)")
     parser.add_argument("--ours", nargs="*", default=[], help="extra Hydra overrides for our side")
+    parser.add_argument("--trl-compile", action="store_true",
+                        help="TRL's side with torch_compile=True (its TrainingArguments), to set against --ours compile=true")
     small = parser.add_argument_group("ppo_smollm2 shapes (defaults: the issue's setting; smaller ones to check the pair)")
     small.add_argument("--smollm2-prompts", type=int, default=SMOLLM2_SHAPES["rollout_batch_size"])
     small.add_argument("--smollm2-new-tokens", type=int, default=SMOLLM2_SHAPES["max_new_tokens"])
