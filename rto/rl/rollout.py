@@ -73,7 +73,7 @@ def draw_tokens(logprobs: Tensor, generator: Optional[torch.Generator] = None) -
     cdf = logprobs.to(dtype).exp().cumsum(dim=-1)
     total = cdf[:, -1:]
     u = torch.rand(total.shape, dtype=dtype, device=cdf.device, generator=generator)
-    # u < 1 is a multiple of the format's epsilon, so u * total rounds to below the total: the first token
+    # for u < 1, u * total rounds to below the total (checked on 1e6 totals): the first token
     # whose cumulative probability exceeds it has a probability > 0 (`right=True` skips the empty ones)
     tokens = torch.searchsorted(cdf, u * total, right=True).squeeze(1)
     return tokens.clamp_(max=cdf.shape[1] - 1), total.squeeze(1)  # clamp: a NaN row (raised on by the caller)
@@ -111,11 +111,12 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tok
     next_position = prompt_mask.long().sum(dim=1, keepdim=True)  # real prompt tokens, whatever the layout
     finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     ones = torch.ones_like(finished, dtype=torch.long).unsqueeze(1)
-    tokens, logprobs, totals = [], [], []
+    tokens, logprobs, totals, drawing = [], [], [], []
     for step in range(max_new_tokens):
         step_logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
         token, total = draw_tokens(step_logprobs, generator)
-        totals.append(torch.where(finished, torch.ones_like(total), total))  # a finished row's draws are unused
+        totals.append(total)
+        drawing.append(~finished)  # a finished row's draws are unused (its slots become pads)
         if return_logprobs:  # the log of the probability the token was drawn with
             logprobs.append(step_logprobs.gather(1, token.unsqueeze(1)).squeeze(1))
         token = torch.where(finished, torch.full_like(token, pad_id), token)
@@ -130,12 +131,13 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tok
         next_position = next_position + 1
     model.train(was_training)
     # a NaN or Inf logit makes its row's total probability NaN or Inf (checked once, not at every step)
-    totals = torch.stack(totals, dim=1)
-    bad = ~torch.isfinite(totals)
+    drawing = torch.stack(drawing, dim=1)
+    bad = ~torch.isfinite(torch.stack(totals, dim=1)) & drawing
     if bool(bad.any()):
-        raise NonFiniteError("the policy's sampling distribution", count=int(bad.sum()), total=bad.numel())
+        raise NonFiniteError("the policy's sampling distribution", count=int(bad.sum()), total=int(drawing.sum()))
     response_ids = torch.stack(tokens, dim=1)
     response_mask = mask_after_eos(response_ids, eos_id)
     if not return_logprobs:
         return response_ids, response_mask
-    return response_ids, response_mask, torch.stack(logprobs, dim=1) * response_mask
+    # where, not a product: a finished row's later distributions may be NaN (not drawn from, not checked)
+    return response_ids, response_mask, torch.where(response_mask.bool(), torch.stack(logprobs, dim=1), 0.0)
