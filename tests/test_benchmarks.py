@@ -127,3 +127,12 @@ def test_vs_trl_runs_trl_ppo_with_lora_against_ours(tiny_chat_model, tmp_path):
     assert len(result["times"]["ours"]) == len(result["times"]["trl"]) == 3
     assert "LoRA r=8 alpha=16" in result["setting"] and "4 responses x 6 new tokens" in result["setting"]
     assert "ppo_smollm2" in (tmp_path / "vs.md").read_text()
+
+
+def test_token_draw_benchmark_times_both_draws_at_every_shape(tmp_path):
+    out = subprocess.run([sys.executable, str(BENCH / "token_draw.py"), "--repeats", "2", "--threads", "1",
+                          "--json", str(tmp_path / "draw.json")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "draw.json").read_text())["results"]
+    assert [(r["rows"], r["vocabulary"]) for r in rows] == [(64, 260), (16, 49152), (64, 50257)]
+    assert all(r["multinomial_ms"] > 0 and r["draw_tokens_ms"] > 0 for r in rows)

@@ -67,10 +67,10 @@ def draw_tokens(logprobs: Tensor, generator: Optional[torch.Generator] = None) -
     distribution with one uniform number per row; returns `(tokens [B], each row's total probability
     [B])` (not finite where the row was not a distribution). `torch.multinomial` draws one
     exponential number per vocabulary entry instead: 22 ms a step for 16 rows of SmolLM2's 49152 tokens
-    on 2 CPU cores, against 0.4 ms here. The sum runs in float64 (float32 on MPS, which has none) so
-    that a large vocabulary's tail keeps its mass."""
+    on 2 CPU cores, against 1.6-7 ms here (benchmarks/token_draw.py). The sum runs in float64 (float32
+    on MPS, which has none) so that a large vocabulary's tail keeps its mass."""
     dtype = torch.float32 if logprobs.device.type == "mps" else torch.float64
-    cdf = logprobs.to(dtype).exp().cumsum(dim=-1)
+    cdf = logprobs.exp().cumsum(dim=-1, dtype=dtype)  # probabilities as given, summed in dtype
     total = cdf[:, -1:]
     u = torch.rand(total.shape, dtype=dtype, device=cdf.device, generator=generator)
     # for u < 1, u * total rounds to below the total (checked on 1e6 totals): the first token
