@@ -68,3 +68,23 @@ def test_compile_true_trains_sft_like_eager(make_cfg, tmp_path):
     torch.testing.assert_close(torch.tensor(losses["true"]), torch.tensor(losses["false"]), atol=1e-3, rtol=1e-3)
     state = {flag: load_file(str(folder / "checkpoints" / "sft" / "model.safetensors")) for flag, folder in runs.items()}
     assert state["true"].keys() == state["false"].keys()  # compiled in place: no `_orig_mod.` prefixes
+
+
+@pytest.mark.slow  # compiling the policy, reference and reward model: minutes on 2 cores
+def test_compile_true_runs_grpo_like_eager(upstream, tmp_path):
+    """The critic-free loop with `compile=true` (GRPO, k=2, sampling included): the same rollouts and losses
+    as eager within float tolerance (what `vs_trl.py --ours compile=true` times)."""
+    from tests.conftest import compose_config
+
+    runs = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        train(compose_config("stage=ppo", "ppo.iterations=3", "algo=grpo", "algo.samples_per_prompt=2",
+                             f"sft.checkpoint={upstream / 'sft'}", f"rm.checkpoint={upstream / 'rm'}",
+                             f"dpo.checkpoint={upstream / 'dpo'}", f"compile={flag}", "logger=csv", output_dir=out))
+        runs[flag] = out
+    for key in ("ppo/score", "ppo/response_length", "ppo/kl_k1", "ppo/policy_loss"):
+        values = {flag: logged(folder, key) for flag, folder in runs.items()}
+        assert len(values["true"]) == len(values["false"]) == 3, key
+        torch.testing.assert_close(torch.tensor(values["true"]), torch.tensor(values["false"]), atol=1e-3, rtol=1e-3,
+                                   msg=key)
