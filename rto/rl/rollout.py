@@ -73,8 +73,8 @@ def draw_tokens(logprobs: Tensor, generator: Optional[torch.Generator] = None) -
     cdf = logprobs.exp().cumsum(dim=-1, dtype=dtype)  # probabilities as given, summed in dtype
     total = cdf[:, -1:]
     u = torch.rand(total.shape, dtype=dtype, device=cdf.device, generator=generator)
-    # for u < 1, u * total rounds to below the total (checked on 1e6 totals): the first token
-    # whose cumulative probability exceeds it has a probability > 0 (`right=True` skips the empty ones)
+    # u <= 1 - 2**-53, so u * total rounds to below the total (round to nearest; checked on 1e6 totals):
+    # the first token whose cumulative probability exceeds it has a probability > 0 (`right=True` skips empty ones)
     tokens = torch.searchsorted(cdf, u * total, right=True).squeeze(1)
     return tokens.clamp_(max=cdf.shape[1] - 1), total.squeeze(1)  # clamp: a NaN row (raised on by the caller)
 
