@@ -36,6 +36,7 @@ from rto.data.bundle import GoldTokens
 from rto.data.collate import Encoder, encode_prompts, right_pad
 from rto.errors import UserError
 from rto.models.forward import policy_logprobs
+from rto.models.precision import device_of
 from rto.rl.modes import inference_mode
 
 
@@ -126,8 +127,9 @@ def credit_on_texts(dpo, reference, prompts: Sequence[str], responses: Sequence[
         batch = encode_prompts(encoder, chunk)
         batch["response_ids"], batch["response_mask"] = right_pad([encoder.response(t) for t in texts],
                                                                   encoder.pad_id)
+        on_device = {k: v.to(device_of([dpo])) for k, v in batch.items()}  # the GPU on a GPU run
         x, y = credit_pairs(chunk, batch["response_ids"], batch["response_mask"],
-                            dpo_log_ratios(dpo, reference, batch, temperature), encoder.tokenizer, gold_tokens)
+                            dpo_log_ratios(dpo, reference, on_device, temperature).cpu(), encoder.tokenizer, gold_tokens)
         ratios.append(x)
         golds.append(y)
     return credit_correlation(np.concatenate(ratios), np.concatenate(golds))

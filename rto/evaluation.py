@@ -27,6 +27,7 @@ import torch
 from rto.algos.masked import masked_sum
 from rto.data.collate import Encoder, encode_prompts
 from rto.models.forward import policy_logprobs
+from rto.models.precision import device_of
 from rto.rl.modes import inference_mode
 from rto.rl.rollout import sample_responses
 
@@ -60,23 +61,24 @@ def sample_policy(policy, reference, reward_model, prompts: list[str], encoder: 
                   max_new_tokens: int, temperature: float, seed: int, decode: Callable,
                   gold: Optional[Callable], judge=None) -> Samples:
     inference_mode(policy, reference, reward_model, judge)
-    generator = torch.Generator().manual_seed(seed)
+    device = device_of([policy])  # the GPU on a GPU run (`rto.models.placement`), else the CPU
+    generator = torch.Generator(device=device).manual_seed(seed)
     responses, kls, scores, lengths, judged = [], [], [], [], []
     truncated_before = getattr(reward_model, "truncated", 0)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        batch = encode_prompts(encoder, chunk)
+        batch = {k: v.to(device) for k, v in encode_prompts(encoder, chunk).items()}
         ids, mask = sample_responses(policy, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens,
                                      encoder.tokenizer.eos_token_id, encoder.pad_id, temperature, generator)
         batch.update(response_ids=ids, response_mask=mask)
         logp, _ = policy_logprobs(policy, batch, temperature=temperature)
         ref_logp, _ = policy_logprobs(reference, batch, temperature=temperature)
-        kls.append(masked_sum(logp - ref_logp, mask, dim=1).numpy())
+        kls.append(masked_sum(logp - ref_logp, mask, dim=1).cpu().numpy())
         scores.append(reward_model.score(**batch, prompt_text=chunk).cpu().numpy())
         if judge is not None:
             judged.append(judge.score(**batch, prompt_text=chunk).cpu().numpy())
-        lengths.append(mask.sum(1).numpy())
-        responses.extend(decode(ids, mask))
+        lengths.append(mask.sum(1).cpu().numpy())
+        responses.extend(decode(ids.cpu(), mask.cpu()))
     gold_scores = None if gold is None else np.asarray(gold(prompts, responses), dtype=float)
     return Samples(list(prompts), responses, np.concatenate(kls), np.concatenate(scores),
                    np.concatenate(lengths), gold_scores, np.concatenate(judged) if judged else None,

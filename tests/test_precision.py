@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from rto.main import train
 from rto.models.factory import load_policy, load_tokenizer
 from rto.models.lora import add_lora
-from rto.models.precision import lowered_linears, off_step_precision, precision_problem
+from rto.models.placement import off_step, off_step_device
+from rto.models.precision import lowered_linears, precision_problem
 from rto.models.scalar_head import ScalarHeadModel
 from rto.rl.rollout import sample_responses
 from tests.conftest import compose_config
@@ -52,12 +53,24 @@ def test_precision_values_beyond_fp32_and_bf16_mixed_are_refused_by_name():
     assert "model.dtype=bf16" in precision_problem("bf16-true")
 
 
-def test_a_gpu_runs_work_on_the_cpu_stays_fp32():
-    """Pairs sampling, DPO's precomputed reference and evaluation run on the CPU: in bf16 for a CPU run,
-    in fp32 as before for a GPU run (whose host CPU may have no bf16 units)."""
+def test_work_outside_training_steps_runs_on_the_runs_device_in_its_precision(chat_model, monkeypatch):
+    """Pairs sampling, DPO's precomputed reference and evaluation: on the CPU in a CPU run's precision;
+    on a CUDA run on the process's GPU (Lightning's LOCAL_RANK), where a CPU-only torch cannot go."""
     cpu, gpu = OmegaConf.create({"accelerator": "cpu", "precision": "bf16"}), OmegaConf.create(
         {"accelerator": "gpu", "precision": "bf16-mixed"})
-    assert off_step_precision(cpu) == "bf16-mixed" and off_step_precision(gpu) == "32-true"
+    assert off_step_device(cpu).type == "cpu"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert off_step_device(gpu) == torch.device("cuda", 1) and off_step_device(cpu).type == "cpu"
+    assert off_step_device(OmegaConf.create({"accelerator": "mps"})).type == "cpu"
+    monkeypatch.undo()
+    model = lora_policy(chat_model)
+    with off_step(cpu, model, None, model) as device:
+        assert device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert not torch.is_autocast_enabled("cpu")
+    with off_step(OmegaConf.create({"accelerator": "cpu", "precision": "32-true"}), model):
+        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_bf16_copies_of_the_weights_give_autocasts_numbers_bit_for_bit_and_go_back(chat_model):

@@ -5,8 +5,8 @@ which does the matmuls (linear layers, attention) in bf16, on a CPU with AMX uni
 AMX kernels; weights, optimizer states, embeddings, norms, the log-softmax and log-probs (`.float()`
 in `rto.models.forward`), the losses and the scalar heads (`ScalarHead`) stay fp32. Outside a
 training step (pairs sampling, DPO's precomputed reference, the validation curve, evaluation)
-`computing_in` enters the same autocast, so every stage of a CPU run computes in the precision the
-user picked (a GPU run's CPU-side work stays fp32: `off_step_precision`).
+`computing_in` enters the same autocast, so every stage computes in the precision the user picked
+(on a GPU run that work runs on the GPU: `rto.models.placement`).
 
 Autocast casts each fp32 weight to bf16 at every call (Lightning turns its cast cache off: the
 optimizer steps between forwards would make cached casts stale). For a weight that does not change
@@ -105,14 +105,6 @@ def lowered_linears(models: Iterable[Optional[nn.Module]], dtype: torch.dtype,
 def runs_on_cpu(trainer_cfg) -> bool:
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-
-
-def off_step_precision(trainer_cfg) -> str:
-    """The precision of a run's work outside training steps on the CPU (pairs sampling, DPO's
-    precomputed reference, evaluation, which reads the models after Lightning moved them back to the
-    CPU): `trainer.precision` for a CPU run; fp32 for a GPU run, as before (its host CPU may have no
-    bf16 units, and its policies were sampled on the GPU)."""
-    return normalized(trainer_cfg.get("precision", "32-true")) if runs_on_cpu(trainer_cfg) else "32-true"
 
 
 def frozen_weights_lowered(trainer_cfg, module: nn.Module):

@@ -8,7 +8,7 @@ import time
 
 from rto.credit import credit_on_texts
 from rto.evaluation import evaluate, format_table
-from rto.models.precision import computing_in, off_step_precision
+from rto.models.placement import off_step
 from rto.models.reward import judge_scorer
 from rto.outputs import OutputWriter
 from rto.recipes.base import StageRecipe
@@ -44,8 +44,8 @@ class EvaluationRecipe(StageRecipe):
         start = time.perf_counter()
         judge = judge_scorer(cfg.get("judge"), ctx.data.encoder, ctx.data.tokenizer)
         scorer, dpo, credit = ctx.scorer(upstream["rm"]), upstream.get("dpo"), None
-        # a CPU run's precision (`trainer.precision`), as its policies were trained
-        with computing_in(off_step_precision(ctx.cfg.trainer), *policies.values(), upstream["sft"], scorer, judge, dpo):
+        # on the run's device and in its precision (`trainer.precision`), as its policies were trained
+        with off_step(ctx.cfg.trainer, *policies.values(), upstream["sft"], scorer, judge, dpo):
             results, samples = evaluate(policies, upstream["sft"], scorer, prompts, ctx.data.encoder, cfg, ctx.decode,
                                         ctx.data.gold, judge, optimum=ctx.data.optimum)
             ctx.metrics["time/eval_seconds"] = time.perf_counter() - start

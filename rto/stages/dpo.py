@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from rto.algos.losses import dpo_loss, ipo_loss, simpo_loss
 from rto.algos.masked import masked_sum
 from rto.models.forward import policy_logprobs
+from rto.models.precision import device_of
 from rto.stages.guard import NonFiniteGuard
 
 
@@ -27,8 +28,10 @@ def with_reference_logps(reference, rows: list[dict], collate: Callable, batch_s
     """Rows with `ref_logps = (log pi_ref(chosen), log pi_ref(rejected))` attached: the reference is
     frozen, so one pass over the data replaces a reference forward in every step of every epoch."""
     reference.eval()
+    device = device_of([reference])  # the GPU on a GPU run (`rto.models.placement`)
     logps = []
     for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         chosen, rejected = sequence_logps(reference, batch, share_prompt).chunk(2)
         logps += zip(chosen.tolist(), rejected.tolist())
     return [{**row, "ref_logps": pair} for row, pair in zip(rows, logps)]
