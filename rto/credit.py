@@ -9,7 +9,8 @@ temperature of RL (``ppo.temperature``), as the token reward RTO hands out is.
 
 The responses are the SFT policy's samples of the evaluation (`eval.prompt_set`, test by default;
 the first `eval.n_prompts`; the SFT policy's own stream, `rto.evaluation.stream_seed`), so the
-evaluation's `eval/credit/*` and `python -m rto.credit` give the same numbers.
+evaluation's `eval/credit/*` and `python -m rto.credit` give the same numbers for a CPU run (the
+command re-samples on the CPU in fp32; a GPU run's evaluation sampled on its GPU in bf16).
 
 Tokens and words: the task's tokenizer is word-level, one token per word; `word_tokens` checks that
 for every token rather than assuming it. Padding is left out by the response mask. `<eos>` is left

@@ -29,6 +29,7 @@ from rto.data.collate import Encoder, encode_prompts
 from rto.models.forward import policy_logprobs
 from rto.models.precision import device_of
 from rto.rl.modes import inference_mode
+from rto.rl.experience import in_micro_batches
 from rto.rl.rollout import sample_responses
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Samples:
 @torch.no_grad()
 def sample_policy(policy, reference, reward_model, prompts: list[str], encoder: Encoder, *, batch_size: int,
                   max_new_tokens: int, temperature: float, seed: int, decode: Callable,
-                  gold: Optional[Callable], judge=None) -> Samples:
+                  gold: Optional[Callable], judge=None, micro_batch_size: Optional[int] = None) -> Samples:
     inference_mode(policy, reference, reward_model, judge)
     device = device_of([policy])  # the GPU on a GPU run (`rto.models.placement`), else the CPU
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -71,8 +72,11 @@ def sample_policy(policy, reference, reward_model, prompts: list[str], encoder: 
         ids, mask = sample_responses(policy, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens,
                                      encoder.tokenizer.eos_token_id, encoder.pad_id, temperature, generator)
         batch.update(response_ids=ids, response_mask=mask)
-        logp, _ = policy_logprobs(policy, batch, temperature=temperature)
-        ref_logp, _ = policy_logprobs(reference, batch, temperature=temperature)
+        # the [B, R, V] logits of micro-batches of `micro_batch_size` rows at a time (the whole batch if null)
+        logp = in_micro_batches(lambda b: policy_logprobs(policy, b, temperature=temperature)[0], batch,
+                                micro_batch_size)
+        ref_logp = in_micro_batches(lambda b: policy_logprobs(reference, b, temperature=temperature)[0], batch,
+                                    micro_batch_size)
         kls.append(masked_sum(logp - ref_logp, mask, dim=1).cpu().numpy())
         scores.append(reward_model.score(**batch, prompt_text=chunk).cpu().numpy())
         if judge is not None:
@@ -132,7 +136,8 @@ def evaluate(policies: dict, reference, reward_model, prompts: list[str], encode
     def draw(model, stream: str) -> Samples:
         return sample_policy(model, reference, reward_model, prompts, encoder, batch_size=eval_cfg.batch_size,
                              max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature,
-                             seed=stream_seed(eval_cfg.seed, stream), decode=decode, gold=gold, judge=judge)
+                             seed=stream_seed(eval_cfg.seed, stream), decode=decode, gold=gold, judge=judge,
+                             micro_batch_size=eval_cfg.get("micro_batch_size"))
 
     samples = {name: draw(model, name) for name, model in policies.items()}
     baseline = draw(policies["sft"], BASELINE)

@@ -138,10 +138,11 @@ def fit_resumable(trainer_factory, module, loaders, *, folder: str | Path,
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last else None, weights_only=True)
     except NonFiniteError as err:
         good = latest_checkpoint(folder, cfg_hash) if enabled else None
-        where = (f"; last good checkpoint: {good} (the same command resumes from it once the cause is fixed, "
-                 f"or set on_nonfinite=skip to skip such batches)") if good else \
-            "; no checkpoint of this stage was saved before it (set on_nonfinite=skip to skip such batches)"
-        raise NonFiniteError(err.name, err.step, err.count, err.total, err.where + where) from err
+        skip = "set on_nonfinite=skip to skip such batches" if err.skippable else ""
+        where = (f"; last good checkpoint: {good} (the same command resumes from it once the cause is fixed"
+                 + (f", or {skip})" if skip else ")")) if good else \
+            "; no checkpoint of this stage was saved before it" + (f" ({skip})" if skip else "")
+        raise NonFiniteError(err.name, err.step, err.count, err.total, err.where + where, err.skippable) from err
 
 
 def keep_previous_logs(run_dir: str | Path) -> None:

@@ -102,7 +102,9 @@ class RunFolder:
     def sample(self, policy, name: str, prompts: list) -> list[dict]:
         """Batches of prompt ids and `policy`'s responses, drawn as the evaluation draws policy `name`
         (sft, dpo or policy). The last batch is drawn whole, as in the evaluation, when `prompts`
-        stops inside it (the rows past `prompts` are dropped), so the responses are the evaluation's."""
+        stops inside it (the rows past `prompts` are dropped), so the responses are the evaluation's
+        for a CPU run. On the CPU in fp32: a GPU run's evaluation drew on its GPU in bf16
+        (`rto.models.placement`), so for its folder these are other responses than its `samples.jsonl`."""
         cfg, encoder = self.cfg.eval, self.data.encoder
         inference_mode(policy)
         everything = self.data.prompts(cfg.prompt_set)
@@ -118,7 +120,7 @@ class RunFolder:
         return batches
 
     def sample_texts(self, policy, name: str, prompts: list) -> list[str]:
-        """`policy`'s responses as text (as the run's `samples.jsonl` holds them)."""
+        """`policy`'s responses as text (as a CPU run's `samples.jsonl` holds them)."""
         return [self.tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=False)
                 for batch in self.sample(policy, name, prompts)
                 for ids, m in zip(batch["response_ids"], batch["response_mask"])]

@@ -96,3 +96,18 @@ def test_kl_is_that_of_the_tempered_distributions_sampled(setup):
             logp = torch.log_softmax(logits, -1).gather(2, ids.unsqueeze(2)).squeeze(2)
             kl += sign * (logp * mask).sum(1)
     np.testing.assert_allclose(got.kl, kl.numpy(), atol=1e-5)
+
+
+def test_micro_batched_log_probs_give_the_whole_batchs_numbers(setup):
+    """`eval.micro_batch_size` (by default `ppo.micro_batch_size`) bounds the evaluation's logits
+    memory: the same responses, KL and scores as the whole batch at once."""
+    cfg, data, model, scorer, decode = setup
+    torch.manual_seed(1)
+    reference = build_policy(cfg.model, data.tokenizer).eval()
+    kwargs = dict(batch_size=8, max_new_tokens=6, temperature=0.7, seed=5, decode=decode, gold=data.gold)
+    whole = sample_policy(model, reference, scorer, data.test_prompts[:8], data.encoder, **kwargs)
+    split = sample_policy(model, reference, scorer, data.test_prompts[:8], data.encoder, micro_batch_size=3,
+                          **kwargs)
+    assert split.responses == whole.responses and np.array_equal(split.gold, whole.gold)
+    np.testing.assert_allclose(split.kl, whole.kl, atol=1e-5)
+    assert not np.allclose(whole.kl, 0.0)  # two different models: the comparison has something to compare

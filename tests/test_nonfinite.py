@@ -127,6 +127,21 @@ def test_nan_policy_while_sampling_stops_or_skips_the_iteration(upstream, tmp_pa
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_nan_policy_on_the_validation_prompts_stops_without_suggesting_skip(upstream, tmp_path, monkeypatch):
+    """The validation curve samples outside a training batch: on_nonfinite=skip cannot skip it, so the
+    message names the validation prompts and does not offer the switch (decided over all ranks)."""
+    from rto.rl import validation
+    original, calls = validation.sample_policy, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **{**kwargs, "temperature": float("nan") if len(calls) == 2 else kwargs["temperature"]})
+    monkeypatch.setattr(validation, "sample_policy", poisoned)
+    with pytest.raises(NonFiniteError, match=r"on the validation prompts \(after iteration 1\) is not finite") as err:
+        train(ppo_cfg(upstream, tmp_path, "on_nonfinite=skip", "ppo.val_every=1"))
+    assert "on_nonfinite=skip" not in str(err.value) and not err.value.skippable and len(calls) == 2
+
+
 def test_nan_loss_stops_sft_at_its_step(tmp_path, monkeypatch):
     original = sft_stage.policy_logprobs
 

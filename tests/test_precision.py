@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from rto.main import train
 from rto.models.factory import load_policy, load_tokenizer
 from rto.models.lora import add_lora
-from rto.models.placement import off_step, off_step_device
+from rto.models.placement import off_step, off_step_device, off_step_precision
 from rto.models.precision import lowered_linears, precision_problem
 from rto.models.scalar_head import ScalarHeadModel
 from rto.rl.rollout import sample_responses
@@ -60,9 +60,19 @@ def test_work_outside_training_steps_runs_on_the_runs_device_in_its_precision(ch
         {"accelerator": "gpu", "precision": "bf16-mixed"})
     assert off_step_device(cpu).type == "cpu"
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert off_step_device(gpu) == torch.device("cuda", 1) and off_step_device(cpu).type == "cpu"
-    assert off_step_device(OmegaConf.create({"accelerator": "mps"})).type == "cpu"
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    assert off_step_device(gpu) == torch.device("cuda", 0) and off_step_device(cpu).type == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's DDP launcher: the rank's own GPU
+    assert off_step_device(gpu) == torch.device("cuda", 1)
+    assert off_step_device(OmegaConf.merge(gpu, {"devices": [2, 3]})) == torch.device("cuda", 3)
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("SLURM_LOCALID", "2")  # srun sets no LOCAL_RANK
+    assert off_step_device(OmegaConf.merge(gpu, {"devices": 4})) == torch.device("cuda", 2)
+    monkeypatch.delenv("SLURM_LOCALID")
+    assert off_step_device(OmegaConf.merge(gpu, {"devices": "1,"})) == torch.device("cuda", 1)  # GPU 1 alone
+    mps = OmegaConf.create({"accelerator": "mps", "precision": "bf16-mixed"})
+    assert off_step_device(mps).type == "cpu" and off_step_precision(mps, torch.device("cpu")) == "32-true"
+    assert off_step_precision(cpu, torch.device("cpu")) == "bf16-mixed"
     monkeypatch.undo()
     model = lora_policy(chat_model)
     with off_step(cpu, model, None, model) as device:

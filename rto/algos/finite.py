@@ -17,10 +17,12 @@ class NonFiniteError(FloatingPointError):
     """A loss, reward, advantage, value or log-prob holds NaN or Inf on a real slot."""
 
     def __init__(self, name: str, step: Optional[int] = None, count: Optional[int] = 0, total: int = 0,
-                 where: str = ""):
+                 where: str = "", skippable: bool = True):
         """`count=None`: the values are not known here (another data-parallel rank saw them);
-        `where` is appended to the message (a rank, a checkpoint to resume from)."""
+        `where` is appended to the message (a rank, a checkpoint to resume from); `skippable`: whether
+        `on_nonfinite=skip` would have skipped it (a training batch) or not (the validation curve)."""
         self.name, self.step, self.count, self.total, self.where = name, step, count, total, where
+        self.skippable = skippable
         at = "" if step is None else f" at step {step}"
         values = "" if count is None else f": {count} of {total} real values are NaN or Inf"
         super().__init__(f"{name} is not finite{at}{values}{where}")

@@ -43,13 +43,15 @@ class EvaluationRecipe(StageRecipe):
         policies = {name: upstream[POLICY_STAGES[name]] for name in cfg.policies}
         start = time.perf_counter()
         judge = judge_scorer(cfg.get("judge"), ctx.data.encoder, ctx.data.tokenizer)
-        scorer, dpo, credit = ctx.scorer(upstream["rm"]), upstream.get("dpo"), None
+        scorer, credit = ctx.scorer(upstream["rm"]), None
+        # the DPO model as a token-reward model: only where the task has per-word gold rewards to compare with
+        dpo = upstream.get("dpo") if ctx.data.gold_tokens is not None else None
         # on the run's device and in its precision (`trainer.precision`), as its policies were trained
         with off_step(ctx.cfg.trainer, *policies.values(), upstream["sft"], scorer, judge, dpo):
             results, samples = evaluate(policies, upstream["sft"], scorer, prompts, ctx.data.encoder, cfg, ctx.decode,
                                         ctx.data.gold, judge, optimum=ctx.data.optimum)
             ctx.metrics["time/eval_seconds"] = time.perf_counter() - start
-            if dpo is not None and ctx.data.gold_tokens is not None:
+            if dpo is not None:
                 # DPO's token rewards against the gold per-word rewards, on the SFT policy's responses
                 credit = credit_on_texts(dpo, upstream["sft"], samples["sft"].prompts, samples["sft"].responses,
                                          ctx.data.encoder, ctx.data.gold_tokens, cfg.batch_size,

@@ -99,7 +99,8 @@ def validation_curve(ctx) -> tuple:
         optimum=ctx.data.optimum, every=cfg.val_every,
         iterations=cfg.iterations, responses_per_rank=cfg.rollout_batch_size,  # k x prompts: the sampled responses
         batch_size=ctx.cfg.eval.batch_size, max_new_tokens=ctx.cfg.eval.max_new_tokens,
-        temperature=ctx.cfg.eval.temperature, seed=ctx.cfg.eval.seed),)
+        temperature=ctx.cfg.eval.temperature, seed=ctx.cfg.eval.seed,
+        micro_batch_size=ctx.cfg.eval.get("micro_batch_size")),)
 
 
 class RLRecipe(StageRecipe):

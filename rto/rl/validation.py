@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from rto.algos.finite import NonFiniteError
 from rto.data.collate import Encoder
 from rto.evaluation import sample_policy
 from rto.models.precision import computing_in
@@ -25,12 +26,13 @@ class ValidationCurve(Callback):
     def __init__(self, prompts: list, encoder: Encoder, decode: Callable, gold: Optional[Callable], *,
                  optimum: Optional[Callable] = None, every: int,
                  iterations: int, responses_per_rank: int, batch_size: int, max_new_tokens: int,
-                 temperature: float, seed: int):
+                 temperature: float, seed: int, micro_batch_size: Optional[int] = None):
         self.prompts, self.encoder, self.decode, self.gold = prompts, encoder, decode, gold
         self.optimum = optimum
         # an iteration samples `responses_per_rank` on every data-parallel rank
         self.every, self.iterations, self.responses_per_rank = every, iterations, responses_per_rank
-        self.sampling = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        self.sampling = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                             micro_batch_size=micro_batch_size)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == 0:  # the starting policy (a resumed run starts later and has logged it already)
@@ -45,19 +47,26 @@ class ValidationCurve(Callback):
     def measure(self, trainer, pl_module, iteration: int) -> None:
         # each data-parallel rank scores its own share of the subset; the sums are added over ranks
         shard = self.prompts[trainer.global_rank::trainer.world_size]
-        totals = torch.zeros(5, dtype=torch.float64)
+        totals = torch.zeros(6, dtype=torch.float64)  # prompts, gold, RM score, KL, gold fraction, NaN draws
         if shard:
             # sample_policy runs every model in inference mode (rto/rl/modes.py); the next iteration sets its own.
             # In the trainer's precision, as the rollouts are sampled (outside a step: no autocast of Lightning's)
             models = (pl_module.actor, pl_module.reference, pl_module.reward_model)
-            with computing_in(trainer.precision, *models):
-                samples = sample_policy(*models, shard, self.encoder, decode=self.decode, gold=self.gold,
-                                        **self.sampling)
-            gold = samples.gold if samples.gold is not None else np.zeros(len(shard))
-            fraction = gold / self.optimum(shard) if self.optimum is not None else np.zeros(len(shard))
-            totals += torch.tensor([len(shard), gold.sum(), samples.rm_score.sum(), samples.kl.sum(), fraction.sum()],
-                                   dtype=torch.float64)
+            try:
+                with computing_in(trainer.precision, *models):
+                    samples = sample_policy(*models, shard, self.encoder, decode=self.decode, gold=self.gold,
+                                            **self.sampling)
+            except NonFiniteError as err:  # decided over all ranks below, so that no rank waits in the reduce
+                samples, totals[5] = None, float(err.count or 1)
+            if samples is not None:
+                gold = samples.gold if samples.gold is not None else np.zeros(len(shard))
+                fraction = gold / self.optimum(shard) if self.optimum is not None else np.zeros(len(shard))
+                totals[:5] += torch.tensor([len(shard), gold.sum(), samples.rm_score.sum(), samples.kl.sum(),
+                                            fraction.sum()], dtype=torch.float64)
         totals = trainer.strategy.reduce(totals.to(pl_module.device), reduce_op="sum").cpu()
+        if float(totals[5]) > 0:  # nothing to skip here: on_nonfinite=skip covers training batches only
+            raise NonFiniteError(f"the policy's sampling distribution on the validation prompts (after iteration "
+                                 f"{iteration})", step=trainer.global_step, count=None, skippable=False)
         n = float(totals[0])
         metrics = {"val/iteration": float(iteration),
                    "val/sampled_responses": float(iteration * self.responses_per_rank * trainer.world_size),
