@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from lightning.fabric.utilities import move_data_to_device
 from torch import Tensor
 
 from rto.algos.masked import as_bool, masked_fill_zero
@@ -123,14 +124,15 @@ def credit_on_texts(dpo, reference, prompts: Sequence[str], responses: Sequence[
                     gold_tokens: GoldTokens, batch_size: int = 128, temperature: float = 1.0) -> dict[str, float]:
     """The metric on (prompt, response) texts, e.g. the evaluation's samples of the SFT policy."""
     ratios, golds = [], []
+    device = device_of([dpo])  # the GPU on a GPU run (`rto.models.placement`)
     for start in range(0, len(prompts), batch_size):
         chunk, texts = list(prompts[start:start + batch_size]), list(responses[start:start + batch_size])
         batch = encode_prompts(encoder, chunk)
         batch["response_ids"], batch["response_mask"] = right_pad([encoder.response(t) for t in texts],
                                                                   encoder.pad_id)
-        on_device = {k: v.to(device_of([dpo])) for k, v in batch.items()}  # the GPU on a GPU run
-        x, y = credit_pairs(chunk, batch["response_ids"], batch["response_mask"],
-                            dpo_log_ratios(dpo, reference, on_device, temperature).cpu(), encoder.tokenizer, gold_tokens)
+        log_ratios = dpo_log_ratios(dpo, reference, move_data_to_device(batch, device), temperature).cpu()
+        x, y = credit_pairs(chunk, batch["response_ids"], batch["response_mask"], log_ratios, encoder.tokenizer,
+                            gold_tokens)
         ratios.append(x)
         golds.append(y)
     return credit_correlation(np.concatenate(ratios), np.concatenate(golds))

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from lightning.fabric.utilities import move_data_to_device
 
 from rto.algos.masked import masked_sum
 from rto.data.collate import Encoder, encode_prompts
@@ -68,7 +69,7 @@ def sample_policy(policy, reference, reward_model, prompts: list[str], encoder: 
     truncated_before = getattr(reward_model, "truncated", 0)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in encode_prompts(encoder, chunk).items()}
+        batch = move_data_to_device(encode_prompts(encoder, chunk), device)
         ids, mask = sample_responses(policy, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens,
                                      encoder.tokenizer.eos_token_id, encoder.pad_id, temperature, generator)
         batch.update(response_ids=ids, response_mask=mask)

@@ -15,6 +15,8 @@ import os
 from typing import Iterator, Optional
 
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
+from omegaconf import ListConfig
 from torch import nn
 
 from rto.models.precision import computing_in, device_of, normalized, runs_on_cpu
@@ -23,17 +25,13 @@ CUDA_ACCELERATORS = ("gpu", "cuda", "auto")
 
 
 def gpu_ids(devices) -> list[int]:
-    """The CUDA ids `trainer.devices` names, as Lightning reads it: a count (-1, "auto": all), a list,
-    or a string of ids ("1," is GPU 1)."""
-    everything = list(range(max(1, torch.cuda.device_count())))
-    if devices in (None, "auto", -1, "-1"):
-        return everything
-    if isinstance(devices, str):
-        ids = [int(part) for part in devices.split(",") if part.strip()]
-        return ids if "," in devices else everything[:ids[0]] if ids else everything
-    if isinstance(devices, int):
-        return everything[:devices] or everything
-    return [int(d) for d in devices] or everything
+    """The CUDA ids `trainer.devices` names, parsed by Lightning's own parser (a count, -1 or "auto":
+    all, a list, or a string of ids: "1," is GPU 1)."""
+    if devices in (None, "auto"):
+        devices = -1
+    if isinstance(devices, ListConfig):
+        devices = list(devices)
+    return CUDAAccelerator.parse_devices(devices) or [0]
 
 
 def off_step_device(trainer_cfg) -> torch.device:

@@ -7,6 +7,7 @@ from typing import Callable
 
 import lightning as L
 import torch
+from lightning.fabric.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
 from rto.algos.losses import dpo_loss, ipo_loss, simpo_loss
@@ -31,7 +32,7 @@ def with_reference_logps(reference, rows: list[dict], collate: Callable, batch_s
     device = device_of([reference])  # the GPU on a GPU run (`rto.models.placement`)
     logps = []
     for batch in DataLoader(rows, batch_size=batch_size, collate_fn=collate):
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = move_data_to_device(batch, device)
         chosen, rejected = sequence_logps(reference, batch, share_prompt).chunk(2)
         logps += zip(chosen.tolist(), rejected.tolist())
     return [{**row, "ref_logps": pair} for row, pair in zip(rows, logps)]
