@@ -133,6 +133,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.n_prompts": _optional(_integer(lambda v: v >= 2, "an integer >= 2 (a standard error needs two prompts)")),
     "eval.prompt_set": _one_of(("val", "test")),
     "eval.batch_size": COUNT,
+    "eval.micro_batch_size": _optional(COUNT),
     "eval.temperature": POSITIVE,
     "eval.max_new_tokens": COUNT,
     "resume.every_n_steps": COUNT,

@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from rto import evaluation
 from rto.data import encode_prompts, load_data
 from rto.evaluation import BASELINE, Samples, evaluate, sample_policy, stream_seed, summarize
 from rto.models.factory import build_policy
@@ -98,16 +99,24 @@ def test_kl_is_that_of_the_tempered_distributions_sampled(setup):
     np.testing.assert_allclose(got.kl, kl.numpy(), atol=1e-5)
 
 
-def test_micro_batched_log_probs_give_the_whole_batchs_numbers(setup):
+def test_micro_batched_log_probs_give_the_whole_batchs_numbers(setup, monkeypatch):
     """`eval.micro_batch_size` (by default `ppo.micro_batch_size`) bounds the evaluation's logits
     memory: the same responses, KL and scores as the whole batch at once."""
     cfg, data, model, scorer, decode = setup
+    rows, forward = [], evaluation.policy_logprobs
+
+    def counted(model, batch, **kwargs):
+        rows.append(batch["response_ids"].shape[0])
+        return forward(model, batch, **kwargs)
+    monkeypatch.setattr(evaluation, "policy_logprobs", counted)
     torch.manual_seed(1)
     reference = build_policy(cfg.model, data.tokenizer).eval()
     kwargs = dict(batch_size=8, max_new_tokens=6, temperature=0.7, seed=5, decode=decode, gold=data.gold)
     whole = sample_policy(model, reference, scorer, data.test_prompts[:8], data.encoder, **kwargs)
+    assert rows == [8, 8]  # policy and reference, the whole batch each
     split = sample_policy(model, reference, scorer, data.test_prompts[:8], data.encoder, micro_batch_size=3,
                           **kwargs)
+    assert rows[2:] == [3, 3, 2, 3, 3, 2]  # then in micro-batches of at most 3 rows
     assert split.responses == whole.responses and np.array_equal(split.gold, whole.gold)
     np.testing.assert_allclose(split.kl, whole.kl, atol=1e-5)
     assert not np.allclose(whole.kl, 0.0)  # two different models: the comparison has something to compare

@@ -98,3 +98,9 @@ def test_bad_micro_batch_sizes_are_refused(make_cfg, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(make_cfg(f"ppo.micro_batch_size={value}"))
     validate(make_cfg("ppo.micro_batch_size=3"))  # need not divide the minibatch (4)
+
+
+def test_a_bad_evaluation_micro_batch_size_is_refused(make_cfg):
+    with pytest.raises(ConfigError, match=r"eval.micro_batch_size must be null or an integer >= 1, got 0"):
+        validate(make_cfg("eval.micro_batch_size=0"))
+    validate(make_cfg("eval.micro_batch_size=3"))
