@@ -36,7 +36,7 @@ class Tick(TrainerCallback):
 
 def common_args(spec: dict, out: str) -> dict:
     return {"output_dir": out, "report_to": "none", "use_cpu": True, "seed": spec["seed"], "save_strategy": "no",
-            "logging_steps": 1, "dataloader_num_workers": 0, "disable_tqdm": True, "bf16": False, "fp16": False,
+            "logging_steps": 1, "dataloader_num_workers": 0, "disable_tqdm": True, "bf16": bool(spec.get("trl_bf16")), "fp16": False,
             "torch_compile": bool(spec.get("trl_compile"))}  # Trainer's torch.compile of the trained model
 
 

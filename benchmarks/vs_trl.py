@@ -185,6 +185,7 @@ def write_spec(kind: str, folder: Path, args) -> tuple[Path, dict]:
     else:
         spec = {**write_fixtures(folder / kind, n_prompts=256), **common}
     spec["trl_compile"] = args.trl_compile
+    spec["trl_bf16"] = args.trl_bf16
     path = folder / f"{kind}_spec.json"
     path.write_text(json.dumps(spec))
     return path, spec
@@ -203,6 +204,8 @@ def main() -> None:
     parser.add_argument("--ours", nargs="*", default=[], help="extra Hydra overrides for our side")
     parser.add_argument("--trl-compile", action="store_true",
                         help="TRL's side with torch_compile=True (its TrainingArguments), to set against --ours compile=true")
+    parser.add_argument("--trl-bf16", action="store_true",
+                        help="TRL's side with bf16=True (its TrainingArguments: autocast), to set against --ours trainer.precision=bf16-mixed")
     small = parser.add_argument_group("ppo_smollm2 shapes (defaults: the issue's setting; smaller ones to check the pair)")
     small.add_argument("--smollm2-prompts", type=int, default=SMOLLM2_SHAPES["rollout_batch_size"])
     small.add_argument("--smollm2-new-tokens", type=int, default=SMOLLM2_SHAPES["max_new_tokens"])
@@ -226,7 +229,11 @@ def main() -> None:
             if kind not in specs:
                 specs[kind] = write_spec(kind, Path(tmp), args)
             spec_path, spec = specs[kind]
-            results.append({**compare(work, spec_path, spec, args, logs), "setting": setting(spec)})
+            extras = [f"ours: {' '.join(args.ours)}"] if args.ours else []
+            extras += ["TRL: bf16=True"] if args.trl_bf16 else []
+            extras += ["TRL: torch_compile=True"] if args.trl_compile else []
+            results.append({**compare(work, spec_path, spec, args, logs),
+                            "setting": "; ".join([setting(spec), *extras])})
     md = table(results, args.threads)
     print("\n" + md)
     out = HERE.parent / args.json
