@@ -36,7 +36,7 @@ import rto.config  # noqa: E402,F401  (registers `${package_dir:...}`, which the
 from rto.data.collate import Encoder, PairCollator, PromptCollator  # noqa: E402
 from rto.algos.kl_control import KLController  # noqa: E402
 from rto.models import ScalarHeadModel, load_policy  # noqa: E402
-from rto.models.speed import fast_stage  # noqa: E402
+from rto.context import stage_speedups  # noqa: E402
 from rto.models.retokenize import RewardScorer  # noqa: E402
 from rto.recipes.rl import LEARNERS  # noqa: E402
 from rto.stages import CriticFreeModule, DPOModule, PPOModule  # noqa: E402
@@ -154,7 +154,9 @@ def main() -> None:
     trainer = instantiate(cfg.trainer, logger=False, max_epochs=1, callbacks=[Tick(clock)])
     print("@@READY", flush=True)
     clock.wait_for_command()
-    with fast_stage(module, cfg.compile):  # `--ours compile=true`; the warm-up chunk pays for compiling
+    # as a run's stages: `--ours compile=true` (the warm-up chunk pays for compiling) and, under bf16-mixed
+    # on a CPU, the frozen weights stored in bf16 (before 2026-11-27 this worker left them fp32)
+    with stage_speedups(cfg, module):
         trainer.fit(module, loader)
 
 

@@ -35,7 +35,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from iteration_worker import DONE, PHASES_PREFIX, PROFILE_PREFIX, READY_PREFIX  # noqa: E402
 
-LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+LORAS = {  # --lora: r=16 on every linear layer (this script's default), or experiment=sentiment_smollm2's
+    "all-linear": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+    "experiment": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+}
 VARIANTS = {  # name -> Hydra overrides (`before`: fp32 on the checkout given by --before)
     "fp32": [],
     "before": [],
@@ -158,11 +161,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--minibatch", type=int, default=8)
     parser.add_argument("--reward", default="token")
+    parser.add_argument("--lora", default="all-linear", choices=list(LORAS))
     parser.add_argument("--profile", action="store_true", help="one more iteration per variant under the torch profiler")
     parser.add_argument("--json", default="benchmarks/results/smollm2_iteration.json")
     args = parser.parse_args()
     start = time.perf_counter()
-    base = {"model": "smollm2-135m-gguf", "lora": LORA, "prompts": args.prompts, "new_tokens": args.new_tokens,
+    base = {"model": "smollm2-135m-gguf", "lora": LORAS[args.lora], "prompts": args.prompts, "new_tokens": args.new_tokens,
             "epochs": args.epochs, "minibatch": args.minibatch, "reward": args.reward, "threads": args.threads,
             "full_length": True}
     times = {name: [] for name in args.variants}

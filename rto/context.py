@@ -4,10 +4,11 @@ the job reports. Recipes (`rto.recipes`) read it; they never build loggers or tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import lightning as L
 import torch
@@ -28,6 +29,15 @@ from rto.models.scalar_head import ScalarHeadModel
 from rto.models.speed import fast_stage
 from rto.resume import fit_resumable, keep_previous_logs
 from rto.rl.segments import segments_for
+
+
+@contextlib.contextmanager
+def stage_speedups(cfg: DictConfig, module) -> Iterator[None]:
+    """What every stage's `trainer.fit` runs under: `compile=true`'s compiled models, and under
+    `bf16-mixed` on a CPU the frozen linear weights stored in bf16 (`frozen_weights_lowered`).
+    The benchmark workers enter it too, so that they time the path a run takes."""
+    with fast_stage(module, cfg.compile), frozen_weights_lowered(cfg.trainer, module):
+        yield
 
 
 def uses_fsdp(trainer_cfg: DictConfig) -> bool:
@@ -116,7 +126,7 @@ class RunContext:
         `loaders()` gives `(train, val)` once the stage's trainer exists: training rows are dealt to its ranks."""
         resume = self.cfg.resume
         module.on_nonfinite = self.cfg.on_nonfinite
-        with fast_stage(module, self.cfg.compile), frozen_weights_lowered(self.cfg.trainer, module):
+        with stage_speedups(self.cfg, module):
             fit_resumable(partial(self.trainer, **trainer_overrides), module, loaders,
                           folder=self.resume_dir(recipe.name), cfg_hash=self.config_hash(recipe.config_keys),
                           every_n_steps=recipe.resume_every or resume.every_n_steps, enabled=resume.enabled,

@@ -136,3 +136,40 @@ def test_token_draw_benchmark_times_both_draws_at_every_shape(tmp_path):
     rows = json.loads((tmp_path / "draw.json").read_text())["results"]
     assert [(r["rows"], r["vocabulary"]) for r in rows] == [(64, 260), (16, 49152), (64, 50257)]
     assert all(r["multinomial_ms"] > 0 and r["draw_tokens_ms"] > 0 for r in rows)
+
+
+class _Stopped(BaseException):
+    """The step clock's `os._exit` on `stop`, turned into an exception so the test process lives on."""
+
+
+def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch):
+    """The worker's `trainer.fit` runs under the stages' own speed-ups (`rto.context.stage_speedups`):
+    under bf16-mixed on a CPU the frozen reference's linear weights are bf16 while it trains (the worker
+    once left them fp32, so the bf16 pair against TRL timed casts a run does not make)."""
+    import contextlib
+    import io
+
+    import torch
+
+    import ours_worker
+    import step_clock
+
+    seen = []
+    real = ours_worker.stage_speedups
+
+    @contextlib.contextmanager
+    def recording(cfg, module):
+        with real(cfg, module):
+            seen.append({p.dtype for n, p in module.reference.named_parameters() if n.endswith("c_attn.weight")})
+            yield
+
+    def stop(code):
+        raise _Stopped(code)
+
+    monkeypatch.setattr(ours_worker, "stage_speedups", recording)
+    monkeypatch.setattr(step_clock.os, "_exit", stop)
+    monkeypatch.setattr(sys, "argv", ["ours_worker.py", "ppo_sentence", str(spec_path), "trainer.precision=bf16-mixed"])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("run 1\nstop\n"))
+    with pytest.raises(_Stopped):
+        ours_worker.main()
+    assert seen == [{torch.bfloat16}]
