@@ -27,7 +27,8 @@ def spec_path(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("work, overrides", [("ppo_token", []), ("dpo", ["dpo.precompute_ref=false"]),
+# ppo_token: in process, under bf16-mixed, below (`test_our_worker_trains_on_the_path_a_run_takes`)
+@pytest.mark.parametrize("work, overrides", [("dpo", ["dpo.precompute_ref=false"]),
                                              ("grpo", []), ("rl", ["algo=reinforce_pp", "reward=token"])])
 def test_our_benchmark_worker_times_real_steps(spec_path, work, overrides):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
@@ -142,10 +143,11 @@ class _Stopped(BaseException):
     """The step clock's `os._exit` on `stop`, turned into an exception so the test process lives on."""
 
 
-def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch):
+def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch, capsys):
     """The worker's `trainer.fit` runs under the stages' own speed-ups (`rto.context.stage_speedups`):
     under bf16-mixed on a CPU the frozen reference's linear weights are bf16 while it trains (the worker
-    once left them fp32, so the bf16 pair against TRL timed casts a run does not make)."""
+    once left them fp32, so the bf16 pair against TRL timed casts a run does not make); and it reports
+    the step's time (PPO with the token reward, in process: the driver's protocol on stdin and stdout)."""
     import contextlib
     import io
 
@@ -168,8 +170,11 @@ def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch):
 
     monkeypatch.setattr(ours_worker, "stage_speedups", recording)
     monkeypatch.setattr(step_clock.os, "_exit", stop)
-    monkeypatch.setattr(sys, "argv", ["ours_worker.py", "ppo_sentence", str(spec_path), "trainer.precision=bf16-mixed"])
-    monkeypatch.setattr(sys, "stdin", io.StringIO("run 1\nstop\n"))
+    monkeypatch.setattr(sys, "argv", ["ours_worker.py", "ppo_token", str(spec_path), "trainer.precision=bf16-mixed"])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("run 2\nstop\n"))
     with pytest.raises(_Stopped):
         ours_worker.main()
     assert seen == [{torch.bfloat16}]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(TIMES_PREFIX)]
+    times = json.loads(lines[0][len(TIMES_PREFIX):])
+    assert len(times) == 2 and all(t > 0 for t in times)
