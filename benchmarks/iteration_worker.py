@@ -231,11 +231,19 @@ def main() -> None:
     from torch.utils.data import DataLoader
 
     from rto.data import PromptCollator
-    from rto.models.speed import fast_stage
     try:
-        from rto.models.precision import frozen_weights_lowered
-    except ImportError:  # an older checkout (the `before` variant)
-        frozen_weights_lowered = lambda *args: contextlib.nullcontext()  # noqa: E731
+        from rto.context import stage_speedups  # what a run's stages train under (RunContext.fit)
+    except ImportError:  # an older checkout (the `before` variant): what it had of it
+        from rto.models.speed import fast_stage
+        try:
+            from rto.models.precision import frozen_weights_lowered
+        except ImportError:
+            frozen_weights_lowered = lambda *args: contextlib.nullcontext()  # noqa: E731
+
+        @contextlib.contextmanager
+        def stage_speedups(cfg, module):
+            with fast_stage(module, cfg.compile), frozen_weights_lowered(cfg.trainer, module):
+                yield
 
     torch.set_num_threads(spec["threads"])
     cfg = compose_cfg(spec, root / "conf")
@@ -303,7 +311,7 @@ def main() -> None:
               flush=True)
         reset_peak_rss()
         clock.wait()
-        with fast_stage(module, cfg.compile), frozen_weights_lowered(cfg.trainer, module):  # as RunContext.fit
+        with stage_speedups(cfg, module):
             trainer.fit(module, loader)
 
 

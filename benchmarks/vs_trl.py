@@ -186,6 +186,7 @@ def write_spec(kind: str, folder: Path, args) -> tuple[Path, dict]:
         spec = {**write_fixtures(folder / kind, n_prompts=256), **common}
     spec["trl_compile"] = args.trl_compile
     spec["trl_bf16"] = args.trl_bf16
+    spec["trl_autocast"] = args.trl_autocast
     path = folder / f"{kind}_spec.json"
     path.write_text(json.dumps(spec))
     return path, spec
@@ -205,7 +206,10 @@ def main() -> None:
     parser.add_argument("--trl-compile", action="store_true",
                         help="TRL's side with torch_compile=True (its TrainingArguments), to set against --ours compile=true")
     parser.add_argument("--trl-bf16", action="store_true",
-                        help="TRL's side with bf16=True (its TrainingArguments: autocast), to set against --ours trainer.precision=bf16-mixed")
+                        help="TRL's side with bf16=True (its TrainingArguments; in TRL 0.23.1's PPO only the update's "
+                             "forwards run under autocast), to set against --ours trainer.precision=bf16-mixed")
+    parser.add_argument("--trl-autocast", action="store_true",
+                        help="TRL's whole iteration (generation and frozen forwards too) under torch.autocast(cpu, bf16)")
     small = parser.add_argument_group("ppo_smollm2 shapes (defaults: the issue's setting; smaller ones to check the pair)")
     small.add_argument("--smollm2-prompts", type=int, default=SMOLLM2_SHAPES["rollout_batch_size"])
     small.add_argument("--smollm2-new-tokens", type=int, default=SMOLLM2_SHAPES["max_new_tokens"])
@@ -214,6 +218,10 @@ def main() -> None:
     small.add_argument("--smollm2-overrides", nargs="*", default=[],
                        help="Hydra overrides of the model (tests: `model=hf model.pretrained=<folder>`)")
     args = parser.parse_args()
+    ours_bf16 = any(o.replace(" ", "") in ("trainer.precision=bf16-mixed", "trainer.precision=bf16") for o in args.ours)
+    if (args.trl_bf16 or args.trl_autocast) != ours_bf16:
+        print("warning: one side in bf16 and the other in fp32 (--trl-bf16 / --trl-autocast against --ours "
+              "trainer.precision=bf16-mixed): not a comparison at equal precision", file=sys.stderr)
     if args.quick:
         args.repeats, args.steps, args.warmup = 3, 1, 1
     args.json = args.json or ("benchmarks/results/vs_trl_smollm2.json" if args.only == ["ppo_smollm2"]
@@ -231,6 +239,7 @@ def main() -> None:
             spec_path, spec = specs[kind]
             extras = [f"ours: {' '.join(args.ours)}"] if args.ours else []
             extras += ["TRL: bf16=True"] if args.trl_bf16 else []
+            extras += ["TRL: the whole iteration under torch.autocast(cpu, bf16)"] if args.trl_autocast else []
             extras += ["TRL: torch_compile=True"] if args.trl_compile else []
             results.append({**compare(work, spec_path, spec, args, logs),
                             "setting": "; ".join([setting(spec), *extras])})

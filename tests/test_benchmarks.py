@@ -115,18 +115,25 @@ def test_our_smollm2_worker_times_real_steps(tiny_chat_model, tmp_path):
 
 @pytest.mark.skipif(not trl_venv_ready(), reason="TRL's virtualenv with peft and gguf is absent "
                     "(`python benchmarks/vs_trl.py --quick --only ppo_smollm2` creates it)")
-def test_vs_trl_runs_trl_ppo_with_lora_against_ours(tiny_chat_model, tmp_path):
+@pytest.mark.parametrize("precision", [[], ["--trl-bf16", "--trl-autocast", "--ours", "trainer.precision=bf16-mixed"]],
+                         ids=["fp32", "bf16"])
+def test_vs_trl_runs_trl_ppo_with_lora_against_ours(tiny_chat_model, tmp_path, precision):
     """Both workers of `ppo_smollm2` end to end (TRL 0.23.1's PPOTrainer with peft; its rollout checked
-    to run the full `response_length`), through the driver, which writes the table."""
+    to run the full `response_length`), through the driver, which writes the table; in fp32 and with
+    both sides in bf16 (the table's setting line says so)."""
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, str(BENCH / "vs_trl.py"), "--quick", "--only", "ppo_smollm2", "--threads", "1",
                           *SMALL, "--smollm2-overrides", "model=hf", f"model.pretrained={tiny_chat_model}",
-                          "--json", str(tmp_path / "vs.json")], capture_output=True, text=True, timeout=600, env=env)
+                          "--json", str(tmp_path / "vs.json"), *precision],
+                         capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "not a comparison at equal precision" not in out.stderr
     result = json.loads((tmp_path / "vs.json").read_text())["results"][0]
     assert result["work"] == "ppo_smollm2" and result["speedup"] > 0
     assert len(result["times"]["ours"]) == len(result["times"]["trl"]) == 3
     assert "LoRA r=8 alpha=16" in result["setting"] and "4 responses x 6 new tokens" in result["setting"]
+    bf16_notes = ["ours: trainer.precision=bf16-mixed", "TRL: bf16=True", "TRL: the whole iteration under torch.autocast"]
+    assert all((note in result["setting"]) == bool(precision) for note in bf16_notes)
     assert "ppo_smollm2" in (tmp_path / "vs.md").read_text()
 
 
@@ -153,6 +160,10 @@ def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch, capsy
 
     import torch
 
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the worker puts its folders first: undone after
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the worker's 1 thread would outlive the test
+    # the worker's seed_everything sets PL_GLOBAL_SEED: setenv records its state now, to put it back after
+    monkeypatch.setenv("PL_GLOBAL_SEED", os.environ.get("PL_GLOBAL_SEED", "0"))
     import ours_worker
     import step_clock
 
