@@ -151,11 +151,10 @@ class _Stopped(BaseException):
 
 
 def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch, capsys):
-    """The worker's `trainer.fit` runs under the stages' own speed-ups (`rto.context.stage_speedups`):
-    under bf16-mixed on a CPU the frozen reference's linear weights are bf16 while it trains (the worker
-    once left them fp32, so the bf16 pair against TRL timed casts a run does not make); and it reports
-    the step's time (PPO with the token reward, in process: the driver's protocol on stdin and stdout)."""
-    import contextlib
+    """The worker trains as a run's stages do (`rto.context.stage_speedups`): under bf16-mixed on a CPU
+    the frozen reference's linear weights are bf16 during its training steps (the worker once left them
+    fp32, so the bf16 pair against TRL timed casts a run does not make); and it reports the steps'
+    times (PPO with the token reward, in process: the driver's protocol on stdin and stdout)."""
     import io
 
     import torch
@@ -168,24 +167,22 @@ def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch, capsy
     import step_clock
 
     seen = []
-    real = ours_worker.stage_speedups
 
-    @contextlib.contextmanager
-    def recording(cfg, module):
-        with real(cfg, module):
-            seen.append({p.dtype for n, p in module.reference.named_parameters() if n.endswith("c_attn.weight")})
-            yield
+    class RecordingTick(ours_worker.Tick):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append({p.dtype for n, p in pl_module.reference.named_parameters() if n.endswith("c_attn.weight")})
 
     def stop(code):
         raise _Stopped(code)
 
-    monkeypatch.setattr(ours_worker, "stage_speedups", recording)
+    monkeypatch.setattr(ours_worker, "Tick", RecordingTick)
     monkeypatch.setattr(step_clock.os, "_exit", stop)
     monkeypatch.setattr(sys, "argv", ["ours_worker.py", "ppo_token", str(spec_path), "trainer.precision=bf16-mixed"])
     monkeypatch.setattr(sys, "stdin", io.StringIO("run 2\nstop\n"))
-    with pytest.raises(_Stopped):
+    with pytest.raises(_Stopped) as stopped:
         ours_worker.main()
-    assert seen == [{torch.bfloat16}]
+    assert stopped.value.args == (0,)  # the clean exit on `stop`
+    assert seen == [{torch.bfloat16}] * 2
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(TIMES_PREFIX)]
     times = json.loads(lines[0][len(TIMES_PREFIX):])
     assert len(times) == 2 and all(t > 0 for t in times)
