@@ -37,9 +37,9 @@ sys.path.insert(0, str(HERE))
 from iteration_worker import DONE, PHASES_PREFIX, PROFILE_PREFIX, READY_PREFIX  # noqa: E402
 from profile_iteration import experiment_lora  # noqa: E402
 
-LORAS = {  # --lora: r=16 on every linear layer (this script's default), or experiment=sentiment_smollm2's
-    "all-linear": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
-    "experiment": None,  # read from conf/experiment/sentiment_smollm2.yaml (profile_iteration.experiment_lora)
+LORAS = {  # --lora: r=16 on every linear layer (this script's default), or experiment=sentiment_smollm2's (its config)
+    "all-linear": lambda: {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+    "experiment": experiment_lora,
 }
 VARIANTS = {  # name -> Hydra overrides (`before`: fp32 on the checkout given by --before)
     "fp32": [],
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/smollm2_iteration.json")
     args = parser.parse_args()
     start = time.perf_counter()
-    base = {"model": "smollm2-135m-gguf", "lora": LORAS[args.lora] or experiment_lora(), "prompts": args.prompts, "new_tokens": args.new_tokens,
+    base = {"model": "smollm2-135m-gguf", "lora": LORAS[args.lora](), "prompts": args.prompts, "new_tokens": args.new_tokens,
             "epochs": args.epochs, "minibatch": args.minibatch, "reward": args.reward, "threads": args.threads,
             "full_length": True}
     times = {name: [] for name in args.variants}
