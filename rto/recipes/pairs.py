@@ -12,7 +12,6 @@ from pathlib import Path
 
 from rto.data.bundle import split_pairs
 from rto.data.validate import EmptySetError
-from rto.models.placement import off_step
 from rto.recipes.base import StageRecipe
 from rto.tasks.sentiment.labels import bradley_terry_labels
 from rto.tasks.sentiment.sampling import sample_response_pairs
@@ -39,7 +38,7 @@ class PairsRecipe(StageRecipe):
         prompts = ctx.data.train_prompts[:cfg.n_prompts]
         if ctx.data.gold is None:
             raise EmptySetError(f"data={ctx.cfg.data.name} has no gold reward to label sampled pairs with")
-        with off_step(ctx.cfg.trainer, upstream["sft"]):  # the run's device and precision
+        with ctx.off_step(upstream["sft"]):  # the run's device and precision
             samples = sample_response_pairs(upstream["sft"], ctx.data.encoder, prompts, cfg.max_new_tokens,
                                             cfg.temperature, seed=ctx.cfg.seed, batch_size=cfg.batch_size)
         rows, stats = bradley_terry_labels(prompts, samples.first, samples.second, ctx.data.gold,

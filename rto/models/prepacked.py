@@ -1,0 +1,115 @@
+"""Frozen fp32 linear layers through oneDNN with their weights packed once (`cpu_prepacked_linears`).
+
+On a CPU, `F.linear` in fp32 goes to a BLAS call that reads the weight in its stored layout at every
+call; oneDNN's matmul on a weight reordered once into its blocked layout is faster at the shapes an
+RL loop on a real model runs (SmolLM2's 16-row decoding steps, its tied 49152-row LM head; measured
+in `benchmarks/README.md`). A frozen weight never changes within a stage, so it is packed once on
+entering the stage and the packed copy dropped on leaving it. The numbers are the same matmul's up
+to float rounding (oneDNN sums in another order than the BLAS).
+
+Only frozen `nn.Linear` layers in fp32 outside autocast: the reference, DPO and reward models, a
+LoRA model's bases and its tied LM head. Trainable weights change at every optimizer step (a packed
+copy would go stale), and bf16 autocast has its own path (`rto.models.precision`). The input's
+gradient still flows (LoRA trains through these layers): its backward is `grad @ W`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Iterable, Iterator, Optional
+
+import torch
+from torch import nn
+
+
+def available() -> bool:
+    """oneDNN is built into this torch and has the packed-weight linear (torch's own CPU freezing pass uses it)."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    return (torch.backends.mkldnn.is_available() and ops is not None
+            and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight"))
+
+
+class _Packed:
+    """One frozen weight and its copy packed for oneDNN's forward (`x W^T`)."""
+
+    def __init__(self, weight: torch.Tensor, batch_hint: int):
+        self.weight = weight
+        self.forward = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), batch_hint)
+
+
+def _linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+class _PackedLinear(torch.autograd.Function):
+    """y = x W^T + b on the packed weight; the backward gives only the input's gradient (W, b frozen),
+    as the plain matmul `grad W` (packing W^T as well measured ~1.1x on these matmuls, 2 % of an
+    iteration, for another copy of every weight the update trains through)."""
+
+    @staticmethod
+    def forward(ctx, x, pack: _Packed, bias):
+        ctx.pack = pack
+        return _linear(x, pack.forward, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.matmul(ctx.pack.weight), None, None
+
+
+class PackedLinear(nn.Linear):
+    """What a frozen `nn.Linear` is within `cpu_prepacked_linears` (its class swapped, its parameters
+    untouched). The pack is looked up by layer, so a deep copy made meanwhile runs the plain
+    `F.linear` on its own weights; so does any call the pack does not fit (autocast, another dtype or
+    device, another weight swapped in)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pack = _PACKS.get(self)
+        grad = torch.is_grad_enabled()
+        if (pack is None or self.weight is not pack.weight or x.device.type != "cpu" or x.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or (grad and self.weight.requires_grad)):
+            return nn.functional.linear(x, self.weight, self.bias)
+        if grad and x.requires_grad:
+            return _PackedLinear.apply(x, pack, self.bias)
+        return _linear(x, pack.forward, self.bias)
+
+
+_PACKS: "weakref.WeakKeyDictionary[nn.Module, _Packed]" = weakref.WeakKeyDictionary()
+
+
+def _packable(module: nn.Module, trainable: bool) -> bool:
+    """A plain fp32 CPU `nn.Linear` (not a subclass: the scalar heads stay as they are), frozen unless
+    `trainable` (a block where nothing trains)."""
+    return (type(module) is nn.Linear and module.weight.dtype == torch.float32
+            and module.weight.device.type == "cpu"
+            and (trainable or not any(p.requires_grad for p in module.parameters(recurse=False))))
+
+
+@contextlib.contextmanager
+def cpu_prepacked_linears(models: Iterable[Optional[nn.Module]], trainable: bool = False,
+                          batch_hint: int = 16) -> Iterator[int]:
+    """Within the block, the frozen fp32 CPU `nn.Linear` layers of `models` (all of them with
+    `trainable=True`: for a block where nothing trains) run on a oneDNN-packed copy of their weight,
+    one copy per shared tensor. Yields how many layers."""
+    if not available():
+        yield 0
+        return
+    packs: dict[tuple, _Packed] = {}
+    patched: list[nn.Module] = []
+    for model in models:
+        for module in ([] if model is None else model.modules()):
+            if not _packable(module, trainable):  # also skips a layer already patched (shared by two models)
+                continue
+            w = module.weight
+            key = (w.data_ptr(), tuple(w.shape), w.stride())
+            if key not in packs:
+                packs[key] = _Packed(w, batch_hint)
+            _PACKS[module] = packs[key]
+            module.__class__ = PackedLinear
+            patched.append(module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            module.__class__ = nn.Linear
+            _PACKS.pop(module, None)

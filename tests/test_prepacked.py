@@ -1,0 +1,175 @@
+"""Frozen fp32 linear layers on oneDNN-packed weights (`cpu_prepack`, rto/models/prepacked.py): the
+same numbers and gradients as the plain layers up to float rounding, only where the pack is valid,
+and on the path a real run takes (a stage's fit, the off-step work)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torch.utils.data import DataLoader
+
+from rto.context import stage_speedups, weights_prepacked
+from rto.data import PromptCollator
+from rto.data.collate import Encoder
+from rto.models import prepacked
+from rto.models.factory import load_policy, load_tokenizer
+from rto.models.lora import add_lora
+from rto.models.prepacked import PackedLinear, cpu_prepacked_linears
+from rto.models.retokenize import RewardScorer
+from rto.models.scalar_head import ScalarHeadModel
+from rto.stages import PPOModule
+from tests.conftest import compose_config
+from tests.real_assets import save_tiny_llama
+from tests.test_rl_numbers import TOLERANCE, first_minibatch  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.skipif(not prepacked.available(), reason="this torch has no oneDNN packed linear")
+
+
+def packed_layers(model: nn.Module) -> int:
+    return sum(type(m) is PackedLinear for m in model.modules())
+
+
+@pytest.fixture
+def lora_llama(tmp_path):
+    """A tiny Llama with a trained-looking LoRA adapter (B != 0) on every linear layer, and its config."""
+    base = save_tiny_llama(tmp_path / "base")
+    cfg = compose_config("model=hf", f"model.pretrained={base}",
+                         "model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}",
+                         "ppo.ppo_epochs=1", output_dir=tmp_path)
+    actor = add_lora(load_policy(base, cfg.model), cfg.model.lora)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in actor.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    return cfg, base, actor
+
+
+def lora_grads(actor, ids):
+    actor.zero_grad()
+    logits = actor(input_ids=ids).logits
+    logits.log_softmax(-1).mean().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in actor.named_parameters() if p.requires_grad}
+
+
+def test_packed_frozen_layers_give_the_plain_logits_and_lora_gradients(lora_llama):
+    _, _, actor = lora_llama
+    ids = torch.randint(3, actor.config.vocab_size, (3, 11))
+    plain_logits, plain_grads = lora_grads(actor, ids)
+    frozen = sum(type(m) is nn.Linear and not m.weight.requires_grad for m in actor.modules())
+    with cpu_prepacked_linears([actor]) as n:
+        assert n == frozen == packed_layers(actor) > 0  # every base layer and the tied LM head; no adapter
+        assert all(not m.weight.requires_grad for m in actor.modules() if type(m) is PackedLinear)
+        logits, grads = lora_grads(actor, ids)
+    assert packed_layers(actor) == 0  # the plain layers again after the block
+    torch.testing.assert_close(logits, plain_logits, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == plain_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_weight_shared_by_two_models_is_packed_once(monkeypatch):
+    """Frozen copies share their tensors (rto.models.pretrained_cache): one pack per tensor, not per layer."""
+    first, second, third = (nn.Linear(8, 4).requires_grad_(False) for _ in range(3))
+    second.weight = nn.Parameter(first.weight.data, requires_grad=False)  # another parameter, the same storage
+    packs = []
+    real = prepacked._Packed
+    monkeypatch.setattr(prepacked, "_Packed", lambda *args: packs.append(real(*args)) or packs[-1])
+    with cpu_prepacked_linears([nn.Sequential(first, third), second]) as n:
+        assert n == 3 and len(packs) == 2
+        x = torch.randn(2, 8)
+        for layer in (first, second, third):
+            torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_a_copy_made_within_the_block_runs_its_own_weights():
+    layer = nn.Linear(8, 4).requires_grad_(False)
+    x = torch.randn(2, 8)
+    with cpu_prepacked_linears([layer]):
+        twin = copy.deepcopy(layer)
+        twin.weight.mul_(2.0)  # the copy's own weight; the pack is the original's
+        torch.testing.assert_close(twin(x), nn.functional.linear(x, twin.weight, twin.bias))
+        torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_trainable_layers_only_where_nothing_trains():
+    layer = nn.Linear(8, 4)  # trainable
+    with cpu_prepacked_linears([layer]) as n:
+        assert n == 0
+    x = torch.randn(2, 8)
+    with cpu_prepacked_linears([layer], trainable=True) as n:
+        assert n == 1
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+        layer(x).sum().backward()  # with gradients on, the plain layer: its weight still gets one
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("overrides, packs", [
+    ((), True),
+    (("cpu_prepack=false",), False),
+    (("trainer.precision=bf16-mixed",), False),  # bf16 has its own path (frozen weights stored in bf16)
+    (("compile=true",), False),
+])
+def test_which_runs_pack(tmp_path, overrides, packs):
+    cfg = compose_config(*overrides, output_dir=tmp_path)
+    frozen = nn.Linear(8, 4).requires_grad_(False)
+    with weights_prepacked(cfg, frozen, trainable=False) as n:
+        assert bool(n) == packs
+
+
+def test_a_lora_ppo_iteration_trains_through_packed_frozen_layers(lora_llama, first_minibatch):
+    """The real PPOModule under the stage's speed-ups (`stage_speedups`, as `RunContext.fit` runs it):
+    during the training step the actor's base, the reference and the reward model are packed, the
+    adapter is not, and the update starts at ratio 1 (pi_old read off the sampler's packed forwards)."""
+    cfg, base, actor = lora_llama
+    tokenizer = load_tokenizer(cfg.model)
+    encoder = Encoder(tokenizer, 32, 8, append_eos=True, chat_template=True)
+    prompts = ["what color is the sky ?", "what color is the sea ?", "what color is the leaf ?",
+               "what color is the milk ?"] * 2
+    reference = load_policy(base, cfg.model, trainable=False)
+    reward_model = ScalarHeadModel.from_causal_lm(reference)
+    critic = ScalarHeadModel.from_causal_lm(reference)
+    ppo = cfg.ppo
+    module = PPOModule(actor, critic, reference, RewardScorer(reward_model, encoder, tokenizer), reference,
+                       ppo_cfg=ppo, reward_cfg=cfg.reward, beta=cfg.beta,
+                       actor_optimizer=instantiate(ppo.actor_optimizer),
+                       critic_optimizer=instantiate(ppo.critic_optimizer), eos_id=tokenizer.eos_token_id,
+                       pad_id=tokenizer.pad_token_id, decode=None, gold=None, seed=cfg.seed)
+    seen = {}
+    step = module.training_step
+
+    def spy(*args, **kwargs):
+        seen.update(actor=packed_layers(actor), reference=packed_layers(reference),
+                    reward=packed_layers(reward_model),
+                    adapters=sum(type(m) is PackedLinear for n, m in actor.named_modules() if "lora_" in n))
+        return step(*args, **kwargs)
+
+    module.training_step = spy
+    loader = DataLoader(prompts[:ppo.rollout_batch_size], batch_size=ppo.rollout_batch_size,
+                        collate_fn=PromptCollator(encoder))
+    trainer = instantiate(cfg.trainer, logger=False, max_epochs=1, max_steps=1)
+    with stage_speedups(cfg, module):
+        trainer.fit(module, loader)
+    assert seen["actor"] > 0 and seen["reference"] > 0 and seen["reward"] > 0 and seen["adapters"] == 0
+    assert first_minibatch["ratio"] <= TOLERANCE
+    assert packed_layers(actor) == packed_layers(reference) == 0
+
+
+def test_off_step_work_runs_every_layer_packed_and_leaves_them_plain(tmp_path):
+    """Pairs sampling, DPO's precomputed reference and evaluation (`RunContext.off_step`): nothing trains
+    there, so the trained policy's own layers are packed too; the scalar head is not (a subclass)."""
+    from rto.context import RunContext
+
+    ctx = RunContext(compose_config(output_dir=tmp_path))
+    policy = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))  # trainable, as a trained policy is handed over
+    with ctx.off_step(policy) as device:
+        assert device.type == "cpu" and packed_layers(policy) == 2
+    assert packed_layers(policy) == 0
+    ctx.cfg.cpu_prepack = False
+    with ctx.off_step(policy):
+        assert packed_layers(policy) == 0
