@@ -34,6 +34,15 @@ def packed_layers(model: nn.Module) -> int:
 
 
 @pytest.fixture
+def packed_calls(monkeypatch):
+    """How many matmuls ran on a packed weight (the fast path, not the plain fallback)."""
+    calls = []
+    real = prepacked._linear
+    monkeypatch.setattr(prepacked, "_linear", lambda *args: calls.append(1) or real(*args))
+    return calls
+
+
+@pytest.fixture
 def lora_llama(tmp_path):
     """A tiny Llama with a trained-looking LoRA adapter (B != 0) on every linear layer, and its config."""
     base = save_tiny_llama(tmp_path / "base")
@@ -56,7 +65,7 @@ def lora_grads(actor, ids):
     return logits.detach(), {n: p.grad.clone() for n, p in actor.named_parameters() if p.requires_grad}
 
 
-def test_packed_frozen_layers_give_the_plain_logits_and_lora_gradients(lora_llama):
+def test_packed_frozen_layers_give_the_plain_logits_and_lora_gradients(lora_llama, packed_calls):
     _, _, actor = lora_llama
     ids = torch.randint(3, actor.config.vocab_size, (3, 11))
     plain_logits, plain_grads = lora_grads(actor, ids)
@@ -65,6 +74,7 @@ def test_packed_frozen_layers_give_the_plain_logits_and_lora_gradients(lora_llam
         assert n == frozen == packed_layers(actor) > 0  # every base layer and the tied LM head; no adapter
         assert all(not m.weight.requires_grad for m in actor.modules() if type(m) is PackedLinear)
         logits, grads = lora_grads(actor, ids)
+        assert len(packed_calls) == n  # one forward, every packed layer on its fast path
     assert packed_layers(actor) == 0  # the plain layers again after the block
     torch.testing.assert_close(logits, plain_logits, rtol=1e-5, atol=1e-5)
     assert grads.keys() == plain_grads.keys() and grads
@@ -72,10 +82,10 @@ def test_packed_frozen_layers_give_the_plain_logits_and_lora_gradients(lora_llam
         torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_a_weight_shared_by_two_models_is_packed_once(monkeypatch):
-    """Frozen copies share their tensors (rto.models.pretrained_cache): one pack per tensor, not per layer."""
+def test_a_weight_shared_by_two_models_is_packed_once(monkeypatch, packed_calls):
+    """Frozen copies share their weights (rto.models.pretrained_cache): one pack per weight, not per layer."""
     first, second, third = (nn.Linear(8, 4).requires_grad_(False) for _ in range(3))
-    second.weight = nn.Parameter(first.weight.data, requires_grad=False)  # another parameter, the same storage
+    second.weight = first.weight
     packs = []
     real = prepacked._Packed
     monkeypatch.setattr(prepacked, "_Packed", lambda *args: packs.append(real(*args)) or packs[-1])
@@ -84,9 +94,22 @@ def test_a_weight_shared_by_two_models_is_packed_once(monkeypatch):
         x = torch.randn(2, 8)
         for layer in (first, second, third):
             torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+        assert len(packed_calls) == 3
 
 
-def test_a_copy_made_within_the_block_runs_its_own_weights():
+def test_a_weight_restored_in_place_is_packed_again(packed_calls):
+    """A resumed stage restores its checkpoint inside `trainer.fit`, after the packs were made:
+    `load_state_dict` copies into the same parameters, and the next forward must see the new values."""
+    layer, other = (nn.Linear(8, 4).requires_grad_(False) for _ in range(2))
+    x = torch.randn(2, 8)
+    with cpu_prepacked_linears([layer]):
+        layer(x)
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer(x), nn.functional.linear(x, other.weight, other.bias))
+    assert len(packed_calls) == 2
+
+
+def test_a_copy_made_within_the_block_is_a_plain_layer_on_its_own_weights():
     layer = nn.Linear(8, 4).requires_grad_(False)
     x = torch.randn(2, 8)
     with cpu_prepacked_linears([layer]):
@@ -94,6 +117,24 @@ def test_a_copy_made_within_the_block_runs_its_own_weights():
         twin.weight.mul_(2.0)  # the copy's own weight; the pack is the original's
         torch.testing.assert_close(twin(x), nn.functional.linear(x, twin.weight, twin.bias))
         torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    assert type(twin) is nn.Linear and type(layer) is nn.Linear
+
+
+def test_an_error_while_packing_leaves_every_layer_plain(monkeypatch):
+    layers = nn.Sequential(*(nn.Linear(8, 8).requires_grad_(False) for _ in range(3)))
+    real, made = prepacked._Packed, []
+
+    def fails_on_the_third(*args):
+        if len(made) == 2:
+            raise MemoryError("out of memory")
+        made.append(real(*args))
+        return made[-1]
+
+    monkeypatch.setattr(prepacked, "_Packed", fails_on_the_third)
+    with pytest.raises(MemoryError):
+        with cpu_prepacked_linears([layers]):
+            pass
+    assert packed_layers(layers) == 0 and not any(m in prepacked._PACKS for m in layers)
 
 
 def test_trainable_layers_only_where_nothing_trains():
@@ -122,7 +163,7 @@ def test_which_runs_pack(tmp_path, overrides, packs):
         assert bool(n) == packs
 
 
-def test_a_lora_ppo_iteration_trains_through_packed_frozen_layers(lora_llama, first_minibatch):
+def test_a_lora_ppo_iteration_trains_through_packed_frozen_layers(lora_llama, first_minibatch, packed_calls):
     """The real PPOModule under the stage's speed-ups (`stage_speedups`, as `RunContext.fit` runs it):
     during the training step the actor's base, the reference and the reward model are packed, the
     adapter is not, and the update starts at ratio 1 (pi_old read off the sampler's packed forwards)."""
@@ -156,6 +197,7 @@ def test_a_lora_ppo_iteration_trains_through_packed_frozen_layers(lora_llama, fi
     with stage_speedups(cfg, module):
         trainer.fit(module, loader)
     assert seen["actor"] > 0 and seen["reference"] > 0 and seen["reward"] > 0 and seen["adapters"] == 0
+    assert len(packed_calls) > 0
     assert first_minibatch["ratio"] <= TOLERANCE
     assert packed_layers(actor) == packed_layers(reference) == 0
 

@@ -16,6 +16,7 @@ gradient still flows (LoRA trains through these layers): its backward is `grad @
 from __future__ import annotations
 
 import contextlib
+import copy
 import weakref
 from typing import Iterable, Iterator, Optional
 
@@ -31,11 +32,20 @@ def available() -> bool:
 
 
 class _Packed:
-    """One frozen weight and its copy packed for oneDNN's forward (`x W^T`)."""
+    """One frozen weight (a parameter object: frozen copies share theirs, `rto.models.pretrained_cache`)
+    and its copy packed for oneDNN's forward (`x W^T`), packed again if the weight was written in place
+    meanwhile (a checkpoint restored into it when a stage resumes: `load_state_dict` copies in place)."""
 
     def __init__(self, weight: torch.Tensor, batch_hint: int):
-        self.weight = weight
-        self.forward = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), batch_hint)
+        self.weight, self.batch_hint = weight, batch_hint
+        self.version = -1
+        self.current()
+
+    def current(self) -> torch.Tensor:
+        if self.weight._version != self.version:
+            self.version = self.weight._version
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach().contiguous(), self.batch_hint)
+        return self.packed
 
 
 def _linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -50,7 +60,7 @@ class _PackedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pack: _Packed, bias):
         ctx.pack = pack
-        return _linear(x, pack.forward, bias)
+        return _linear(x, pack.current(), bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -59,19 +69,27 @@ class _PackedLinear(torch.autograd.Function):
 
 class PackedLinear(nn.Linear):
     """What a frozen `nn.Linear` is within `cpu_prepacked_linears` (its class swapped, its parameters
-    untouched). The pack is looked up by layer, so a deep copy made meanwhile runs the plain
-    `F.linear` on its own weights; so does any call the pack does not fit (autocast, another dtype or
-    device, another weight swapped in)."""
+    untouched). The pack is looked up by layer, and a deep copy made meanwhile is a plain `nn.Linear`
+    on its own weights. Any call the pack does not fit takes the plain `F.linear`: autocast, another
+    dtype or device, another weight swapped in, or gradients wanted for the layer's own parameters."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name, for keyword calls
         pack = _PACKS.get(self)
         grad = torch.is_grad_enabled()
-        if (pack is None or self.weight is not pack.weight or x.device.type != "cpu" or x.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu") or (grad and self.weight.requires_grad)):
-            return nn.functional.linear(x, self.weight, self.bias)
-        if grad and x.requires_grad:
-            return _PackedLinear.apply(x, pack, self.bias)
-        return _linear(x, pack.forward, self.bias)
+        if (pack is None or self.weight is not pack.weight or input.device.type != "cpu"
+                or input.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+                or (grad and any(p.requires_grad for p in self.parameters(recurse=False)))):
+            return nn.functional.linear(input, self.weight, self.bias)
+        if grad and input.requires_grad:
+            return _PackedLinear.apply(input, pack, self.bias)
+        return _linear(input, pack.current(), self.bias)
+
+    def __deepcopy__(self, memo):
+        self.__class__ = nn.Linear
+        try:
+            return copy.deepcopy(self, memo)
+        finally:
+            self.__class__ = PackedLinear
 
 
 _PACKS: "weakref.WeakKeyDictionary[nn.Module, _Packed]" = weakref.WeakKeyDictionary()
@@ -90,24 +108,22 @@ def cpu_prepacked_linears(models: Iterable[Optional[nn.Module]], trainable: bool
                           batch_hint: int = 16) -> Iterator[int]:
     """Within the block, the frozen fp32 CPU `nn.Linear` layers of `models` (all of them with
     `trainable=True`: for a block where nothing trains) run on a oneDNN-packed copy of their weight,
-    one copy per shared tensor. Yields how many layers."""
+    one copy per shared weight. Yields how many layers."""
     if not available():
         yield 0
         return
-    packs: dict[tuple, _Packed] = {}
+    packs: dict[int, _Packed] = {}  # by weight object (each pack holds its weight: ids stay unique)
     patched: list[nn.Module] = []
-    for model in models:
-        for module in ([] if model is None else model.modules()):
-            if not _packable(module, trainable):  # also skips a layer already patched (shared by two models)
-                continue
-            w = module.weight
-            key = (w.data_ptr(), tuple(w.shape), w.stride())
-            if key not in packs:
-                packs[key] = _Packed(w, batch_hint)
-            _PACKS[module] = packs[key]
-            module.__class__ = PackedLinear
-            patched.append(module)
     try:
+        for model in models:
+            for module in ([] if model is None else model.modules()):
+                if not _packable(module, trainable):  # also skips a layer already patched (shared by two models)
+                    continue
+                if id(module.weight) not in packs:
+                    packs[id(module.weight)] = _Packed(module.weight, batch_hint)
+                _PACKS[module] = packs[id(module.weight)]
+                module.__class__ = PackedLinear
+                patched.append(module)
         yield len(patched)
     finally:
         for module in patched:
