@@ -38,7 +38,7 @@ from rto.rl.segments import segments_for
 def stage_speedups(cfg: DictConfig, module) -> Iterator[None]:
     """What every stage's `trainer.fit` runs under: `compile=true`'s compiled models; under
     `bf16-mixed` on a CPU the frozen linear weights stored in bf16 (`frozen_weights_lowered`); in fp32
-    on a CPU (`cpu_prepack=true`) the frozen linear layers on oneDNN-packed weights. The benchmark
+    on a CPU (`cpu_prepack`) the large frozen linear layers on oneDNN-packed weights. The benchmark
     workers enter it too, so that they time the path a run takes."""
     with fast_stage(module, cfg.compile), frozen_weights_lowered(cfg.trainer, module), \
             weights_prepacked(cfg, module, trainable=False):
@@ -46,15 +46,17 @@ def stage_speedups(cfg: DictConfig, module) -> Iterator[None]:
 
 
 def weights_prepacked(cfg: DictConfig, *models, trainable: bool):
-    """`cpu_prepack=true` in an fp32 CPU process: the linear layers of `models` on oneDNN-packed
-    weights (`rto.models.prepacked`), the frozen ones only or, where nothing trains, all of them. Not
+    """`cpu_prepack.enabled=true` in an fp32 CPU process: the linear layers of `models` with weights of
+    at least `cpu_prepack.min_weight_elements` on oneDNN-packed weights (`rto.models.prepacked`), the
+    frozen ones only or, where nothing trains, all of them. Not
     with `compile=true` (compiled graphs take the plain layers) nor with several processes (as
     `frozen_weights_lowered`: DDP broadcasts the weights after the stage starts)."""
-    if (not cfg.get("cpu_prepack", False) or cfg.compile or not runs_on_cpu(cfg.trainer)
+    prepack = cfg.get("cpu_prepack") or {}
+    if (not prepack.get("enabled", False) or cfg.compile or not runs_on_cpu(cfg.trainer)
             or autocast_dtype(cfg.trainer.get("precision", "32-true")) is not None
             or may_run_several_processes(cfg.trainer)):
         return contextlib.nullcontext()
-    return cpu_prepacked_linears(models, trainable=trainable)
+    return cpu_prepacked_linears(models, trainable=trainable, min_elements=prepack.get("min_weight_elements", 0))
 
 
 def uses_fsdp(trainer_cfg: DictConfig) -> bool:

@@ -146,15 +146,27 @@ def test_token_draw_benchmark_times_both_draws_at_every_shape(tmp_path):
     assert all(r["multinomial_ms"] > 0 and r["draw_tokens_ms"] > 0 for r in rows)
 
 
+def test_prepack_check_times_every_smollm2_shape_both_ways():
+    out = subprocess.run([sys.executable, str(BENCH / "prepack_check.py"), "--threads", "1", "--rows", "2",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=300, cwd=BENCH.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| 2 |")]
+    assert [r[1].strip().split(" ")[0] for r in rows] == ["q_proj", "k_proj", "gate_proj", "down_proj", "lm_head",
+                                                          "one"]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+
+
 class _Stopped(BaseException):
     """The step clock's `os._exit` on `stop`, turned into an exception so the test process lives on."""
 
 
-def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch, capsys):
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch, capsys, precision):
     """The worker trains as a run's stages do (`rto.context.stage_speedups`): under bf16-mixed on a CPU
     the frozen reference's linear weights are bf16 during its training steps (the worker once left them
-    fp32, so the bf16 pair against TRL timed casts a run does not make); and it reports the steps'
-    times (PPO with the token reward, in process: the driver's protocol on stdin and stdout)."""
+    fp32, so the bf16 pair against TRL timed casts a run does not make), and in fp32 its frozen linear
+    layers run on packed weights (`cpu_prepack`); and it reports the steps' times (PPO with the token
+    reward, in process: the driver's protocol on stdin and stdout)."""
     import io
 
     import torch
@@ -170,19 +182,24 @@ def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch, capsy
 
     class RecordingTick(ours_worker.Tick):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.append({p.dtype for n, p in pl_module.reference.named_parameters() if n.endswith("c_attn.weight")})
+            seen.append(({p.dtype for n, p in pl_module.reference.named_parameters() if n.endswith("c_attn.weight")},
+                         type(pl_module.reference.lm_head).__name__))
 
     def stop(code):
         raise _Stopped(code)
 
     monkeypatch.setattr(ours_worker, "Tick", RecordingTick)
     monkeypatch.setattr(step_clock.os, "_exit", stop)
-    monkeypatch.setattr(sys, "argv", ["ours_worker.py", "ppo_token", str(spec_path), "trainer.precision=bf16-mixed"])
+    monkeypatch.setattr(sys, "argv", ["ours_worker.py", "ppo_token", str(spec_path), f"trainer.precision={precision}",
+                                      "cpu_prepack.min_weight_elements=0"])  # the tiny model's LM head packed too
     monkeypatch.setattr(sys, "stdin", io.StringIO("run 2\nstop\n"))
     with pytest.raises(_Stopped) as stopped:
         ours_worker.main()
     assert stopped.value.args == (0,)  # the clean exit on `stop`
-    assert seen == [{torch.bfloat16}] * 2
+    if precision == "bf16-mixed":
+        assert seen == [({torch.bfloat16}, "Linear")] * 2
+    else:
+        assert seen == [({torch.float32}, "PackedLinear")] * 2
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(TIMES_PREFIX)]
     times = json.loads(lines[0][len(TIMES_PREFIX):])
     assert len(times) == 2 and all(t > 0 for t in times)

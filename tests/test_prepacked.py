@@ -26,6 +26,7 @@ from tests.conftest import compose_config
 from tests.real_assets import save_tiny_llama
 from tests.test_rl_numbers import TOLERANCE, first_minibatch  # noqa: F401  (a fixture)
 
+SMALL_LAYERS_TOO = "cpu_prepack.min_weight_elements=0"  # the test models' layers are far below the default
 pytestmark = pytest.mark.skipif(not prepacked.available(), reason="this torch has no oneDNN packed linear")
 
 
@@ -48,7 +49,7 @@ def lora_llama(tmp_path):
     base = save_tiny_llama(tmp_path / "base")
     cfg = compose_config("model=hf", f"model.pretrained={base}",
                          "model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}",
-                         "ppo.ppo_epochs=1", output_dir=tmp_path)
+                         "ppo.ppo_epochs=1", SMALL_LAYERS_TOO, output_dir=tmp_path)
     actor = add_lora(load_policy(base, cfg.model), cfg.model.lora)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -151,10 +152,11 @@ def test_trainable_layers_only_where_nothing_trains():
 
 
 @pytest.mark.parametrize("overrides, packs", [
-    ((), True),
-    (("cpu_prepack=false",), False),
-    (("trainer.precision=bf16-mixed",), False),  # bf16 has its own path (frozen weights stored in bf16)
-    (("compile=true",), False),
+    ((SMALL_LAYERS_TOO,), True),
+    ((), False),  # the default threshold: a layer this small stays plain (the embedded task's models all do)
+    (("cpu_prepack.enabled=false", SMALL_LAYERS_TOO), False),
+    (("trainer.precision=bf16-mixed", SMALL_LAYERS_TOO), False),  # bf16 has its own path (frozen weights in bf16)
+    (("compile=true", SMALL_LAYERS_TOO), False),
 ])
 def test_which_runs_pack(tmp_path, overrides, packs):
     cfg = compose_config(*overrides, output_dir=tmp_path)
@@ -207,11 +209,11 @@ def test_off_step_work_runs_every_layer_packed_and_leaves_them_plain(tmp_path):
     there, so the trained policy's own layers are packed too; the scalar head is not (a subclass)."""
     from rto.context import RunContext
 
-    ctx = RunContext(compose_config(output_dir=tmp_path))
+    ctx = RunContext(compose_config(SMALL_LAYERS_TOO, output_dir=tmp_path))
     policy = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))  # trainable, as a trained policy is handed over
     with ctx.off_step(policy) as device:
         assert device.type == "cpu" and packed_layers(policy) == 2
     assert packed_layers(policy) == 0
-    ctx.cfg.cpu_prepack = False
+    ctx.cfg.cpu_prepack.enabled = False
     with ctx.off_step(policy):
         assert packed_layers(policy) == 0
