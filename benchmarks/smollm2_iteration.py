@@ -45,7 +45,7 @@ LORAS = {  # --lora: r=16 on every linear layer (this script's default), or expe
 VARIANTS = {  # name -> Hydra overrides (`before`: fp32 on the checkout given by --before)
     "fp32": [],
     # the frozen linear layers on plain weights, as before `cpu_prepack` (default true since 2026-11-27)
-    "fp32-no-prepack": ["cpu_prepack=false"],
+    "fp32-no-prepack": ["cpu_prepack.enabled=false"],
     "before": [],
     "bf16": ["model.dtype=bf16"],
     "bf16-mixed": ["trainer.precision=bf16-mixed"],
