@@ -18,7 +18,8 @@ from tests.conftest import compose_config
 # SGD without gradient clipping: the step is proportional to the gradient, so a gradient of the
 # wrong scale (a normaliser per micro-batch) shows in the parameters; Adam's and clipping's
 # normalisations would hide it. The rates move the weights by ~1e-3; fp32 rounding of the split
-# forwards leaves them within ~1e-8 of the unsplit run's
+# forwards leaves them within a couple of float32 ulps of the unsplit run's (1e-8 for most weights; a
+# norm weight near 1 came out one ulp, 1.2e-7, apart on one CPU: so 2 ulps relative, 1e-7 absolute)
 PLAIN_STEPS = ("ppo.actor_optimizer._target_=torch.optim.SGD", "ppo.critic_optimizer._target_=torch.optim.SGD",
                "ppo.actor_optimizer.lr=0.5", "ppo.critic_optimizer.lr=0.001", "ppo.max_grad_norm=null")
 LEARNER_RUNS = {
@@ -66,7 +67,7 @@ def test_micro_batches_give_the_parameters_of_the_whole_minibatch(upstream, tmp_
     assert moved > 1e-3  # the iteration changed the policy: there is something to compare
     assert whole.keys() == micro.keys() and (learner != "ppo-token" or any(k.startswith("critic/") for k in whole))
     for name in whole:
-        torch.testing.assert_close(micro[name], whole[name], rtol=0, atol=1e-7, msg=name)
+        torch.testing.assert_close(micro[name], whole[name], rtol=2.5e-7, atol=1e-7, msg=name)
 
 
 def test_micro_batches_are_consecutive_slices_that_cover_the_minibatch():
