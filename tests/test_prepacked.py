@@ -6,25 +6,22 @@ from __future__ import annotations
 
 import copy
 
+import lightning as L
 import pytest
 import torch
-from hydra.utils import instantiate
 from torch import nn
-from torch.utils.data import DataLoader
 
-from rto.context import stage_speedups, weights_prepacked
-from rto.data import PromptCollator
+from rto.context import weights_prepacked
 from rto.data.collate import Encoder
 from rto.models import prepacked
 from rto.models.factory import load_policy, load_tokenizer
 from rto.models.lora import add_lora
 from rto.models.prepacked import PackedLinear, cpu_prepacked_linears
-from rto.models.retokenize import RewardScorer
 from rto.models.scalar_head import ScalarHeadModel
-from rto.stages import PPOModule
 from tests.conftest import compose_config
 from tests.real_assets import save_tiny_llama
-from tests.test_rl_numbers import TOLERANCE, first_minibatch  # noqa: F401  (a fixture)
+from tests.test_rl_numbers import COLOR_PROMPTS, TOLERANCE, fit_one_iteration
+from tests.test_rl_numbers import first_minibatch  # noqa: F401  (a fixture)
 
 SMALL_LAYERS_TOO = "cpu_prepack.min_weight_elements=0"  # the test models' layers are far below the default
 pytestmark = pytest.mark.skipif(not prepacked.available(), reason="this torch has no oneDNN packed linear")
@@ -171,33 +168,19 @@ def test_a_lora_ppo_iteration_trains_through_packed_frozen_layers(lora_llama, fi
     adapter is not, and the update starts at ratio 1 (pi_old read off the sampler's packed forwards)."""
     cfg, base, actor = lora_llama
     tokenizer = load_tokenizer(cfg.model)
-    encoder = Encoder(tokenizer, 32, 8, append_eos=True, chat_template=True)
-    prompts = ["what color is the sky ?", "what color is the sea ?", "what color is the leaf ?",
-               "what color is the milk ?"] * 2
     reference = load_policy(base, cfg.model, trainable=False)
     reward_model = ScalarHeadModel.from_causal_lm(reference)
-    critic = ScalarHeadModel.from_causal_lm(reference)
-    ppo = cfg.ppo
-    module = PPOModule(actor, critic, reference, RewardScorer(reward_model, encoder, tokenizer), reference,
-                       ppo_cfg=ppo, reward_cfg=cfg.reward, beta=cfg.beta,
-                       actor_optimizer=instantiate(ppo.actor_optimizer),
-                       critic_optimizer=instantiate(ppo.critic_optimizer), eos_id=tokenizer.eos_token_id,
-                       pad_id=tokenizer.pad_token_id, decode=None, gold=None, seed=cfg.seed)
     seen = {}
-    step = module.training_step
 
-    def spy(*args, **kwargs):
-        seen.update(actor=packed_layers(actor), reference=packed_layers(reference),
-                    reward=packed_layers(reward_model),
-                    adapters=sum(type(m) is PackedLinear for n, m in actor.named_modules() if "lora_" in n))
-        return step(*args, **kwargs)
+    class Packed(L.Callback):
+        def on_train_batch_start(self, *args):
+            seen.update(actor=packed_layers(actor), reference=packed_layers(reference),
+                        reward=packed_layers(reward_model),
+                        adapters=sum(type(m) is PackedLinear for n, m in actor.named_modules() if "lora_" in n))
 
-    module.training_step = spy
-    loader = DataLoader(prompts[:ppo.rollout_batch_size], batch_size=ppo.rollout_batch_size,
-                        collate_fn=PromptCollator(encoder))
-    trainer = instantiate(cfg.trainer, logger=False, max_epochs=1, max_steps=1)
-    with stage_speedups(cfg, module):
-        trainer.fit(module, loader)
+    fit_one_iteration(cfg, actor, reference, ScalarHeadModel.from_causal_lm(reference), reward_model, tokenizer,
+                      COLOR_PROMPTS, Encoder(tokenizer, 32, 8, append_eos=True, chat_template=True),
+                      callbacks=[Packed()], stage_speedups=True)
     assert seen["actor"] > 0 and seen["reference"] > 0 and seen["reward"] > 0 and seen["adapters"] == 0
     assert len(packed_calls) > 0
     assert first_minibatch["ratio"] <= TOLERANCE
@@ -206,7 +189,7 @@ def test_a_lora_ppo_iteration_trains_through_packed_frozen_layers(lora_llama, fi
 
 def test_off_step_work_runs_every_layer_packed_and_leaves_them_plain(tmp_path):
     """Pairs sampling, DPO's precomputed reference and evaluation (`RunContext.off_step`): nothing trains
-    there, so the trained policy's own layers are packed too; the scalar head is not (a subclass)."""
+    there, so the trained policy's own layers are packed too."""
     from rto.context import RunContext
 
     ctx = RunContext(compose_config(SMALL_LAYERS_TOO, output_dir=tmp_path))

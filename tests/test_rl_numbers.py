@@ -4,6 +4,8 @@ bf16-mixed autocast, LoRA dropout, a from-config model with dropout in train mod
 
 from __future__ import annotations
 
+import contextlib
+
 import lightning as L
 import pytest
 import torch
@@ -12,6 +14,7 @@ from omegaconf import open_dict
 from torch.utils.data import DataLoader
 
 from rto.algos.losses import ppo_policy_loss, value_loss
+from rto.context import stage_speedups as speedups
 from rto.data import PromptCollator, load_data
 from rto.main import train
 from rto.data.collate import Encoder
@@ -66,8 +69,14 @@ def test_first_minibatch_ratio_and_values_start_at_the_rollout(upstream, tmp_pat
     assert first_minibatch["values"] <= TOLERANCE
 
 
-def fit_one_iteration(cfg, actor, reference, critic, reward_model, tokenizer, prompts, encoder):
-    """The real PPOModule for one iteration under the configured Lightning trainer."""
+COLOR_PROMPTS = ["what color is the sky ?", "what color is the sea ?", "what color is the leaf ?",
+                 "what color is the milk ?"] * 2  # a rollout's worth for the tiny chat models
+
+
+def fit_one_iteration(cfg, actor, reference, critic, reward_model, tokenizer, prompts, encoder, callbacks=(),
+                      stage_speedups=False):
+    """The real PPOModule for one iteration under the configured Lightning trainer; with
+    `stage_speedups`, under what a run's stages train under (`rto.context.stage_speedups`)."""
     ppo = cfg.ppo
     module = PPOModule(actor, critic, reference, RewardScorer(reward_model, encoder, tokenizer), reference,
                        ppo_cfg=ppo, reward_cfg=cfg.reward, beta=cfg.beta,
@@ -76,8 +85,9 @@ def fit_one_iteration(cfg, actor, reference, critic, reward_model, tokenizer, pr
                        pad_id=tokenizer.pad_token_id, decode=None, gold=None, seed=cfg.seed)
     loader = DataLoader(prompts[:ppo.rollout_batch_size], batch_size=ppo.rollout_batch_size,
                         collate_fn=PromptCollator(encoder))
-    trainer = instantiate(cfg.trainer, logger=False, max_epochs=1, max_steps=1)
-    trainer.fit(module, loader)
+    trainer = instantiate(cfg.trainer, logger=False, max_epochs=1, max_steps=1, callbacks=list(callbacks))
+    with speedups(cfg, module) if stage_speedups else contextlib.nullcontext():
+        trainer.fit(module, loader)
 
 
 def test_lora_actor_with_dropout_samples_and_updates_with_dropout_off(tmp_path, first_minibatch):
@@ -98,12 +108,10 @@ def test_lora_actor_with_dropout_samples_and_updates_with_dropout_off(tmp_path, 
     assert actor.training  # how peft hands it over: the RL loop must not inherit that
     tokenizer = load_tokenizer(cfg.model)
     encoder = Encoder(tokenizer, 32, 8, append_eos=True, chat_template=True)
-    prompts = ["what color is the sky ?", "what color is the sea ?", "what color is the leaf ?",
-               "what color is the milk ?"] * 2
     reference = load_policy(base, cfg.model, trainable=False)
     critic = ScalarHeadModel.from_causal_lm(reference)
     fit_one_iteration(cfg, actor, reference, critic, ScalarHeadModel.from_causal_lm(reference), tokenizer,
-                      prompts, encoder)
+                      COLOR_PROMPTS, encoder)
     assert first_minibatch["ratio"] <= TOLERANCE
 
 
