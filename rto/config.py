@@ -69,6 +69,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _integer(lambda v: v >= 0, "an integer >= 0"),
     "threads": _optional(COUNT),
     "compile": BOOL,
+    # a group: `cpu_prepack=true` would replace it with a bare value and read as off
+    "cpu_prepack": ((lambda v: OmegaConf.is_dict(v)), "a group (cpu_prepack.enabled=true|false, "
+                    "cpu_prepack.min_weight_elements=N)"),
     "cpu_prepack.enabled": BOOL,
     "cpu_prepack.min_weight_elements": _integer(lambda v: v >= 0, "an integer >= 0"),
     "dpo.share_prompt": BOOL,

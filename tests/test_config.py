@@ -23,6 +23,9 @@ from tests.conftest import compose_config
     ("eval.policies=[dpo,policy]", "eval.policies"),  # no SFT baseline for the win rate
     ("eval.policies=[sft,ppo]", "eval.policies"),
     ("eval.prompt_set=train", "eval.prompt_set"),
+    ("cpu_prepack=true", "cpu_prepack"),  # a bare value in place of the group would read as off
+    ("cpu_prepack.enabled=maybe", "cpu_prepack.enabled"),
+    ("cpu_prepack.min_weight_elements=-1", "cpu_prepack.min_weight_elements"),
 ])
 def test_out_of_range_value_names_the_key(tmp_path, override, key):
     cfg = compose_config(override, output_dir=tmp_path)
