@@ -4,6 +4,8 @@ and for a group learner, through the real entry point; bad values are refused be
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,6 +14,7 @@ from rto.config import ConfigError, validate
 from rto.main import train
 from rto.rl import experience as experience_code
 from rto.rl.experience import Experience, in_micro_batches
+from rto.stages import learner as learner_code
 from rto.stages import update as update_code
 from tests.conftest import compose_config
 
@@ -43,6 +46,29 @@ def rl_weights(upstream, out, *overrides) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
+def unequal_lengths(monkeypatch):
+    """Every rollout's responses cut to unequal lengths (row r keeps its first 1 + 5r mod R tokens): the
+    tiny upstream policy samples no early EOS, so every response would run to the limit, and
+    micro-batches of equal rows would hold equal shares of the tokens (weighting them by rows instead
+    of tokens would then go unnoticed). Both runs of a test cut the same rows the same way."""
+    real = learner_code.sample_responses
+    lengths_seen = []
+
+    def cut(*args, **kwargs):
+        ids, mask, *logprobs = real(*args, **kwargs)
+        rows, width = ids.shape
+        lengths = 1 + (5 * torch.arange(rows)) % width
+        keep = mask.bool() & (torch.arange(width) < lengths[:, None])
+        lengths_seen.append(keep.sum(dim=1).tolist())
+        pad_id = inspect.signature(real).bind(*args, **kwargs).arguments["pad_id"]
+        return (ids.masked_fill(~keep, pad_id), keep.to(mask.dtype),
+                *(lp.masked_fill(~keep, 0.0) for lp in logprobs))  # masked slots' log-probs are exactly 0
+
+    monkeypatch.setattr(learner_code, "sample_responses", cut)
+    return lengths_seen
+
+
+@pytest.fixture
 def forward_rows(monkeypatch):
     """The most rows any actor / frozen-model forward of the experience and of the update was given."""
     most = {"experience": 0, "update": 0}
@@ -55,9 +81,11 @@ def forward_rows(monkeypatch):
 
 
 @pytest.mark.parametrize("learner", sorted(LEARNER_RUNS))
-def test_micro_batches_give_the_parameters_of_the_whole_minibatch(upstream, tmp_path, learner, forward_rows):
+def test_micro_batches_give_the_parameters_of_the_whole_minibatch(upstream, tmp_path, learner, forward_rows,
+                                                                  unequal_lengths):
     whole = rl_weights(upstream, tmp_path / "whole", *LEARNER_RUNS[learner])
     assert forward_rows == {"experience": 8, "update": 4}  # the rollout, a minibatch
+    assert len(set(unequal_lengths[0])) > 2  # unequal responses, so token and row shares differ
     forward_rows.update(experience=0, update=0)
     # 3 rows: a minibatch of 4 splits 3 + 1 (unequal token counts), the rollout of 8 into 3 + 3 + 2
     micro = rl_weights(upstream, tmp_path / "micro", *LEARNER_RUNS[learner], "ppo.micro_batch_size=3")
