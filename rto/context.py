@@ -37,26 +37,29 @@ from rto.rl.segments import segments_for
 @contextlib.contextmanager
 def stage_speedups(cfg: DictConfig, module) -> Iterator[None]:
     """What every stage's `trainer.fit` runs under: `compile=true`'s compiled models; under
-    `bf16-mixed` on a CPU the frozen linear weights stored in bf16 (`frozen_weights_lowered`); in fp32
-    on a CPU (`cpu_prepack`) the large frozen linear layers on oneDNN-packed weights. The benchmark
-    workers enter it too, so that they time the path a run takes."""
+    `bf16-mixed` on a CPU the frozen linear weights stored in bf16 (`frozen_weights_lowered`); on a CPU
+    (`cpu_prepack`) the large frozen linear layers on oneDNN-packed weights (fp32, or those bf16
+    copies). The benchmark workers enter it too, so that they time the path a run takes."""
     with fast_stage(module, cfg.compile), frozen_weights_lowered(cfg.trainer, module), \
             weights_prepacked(cfg, module, trainable=False):
         yield
 
 
 def weights_prepacked(cfg: DictConfig, *models, trainable: bool):
-    """`cpu_prepack.enabled=true` in an fp32 CPU process: the linear layers of `models` with weights of
-    at least `cpu_prepack.min_weight_elements` on oneDNN-packed weights (`rto.models.prepacked`), the
-    frozen ones only or, where nothing trains, all of them. Not
-    with `compile=true` (compiled graphs take the plain layers) nor with several processes (as
-    `frozen_weights_lowered`: DDP broadcasts the weights after the stage starts)."""
+    """`cpu_prepack.enabled=true` in a CPU process: the linear layers of `models` with weights of at
+    least `cpu_prepack.min_weight_elements` on oneDNN-packed weights (`rto.models.prepacked`), the
+    frozen ones only or, where nothing trains, all of them; in fp32 their fp32 weights, under
+    `bf16-mixed` the bf16 copies the block runs on (entered inside `frozen_weights_lowered` /
+    `computing_in`, which make them). Not with `compile=true` (compiled graphs take the plain layers)
+    nor with several processes (as `frozen_weights_lowered`: DDP broadcasts the weights after the
+    stage starts)."""
     prepack = cfg.get("cpu_prepack") or {}
     if (not prepack.get("enabled", False) or cfg.compile or not runs_on_cpu(cfg.trainer)
-            or autocast_dtype(cfg.trainer.get("precision", "32-true")) is not None
             or may_run_several_processes(cfg.trainer)):
         return contextlib.nullcontext()
-    return cpu_prepacked_linears(models, trainable=trainable, min_elements=prepack.get("min_weight_elements", 0))
+    dtype = autocast_dtype(cfg.trainer.get("precision", "32-true")) or torch.float32
+    return cpu_prepacked_linears(models, trainable=trainable, min_elements=prepack.get("min_weight_elements", 0),
+                                 dtype=dtype)
 
 
 def uses_fsdp(trainer_cfg: DictConfig) -> bool:
@@ -154,8 +157,8 @@ class RunContext:
     @contextlib.contextmanager
     def off_step(self, *models) -> Iterator[torch.device]:
         """Inference outside a training step (pairs sampling, DPO's precomputed reference, evaluation):
-        on the run's device and in its precision (`rto.models.placement.off_step`); in fp32 on a CPU
-        every linear layer of `models` on packed weights meanwhile (nothing trains here). Yields the device."""
+        on the run's device and in its precision (`rto.models.placement.off_step`); on a CPU every
+        linear layer of `models` on packed weights meanwhile (nothing trains here). Yields the device."""
         with off_step(self.cfg.trainer, *models) as device, weights_prepacked(self.cfg, *models, trainable=True):
             yield device
 

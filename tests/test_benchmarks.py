@@ -146,14 +146,18 @@ def test_token_draw_benchmark_times_both_draws_at_every_shape(tmp_path):
     assert all(r["multinomial_ms"] > 0 and r["draw_tokens_ms"] > 0 for r in rows)
 
 
-def test_prepack_check_times_every_smollm2_shape_both_ways():
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_prepack_check_times_every_smollm2_shape_both_ways(dtype):
     out = subprocess.run([sys.executable, str(BENCH / "prepack_check.py"), "--threads", "1", "--rows", "2",
-                          "--repeats", "1"], capture_output=True, text=True, timeout=300, cwd=BENCH.parent)
+                          "--repeats", "1", "--dtype", dtype], capture_output=True, text=True, timeout=300,
+                         cwd=BENCH.parent)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| 2 |")]
-    assert [r[1].strip().split(" ")[0] for r in rows] == ["q_proj", "k_proj", "gate_proj", "down_proj", "lm_head",
-                                                          "one"]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.stdout.splitlines()
+            if line.startswith("| 2 |")]
+    assert [r[1].split(" ")[0] for r in rows] == ["q_proj", "k_proj", "gate_proj", "down_proj", "lm_head", "one"]
     assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+    if dtype == "bf16":  # the packed bf16 weight gives autocast's numbers exactly (rto.models.prepacked)
+        assert [r[6] for r in rows[:-1]] == ["yes"] * 5
 
 
 class _Stopped(BaseException):
@@ -164,8 +168,8 @@ class _Stopped(BaseException):
 def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch, capsys, precision):
     """The worker trains as a run's stages do (`rto.context.stage_speedups`): under bf16-mixed on a CPU
     the frozen reference's linear weights are bf16 during its training steps (the worker once left them
-    fp32, so the bf16 pair against TRL timed casts a run does not make), and in fp32 its frozen linear
-    layers run on packed weights (`cpu_prepack`); and it reports the steps' times (PPO with the token
+    fp32, so the bf16 pair against TRL timed casts a run does not make), and its frozen linear layers
+    run on packed weights (`cpu_prepack`: in bf16 the bf16 copies); and it reports the steps' times (PPO with the token
     reward, in process: the driver's protocol on stdin and stdout)."""
     import io
 
@@ -197,7 +201,7 @@ def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch, capsy
         ours_worker.main()
     assert stopped.value.args == (0,)  # the clean exit on `stop`
     if precision == "bf16-mixed":
-        assert seen == [({torch.bfloat16}, "Linear")] * 2
+        assert seen == [({torch.bfloat16}, "PackedLinear")] * 2
     else:
         assert seen == [({torch.float32}, "PackedLinear")] * 2
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(TIMES_PREFIX)]

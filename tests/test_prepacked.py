@@ -1,6 +1,7 @@
-"""Frozen fp32 linear layers on oneDNN-packed weights (`cpu_prepack`, rto/models/prepacked.py): the
-same numbers and gradients as the plain layers up to float rounding, only where the pack is valid,
-and on the path a real run takes (a stage's fit, the off-step work)."""
+"""Frozen linear layers on oneDNN-packed weights (`cpu_prepack`, rto/models/prepacked.py): in fp32 the
+same numbers and gradients as the plain layers up to float rounding, under a CPU's bf16 autocast
+autocast's own bit for bit; only where the pack is valid, and on the path a real run takes (a stage's
+fit, the off-step work)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from rto.context import weights_prepacked
+from rto.context import stage_speedups
 from rto.data.collate import Encoder
 from rto.models import prepacked
 from rto.models.factory import load_policy, load_tokenizer
 from rto.models.lora import add_lora
+from rto.models.precision import lowered_linears
 from rto.models.prepacked import PackedLinear, cpu_prepacked_linears
 from rto.models.scalar_head import ScalarHeadModel
 from tests.conftest import compose_config
@@ -78,6 +80,39 @@ def test_packed_frozen_layers_give_the_plain_logits_and_lora_gradients(lora_llam
     assert grads.keys() == plain_grads.keys() and grads
     for name in grads:
         torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_under_bf16_autocast_packed_bf16_copies_give_autocasts_numbers_bit_for_bit(lora_llama, packed_calls):
+    """`bf16-mixed` on a CPU: the frozen layers' bf16 copies (as a stage stores them) packed, the layer
+    casting its input as autocast would: the logits and LoRA gradients of the plain autocast path, exactly."""
+    _, _, actor = lora_llama
+    ids = torch.randint(3, actor.config.vocab_size, (3, 11))
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False), \
+            lowered_linears([actor], torch.bfloat16, trainable=False) as lowered:
+        plain_logits, plain_grads = lora_grads(actor, ids)
+        with cpu_prepacked_linears([actor]) as n:
+            assert n == 0  # fp32 packing (the default dtype) leaves bf16 weights alone
+        with cpu_prepacked_linears([actor], dtype=torch.bfloat16) as n:
+            assert n == packed_layers(actor) > 0 and lowered > 0
+            logits, grads = lora_grads(actor, ids)
+            assert len(packed_calls) == n  # every packed layer on its fast path
+    assert logits.dtype == torch.bfloat16 and grads.keys() == plain_grads.keys() and grads
+    assert torch.equal(logits, plain_logits)
+    for name in grads:
+        assert torch.equal(grads[name], plain_grads[name]), name
+
+
+def test_a_packed_bf16_layer_outside_autocast_takes_the_plain_path(packed_calls):
+    """A bf16 pack meets an fp32 input only outside autocast (no cast is wanted there): the plain call."""
+    layer = nn.Linear(8, 4).requires_grad_(False).to(torch.bfloat16)
+    with cpu_prepacked_linears([layer], dtype=torch.bfloat16) as n:
+        assert n == 1
+        x = torch.randn(2, 8, dtype=torch.bfloat16)
+        torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+        assert len(packed_calls) == 1  # bf16 in, bf16 weight: packed
+        with pytest.raises(RuntimeError):  # fp32 in: what the plain layer does (dtypes must agree)
+            layer(x.float())
+        assert len(packed_calls) == 1
 
 
 def test_a_weight_shared_by_two_models_is_packed_once(monkeypatch, packed_calls):
@@ -152,21 +187,29 @@ def test_trainable_layers_only_where_nothing_trains():
     ((SMALL_LAYERS_TOO,), True),
     ((), False),  # the default threshold: a layer this small stays plain (the embedded task's models all do)
     (("cpu_prepack.enabled=false", SMALL_LAYERS_TOO), False),
-    (("trainer.precision=bf16-mixed", SMALL_LAYERS_TOO), False),  # bf16 has its own path (frozen weights in bf16)
+    (("trainer.precision=bf16-mixed", SMALL_LAYERS_TOO), True),  # the stage's bf16 copies
     (("compile=true", SMALL_LAYERS_TOO), False),
 ])
 def test_which_runs_pack(tmp_path, overrides, packs):
+    """What a stage's `trainer.fit` runs under (`stage_speedups`): which layers are packed, in which dtype."""
     cfg = compose_config(*overrides, output_dir=tmp_path)
-    frozen = nn.Linear(8, 4).requires_grad_(False)
-    with weights_prepacked(cfg, frozen, trainable=False) as n:
-        assert bool(n) == packs
+    module = nn.Sequential(nn.Linear(8, 4).requires_grad_(False), nn.Linear(4, 4))  # frozen, trainable
+    with stage_speedups(cfg, module):
+        assert [type(m) is PackedLinear for m in module] == [packs, False]
+        bf16 = "trainer.precision=bf16-mixed" in overrides
+        assert module[0].weight.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert packed_layers(module) == 0 and module[0].weight.dtype == torch.float32
 
 
-def test_a_lora_ppo_iteration_trains_through_packed_frozen_layers(lora_llama, first_minibatch, packed_calls):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_a_lora_ppo_iteration_trains_through_packed_frozen_layers(lora_llama, first_minibatch, packed_calls,
+                                                                   precision):
     """The real PPOModule under the stage's speed-ups (`stage_speedups`, as `RunContext.fit` runs it):
     during the training step the actor's base, the reference and the reward model are packed, the
-    adapter is not, and the update starts at ratio 1 (pi_old read off the sampler's packed forwards)."""
+    adapter is not, and the update starts at ratio 1 (fp32: pi_old read off the sampler's packed
+    forwards; bf16-mixed: recomputed, on the packed bf16 copies)."""
     cfg, base, actor = lora_llama
+    cfg.trainer.precision = precision
     tokenizer = load_tokenizer(cfg.model)
     reference = load_policy(base, cfg.model, trainable=False)
     reward_model = ScalarHeadModel.from_causal_lm(reference)
@@ -187,16 +230,21 @@ def test_a_lora_ppo_iteration_trains_through_packed_frozen_layers(lora_llama, fi
     assert packed_layers(actor) == packed_layers(reference) == 0
 
 
-def test_off_step_work_runs_every_layer_packed_and_leaves_them_plain(tmp_path):
+@pytest.mark.parametrize("precision, dtype", [("32-true", torch.float32), ("bf16-mixed", torch.bfloat16)])
+def test_off_step_work_runs_every_layer_packed_and_leaves_them_plain(tmp_path, precision, dtype, packed_calls):
     """Pairs sampling, DPO's precomputed reference and evaluation (`RunContext.off_step`): nothing trains
-    there, so the trained policy's own layers are packed too."""
+    there, so the trained policy's own layers are packed too (under bf16-mixed, their bf16 copies)."""
     from rto.context import RunContext
 
-    ctx = RunContext(compose_config(SMALL_LAYERS_TOO, output_dir=tmp_path))
+    ctx = RunContext(compose_config(SMALL_LAYERS_TOO, f"trainer.precision={precision}", output_dir=tmp_path))
     policy = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))  # trainable, as a trained policy is handed over
+    x = torch.randn(2, 8)
     with ctx.off_step(policy) as device:
         assert device.type == "cpu" and packed_layers(policy) == 2
-    assert packed_layers(policy) == 0
+        assert {m.weight.dtype for m in policy} == {dtype}
+        with torch.no_grad():
+            assert policy(x).dtype == dtype and len(packed_calls) == 2
+    assert packed_layers(policy) == 0 and {m.weight.dtype for m in policy} == {torch.float32}
     ctx.cfg.cpu_prepack.enabled = False
     with ctx.off_step(policy):
         assert packed_layers(policy) == 0

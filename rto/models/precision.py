@@ -15,7 +15,8 @@ for a while: the same numbers bit for bit (autocast's cast is this cast) without
 which costs more than the matmul itself in a one-token decoding step. The fp32 originals are kept
 and put back afterwards (checkpoints and later stages see fp32). Where: a stage's frozen weights
 (the reference, reward and DPO models, a LoRA model's base) for the whole stage (`RunContext.fit`);
-the actor's trainable ones while it samples a rollout; every model's during evaluation. Attention
+the actor's trainable ones while it samples a rollout; every model's during evaluation (and with
+`cpu_prepack` the large ones packed for oneDNN: `rto.models.prepacked`). Attention
 itself runs in fp32 under a CPU's bf16 autocast (`rto.models.cpu_attention`: torch's bf16 attention
 backward is slower than its fp32 one on a CPU).
 """

@@ -1,20 +1,25 @@
-"""Frozen fp32 linear layers through oneDNN with their weights packed once (`cpu_prepacked_linears`).
+"""Frozen linear layers through oneDNN with their weights packed once (`cpu_prepacked_linears`).
 
-On a CPU, `F.linear` in fp32 goes to a BLAS call that reads the weight in its stored layout at every
-call; oneDNN's matmul on a weight reordered once into its blocked layout is faster at the shapes an
-RL loop on a real model runs (SmolLM2's 16-row decoding steps, its tied 49152-row LM head; measured
-in `benchmarks/README.md`). A frozen weight never changes within a stage, so it is packed once on
-entering the stage and the packed copy dropped on leaving it. The numbers are the same matmul's up
-to float rounding (oneDNN sums in another order than the BLAS).
+On a CPU, `F.linear` reads the weight in its stored layout at every call (fp32: a BLAS call; bf16
+under autocast: a oneDNN matmul that reorders the weight each time); oneDNN's matmul on a weight
+reordered once into its blocked layout is faster at the shapes an RL loop on a real model runs
+(SmolLM2's 16-row decoding steps, its tied 49152-row LM head; measured in `benchmarks/README.md`). A
+frozen weight never changes within a stage, so it is packed once on entering the stage and the packed
+copy dropped on leaving it. In fp32 the numbers are the same matmul's up to float rounding (oneDNN
+sums in another order than the BLAS); in bf16 they are autocast's own bit for bit (the same oneDNN
+matmul, on the same bf16 weight).
 
-Only frozen `nn.Linear` layers in fp32 outside autocast: the reference, DPO and reward models, a
+Which layers: frozen `nn.Linear` layers whose weights are in the dtype the block computes in: fp32
+outside autocast, or, under `bf16-mixed` on a CPU, the frozen layers' bf16 copies
+(`rto.models.precision.lowered_linears`) under bf16 autocast, which this layer's forward then does
+itself (the input cast to bf16, as autocast casts it). That is the reference, DPO and reward models, a
 LoRA model's bases and its tied LM head (every layer where nothing trains: `trainable=True`).
-Trainable weights change at every optimizer step (a packed copy would go stale), and bf16 autocast
-has its own path (`rto.models.precision`). The input's gradient still flows (LoRA trains through
-these layers): its backward is `grad @ W`. Only weights of at least `min_elements`
-(`cpu_prepack.min_weight_elements`, 2^18 by default): below that packing measured no faster (SmolLM2's
-192x576 `k_proj` at a decoding step: 0.89x; its 576x576 `q_proj`: 1.31x), so small models, the
-embedded task's included, keep the plain layers and their numbers bit for bit.
+Trainable weights change at every optimizer step (a packed copy would go stale). The input's gradient
+still flows (LoRA trains through these layers): its backward is `grad @ W`, as the plain layer's.
+Only weights of at least `min_elements` (`cpu_prepack.min_weight_elements`, 2^18 by default): below
+that fp32 packing measured no faster (SmolLM2's 192x576 `k_proj` at a decoding step: 0.89x; its
+576x576 `q_proj`: 1.31x), so small models, the embedded task's included, keep the plain layers and
+their numbers bit for bit.
 """
 
 from __future__ import annotations
@@ -57,9 +62,9 @@ def _linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor])
 
 
 class _PackedLinear(torch.autograd.Function):
-    """y = x W^T + b on the packed weight; the backward gives only the input's gradient (W, b frozen),
-    as the plain matmul `grad W` (packing W^T as well measured ~1.1x on these matmuls, 2 % of an
-    iteration, for another copy of every weight the update trains through)."""
+    """y = x W^T + b on the packed weight (x, W and b in one dtype); the backward gives only the input's
+    gradient (W, b frozen), as the plain matmul `grad W` (packing W^T as well measured ~1.1x on these
+    matmuls in fp32, 2 % of an iteration, for another copy of every weight the update trains through)."""
 
     @staticmethod
     def forward(ctx, x, pack: _Packed, bias):
@@ -74,19 +79,23 @@ class _PackedLinear(torch.autograd.Function):
 class PackedLinear(nn.Linear):
     """What a frozen `nn.Linear` is within `cpu_prepacked_linears` (its class swapped, its parameters
     untouched). The pack is looked up by layer, and a deep copy made meanwhile is a plain `nn.Linear`
-    on its own weights. Any call the pack does not fit takes the plain `F.linear`: autocast, another
-    dtype or device, another weight swapped in, or gradients wanted for the layer's own parameters."""
+    on its own weights. Any call the pack does not fit takes the plain `F.linear`: a weight not in the
+    dtype the call computes in (fp32 under autocast, say), another device, another weight swapped in,
+    or gradients wanted for the layer's own parameters."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name, for keyword calls
         pack = _PACKS.get(self)
         grad = torch.is_grad_enabled()
+        dtype = computes_in(input)
         if (pack is None or self.weight is not pack.weight or input.device.type != "cpu"
-                or input.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
-                or (grad and any(p.requires_grad for p in self.parameters(recurse=False)))):
+                or self.weight.dtype != dtype or (grad and any(p.requires_grad for p in self.parameters(recurse=False)))):
             return nn.functional.linear(input, self.weight, self.bias)
-        if grad and input.requires_grad:
-            return _PackedLinear.apply(input, pack, self.bias)
-        return _linear(input, pack.current(), self.bias)
+        # autocast casts a linear layer's input and bias to its dtype: the same casts, here
+        x = input.to(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        if grad and x.requires_grad:
+            return _PackedLinear.apply(x, pack, bias)
+        return _linear(x, pack.current(), bias)
 
     def __deepcopy__(self, memo):
         self.__class__ = nn.Linear
@@ -96,23 +105,32 @@ class PackedLinear(nn.Linear):
             self.__class__ = PackedLinear
 
 
+def computes_in(input: torch.Tensor) -> torch.dtype:
+    """The dtype a linear layer computes in for this input: a CPU autocast's (it casts floating inputs
+    and weights to it), else the input's own."""
+    if input.is_floating_point() and torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return input.dtype
+
+
 _PACKS: "weakref.WeakKeyDictionary[nn.Module, _Packed]" = weakref.WeakKeyDictionary()
 
 
-def _packable(module: nn.Module, trainable: bool, min_elements: int) -> bool:
-    """A plain fp32 CPU `nn.Linear` (not a subclass: the scalar heads stay as they are) with a weight of
-    at least `min_elements`, frozen unless `trainable` (a block where nothing trains)."""
-    return (type(module) is nn.Linear and module.weight.dtype == torch.float32
+def _packable(module: nn.Module, trainable: bool, min_elements: int, dtype: torch.dtype) -> bool:
+    """A plain CPU `nn.Linear` (not a subclass: the scalar heads stay as they are) with a weight in
+    `dtype` of at least `min_elements`, frozen unless `trainable` (a block where nothing trains)."""
+    return (type(module) is nn.Linear and module.weight.dtype == dtype
             and module.weight.device.type == "cpu" and module.weight.numel() >= min_elements
             and (trainable or not any(p.requires_grad for p in module.parameters(recurse=False))))
 
 
 @contextlib.contextmanager
 def cpu_prepacked_linears(models: Iterable[Optional[nn.Module]], trainable: bool = False, min_elements: int = 0,
-                          batch_hint: int = 16) -> Iterator[int]:
-    """Within the block, the frozen fp32 CPU `nn.Linear` layers of `models` (all of them with
-    `trainable=True`: for a block where nothing trains) whose weights have at least `min_elements`
-    run on a oneDNN-packed copy of their weight, one copy per shared weight. Yields how many layers."""
+                          batch_hint: int = 16, dtype: torch.dtype = torch.float32) -> Iterator[int]:
+    """Within the block, the frozen CPU `nn.Linear` layers of `models` (all of them with
+    `trainable=True`: for a block where nothing trains) whose weights are in `dtype` (fp32; bf16 for
+    the bf16 copies a CPU's bf16 autocast computes on) and have at least `min_elements` weights run on
+    a oneDNN-packed copy of their weight, one copy per shared weight. Yields how many layers."""
     if not available():
         yield 0
         return
@@ -122,7 +140,7 @@ def cpu_prepacked_linears(models: Iterable[Optional[nn.Module]], trainable: bool
         for model in models:
             for module in ([] if model is None else model.modules()):
                 # (a layer already patched, shared by two of the models, is not an `nn.Linear` any more)
-                if not _packable(module, trainable, min_elements):
+                if not _packable(module, trainable, min_elements, dtype):
                     continue
                 if id(module.weight) not in packs:
                     packs[id(module.weight)] = _Packed(module.weight, batch_hint)
