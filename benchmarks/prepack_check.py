@@ -49,8 +49,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
-    if not available():
-        raise SystemExit("this torch has no oneDNN packed linear (torch.ops.mkldnn._linear_pointwise)")
+    if not available(torch.bfloat16 if args.dtype == "bf16" else torch.float32):
+        raise SystemExit(f"this torch or CPU has no oneDNN packed linear in {args.dtype} "
+                         "(torch.ops.mkldnn._linear_pointwise; bf16 needs AVX512-BF16, AMX or AVX-512 BW/VL/DQ)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     bf16 = args.dtype == "bf16"

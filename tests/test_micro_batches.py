@@ -90,6 +90,7 @@ def test_micro_batches_give_the_parameters_of_the_whole_minibatch(upstream, tmp_
     # 3 rows: a minibatch of 4 splits 3 + 1 (unequal token counts), the rollout of 8 into 3 + 3 + 2
     micro = rl_weights(upstream, tmp_path / "micro", *LEARNER_RUNS[learner], "ppo.micro_batch_size=3")
     assert forward_rows == {"experience": 3, "update": 3}
+    assert unequal_lengths[0] == unequal_lengths[1]  # both runs' rollouts cut alike
     start = {f"actor/{k}": v for k, v in load_file(str(upstream / "sft" / "model.safetensors")).items()}
     moved = max(float((whole[k] - start[k]).abs().max()) for k in start)
     assert moved > 1e-3  # the iteration changed the policy: there is something to compare

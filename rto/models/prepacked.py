@@ -6,8 +6,8 @@ reordered once into its blocked layout is faster at the shapes an RL loop on a r
 (SmolLM2's 16-row decoding steps, its tied 49152-row LM head; measured in `benchmarks/README.md`). A
 frozen weight never changes within a stage, so it is packed once on entering the stage and the packed
 copy dropped on leaving it. In fp32 the numbers are the same matmul's up to float rounding (oneDNN
-sums in another order than the BLAS); in bf16 they are autocast's own bit for bit (the same oneDNN
-matmul, on the same bf16 weight).
+sums in another order than the BLAS); in bf16 they are autocast's own (the same oneDNN matmul on the
+same bf16 operands: bit for bit on the CPU measured, `docs/precision.md`).
 
 Which layers: frozen `nn.Linear` layers whose weights are in the dtype the block computes in: fp32
 outside autocast, or, under `bf16-mixed` on a CPU, the frozen layers' bf16 copies
@@ -33,11 +33,35 @@ import torch
 from torch import nn
 
 
-def available() -> bool:
-    """oneDNN is built into this torch and has the packed-weight linear (torch's own CPU freezing pass uses it)."""
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """oneDNN is built into this torch and has the packed-weight linear (torch's own CPU freezing pass
+    uses it), and, for bf16, this CPU runs oneDNN in bf16 (AVX512-BF16 / AMX, or AVX-512 BW, VL and DQ:
+    on others oneDNN refuses to pack a bf16 weight, and autocast's bf16 matmul is not oneDNN's)."""
     ops = getattr(torch.ops, "mkldnn", None)
-    return (torch.backends.mkldnn.is_available() and ops is not None
-            and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight"))
+    if not (torch.backends.mkldnn.is_available() and ops is not None
+            and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")):
+        return False
+    if dtype == torch.bfloat16:
+        return hasattr(ops, "_is_mkldnn_bf16_supported") and bool(ops._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
+
+
+def _register_flop_formula() -> None:
+    """torch's `FlopCounterMode` knows `aten::mm` and `addmm`, not this oneDNN op: without a formula a
+    FLOP count of a run with packed layers (`benchmarks/profile_iteration.py --torch-profile`) would
+    miss their matmuls. `x W^T`: 2 FLOPs per multiply-add, out features read off the output."""
+    from torch.utils.flop_counter import register_flop_formula
+
+    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        rows = 1
+        for size in out_shape[:-1]:
+            rows *= size
+        return 2 * rows * x_shape[-1] * out_shape[-1]
+
+
+if available():
+    _register_flop_formula()
 
 
 class _Packed:
@@ -105,10 +129,13 @@ class PackedLinear(nn.Linear):
             self.__class__ = PackedLinear
 
 
+AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def computes_in(input: torch.Tensor) -> torch.dtype:
-    """The dtype a linear layer computes in for this input: a CPU autocast's (it casts floating inputs
-    and weights to it), else the input's own."""
-    if input.is_floating_point() and torch.is_autocast_enabled("cpu"):
+    """The dtype a linear layer computes in for this input: a CPU autocast's (it casts fp32, fp16 and
+    bf16 inputs and weights to it; never fp64), else the input's own."""
+    if input.dtype in AUTOCAST_CASTS and torch.is_autocast_enabled("cpu"):
         return torch.get_autocast_dtype("cpu")
     return input.dtype
 
@@ -131,7 +158,7 @@ def cpu_prepacked_linears(models: Iterable[Optional[nn.Module]], trainable: bool
     `trainable=True`: for a block where nothing trains) whose weights are in `dtype` (fp32; bf16 for
     the bf16 copies a CPU's bf16 autocast computes on) and have at least `min_elements` weights run on
     a oneDNN-packed copy of their weight, one copy per shared weight. Yields how many layers."""
-    if not available():
+    if not available(dtype):
         yield 0
         return
     packs: dict[int, _Packed] = {}  # by weight object (each pack holds its weight: ids stay unique)
