@@ -23,6 +23,7 @@ sys.path.insert(0, str(HERE))
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
@@ -37,6 +38,9 @@ from rto.stages import update as update_stage  # noqa: E402
 
 def main() -> None:
     overrides = sys.argv[1:]
+    if {"-h", "--help"} & set(overrides):
+        print(__doc__)
+        return
     seen: dict[str, float] = {}
 
     def policy_spy(logprobs, old_logprobs, advantages, mask, clip_range):
@@ -52,7 +56,10 @@ def main() -> None:
     torch.set_num_threads(2)
     spec = {"model": "smollm2-135m-gguf", "lora": experiment_lora(), "prompts": 16, "new_tokens": 32, "epochs": 1,
             "minibatch": 8, "reward": "token", "threads": 2, "overrides": overrides}
-    cfg = compose_cfg(spec, HERE.parent / "conf")
+    try:
+        cfg = compose_cfg(spec, HERE.parent / "conf")
+    except HydraException as err:  # a mistyped override: the message, not a traceback
+        raise SystemExit(f"first_minibatch_ratio.py: {err}")
     L.seed_everything(cfg.seed, verbose=False)
     tok, encoder, prompts = task_prompts(cfg, spec)
     with tempfile.TemporaryDirectory() as tmp:

@@ -214,3 +214,12 @@ def test_our_worker_trains_on_the_path_a_run_takes(spec_path, monkeypatch, capsy
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(TIMES_PREFIX)]
     times = json.loads(lines[0][len(TIMES_PREFIX):])
     assert len(times) == 2 and all(t > 0 for t in times)
+
+
+def test_first_minibatch_ratio_answers_help_and_refuses_a_bad_override_without_a_traceback():
+    """Its arguments are Hydra overrides: `--help` once went to Hydra as one (a traceback)."""
+    run = [sys.executable, str(BENCH / "first_minibatch_ratio.py")]
+    helped = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=300, cwd=BENCH.parent)
+    assert helped.returncode == 0 and "first PPO minibatch's ratio" in helped.stdout
+    bad = subprocess.run([*run, "nonsense=1"], capture_output=True, text=True, timeout=300, cwd=BENCH.parent)
+    assert bad.returncode == 1 and "Could not override 'nonsense'" in bad.stderr and "Traceback" not in bad.stderr
