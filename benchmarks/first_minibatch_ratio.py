@@ -29,11 +29,9 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from iteration_worker import build_module, compose_cfg, task_prompts  # noqa: E402
 from profile_iteration import experiment_lora  # noqa: E402
-from rto.algos.losses import ppo_policy_loss, value_loss  # noqa: E402
 from rto.context import stage_speedups  # noqa: E402
 from rto.data import PromptCollator  # noqa: E402
-from rto.stages import ppo as ppo_stage  # noqa: E402
-from rto.stages import update as update_stage  # noqa: E402
+from rto.rl.first_minibatch import record_first_minibatch  # noqa: E402
 
 
 def main() -> None:
@@ -41,18 +39,7 @@ def main() -> None:
     if {"-h", "--help"} & set(overrides):
         print(__doc__)
         return
-    seen: dict[str, float] = {}
-
-    def policy_spy(logprobs, old_logprobs, advantages, mask, clip_range):
-        real = mask.bool()
-        seen.setdefault("ratio", float((logprobs - old_logprobs).detach()[real].exp().sub(1).abs().max()))
-        return ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range)
-
-    def value_spy(values, old_values, returns, mask, clip_range):
-        seen.setdefault("values", float((values - old_values).detach()[mask.bool()].abs().max()))
-        return value_loss(values, old_values, returns, mask, clip_range)
-
-    update_stage.ppo_policy_loss, ppo_stage.value_loss = policy_spy, value_spy
+    seen = record_first_minibatch()
     torch.set_num_threads(2)
     spec = {"model": "smollm2-135m-gguf", "lora": experiment_lora(), "prompts": 16, "new_tokens": 32, "epochs": 1,
             "minibatch": 8, "reward": "token", "threads": 2, "overrides": overrides}

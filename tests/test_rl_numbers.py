@@ -13,7 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from torch.utils.data import DataLoader
 
-from rto.algos.losses import ppo_policy_loss, value_loss
 from rto.context import stage_speedups as speedups
 from rto.data import PromptCollator, load_data
 from rto.main import train
@@ -22,9 +21,8 @@ from rto.models.factory import build_policy, load_policy, load_tokenizer
 from rto.models.lora import add_lora
 from rto.models.retokenize import RewardScorer
 from rto.models.scalar_head import ScalarHeadModel
+from rto.rl.first_minibatch import record_first_minibatch
 from rto.stages import PPOModule
-from rto.stages import update as update_stage
-from rto.stages import ppo as ppo_stage
 from tests.conftest import compose_config
 from tests.real_assets import save_tiny_llama
 
@@ -35,20 +33,7 @@ TOLERANCE = 1e-5
 @pytest.fixture
 def first_minibatch(monkeypatch):
     """Records the first PPO minibatch's `|pi/pi_old - 1|` and `|V - V_old|` (max over real tokens)."""
-    seen: dict[str, float] = {}
-
-    def policy_spy(logprobs, old_logprobs, advantages, mask, clip_range):
-        real = mask.bool()
-        seen.setdefault("ratio", float((logprobs - old_logprobs).detach()[real].exp().sub(1).abs().max()))
-        return ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range)
-
-    def value_spy(values, old_values, returns, mask, clip_range):
-        seen.setdefault("values", float((values - old_values).detach()[mask.bool()].abs().max()))
-        return value_loss(values, old_values, returns, mask, clip_range)
-
-    monkeypatch.setattr(update_stage, "ppo_policy_loss", policy_spy)
-    monkeypatch.setattr(ppo_stage, "value_loss", value_spy)
-    return seen
+    return record_first_minibatch(monkeypatch.setattr)
 
 
 def run_ppo_stage(ckpt, out, *overrides):
