@@ -5,6 +5,7 @@ toy shape: h=4, kv=2, f=8, V=10, 2 layers, 1000 parameters; LoRA r=1 has 2 x (2h
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,6 @@ def test_lora_run_with_shared_bases_by_hand():
 
 
 def test_micro_batches_unshared_copies_and_checkpointing_by_hand():
-    from dataclasses import replace
-
     micro = ppo_memory(TOY, TOY, replace(LORA, micro=1))
     assert micro["experience logits"] == 2 * 4 * 1 * 2 * 10
     assert micro["update activations"] == 1 * 2 * 3 * 4 * 10 + 640 * 2 + 640 * 4 == 4080
@@ -58,39 +57,72 @@ def test_every_pretrained_preset_has_an_estimate():
     assert {p.stem for p in model_conf.glob("*.yaml") if "  - hf\n" in p.read_text()} == set(PRESETS)
 
 
-def test_packed_frozen_weights_by_hand():
-    """`cpu_prepack`'s copies: the toy's block weights are q, o 16, k, v 8, MLP 32 x 3; with at least 10
-    values each, q, o and the MLP count (128 a layer, 256 in all) and the LM head (40)."""
-    from dataclasses import replace
 
+def test_packed_frozen_weights_by_hand():
+    """`cpu_prepack`'s copies: the toy's block weights are q, o 16, k, v 8, MLP 32 each; with at least 10
+    values, q, o and the three MLP matrices count (128 a layer, 256 in all) and the LM head (40). Under
+    32-true only fp32-stored models pack (4 bytes), under bf16-mixed every frozen one (its bf16 copy)."""
     assert TOY.linear_weights(10) == 296 and TOY.linear_weights(10, lm_head=False) == 256
     assert TOY.linear_weights(0) == 2 * 144 + 40
-    packed = ppo_memory(TOY, TOY, replace(LORA, cpu_prepack=True, prepack_min_elements=10))
-    assert packed["packed frozen weights"] == 296 * 2 + 256 * 4  # the shared base once; the RM, the critic reading it
-    assert packed["total"] == 11120 + 1616 + 8160
-    copies = ppo_memory(TOY, TOY, replace(LORA, cpu_prepack=True, prepack_min_elements=10, shared=False))
-    assert copies["packed frozen weights"] == 3 * 296 * 2 + 256 * 4 + 256 * 4  # three bases; the critic's own
-    full = ppo_memory(TOY, TOY, replace(LORA, lora_r=0, critic_lora_r=0, cpu_prepack=True, prepack_min_elements=10))
-    assert full["packed frozen weights"] == 2 * 296 * 2 + 256 * 4  # reference and DPO model; actor, critic train
+    assert replace(TOY, mlp_matrices=2).linear_weights(10) == 2 * 96 + 40  # a GELU MLP: two matrices
+    assert replace(TOY, linear_blocks=False).linear_weights(10) == 40  # GPT-2's Conv1D blocks
+    on = replace(LORA, cpu_prepack=True, prepack_min_elements=10)
+    parts = ppo_memory(TOY, TOY, on)  # the policy stored in bf16 runs plain under 32-true
+    assert parts["packed frozen weights"] == 256 * 4 and parts["total"] == 11120 + 1024 + 8160
+    assert packed_frozen_bytes(TOY, TOY, replace(on, bf16_mixed=True)) == 296 * 2 + 256 * 2
+    fp32 = replace(on, weight_bytes=4)
+    assert packed_frozen_bytes(TOY, TOY, fp32) == 296 * 4 + 256 * 4  # the shared base once; the critic reads the RM's
+    assert packed_frozen_bytes(TOY, TOY, replace(fp32, shared=False)) == 3 * 296 * 4 + 2 * 256 * 4  # + the critic's own
+    full = replace(fp32, lora_r=0, critic_lora_r=0)
+    assert packed_frozen_bytes(TOY, TOY, full) == 2 * 296 * 4 + 256 * 4  # reference, DPO model; actor, critic train
+    assert packed_frozen_bytes(TOY, TOY, replace(full, token_reward=False)) == 296 * 4 + 256 * 4  # no DPO model
+    small_rm = replace(TOY, layers=1)
+    assert packed_frozen_bytes(TOY, small_rm, fp32) == 296 * 4 + 128 * 4
     assert "packed frozen weights" not in ppo_memory(TOY, TOY, LORA)
-    conv1d = replace(TOY, linear_blocks=False)
-    assert conv1d.linear_weights(10) == 40
 
 
-@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_packed_frozen_weights_match_what_a_ppo_stage_packs(tmp_path, monkeypatch, lora):
-    """The formula's packed copies against a real run: the PPO stage of SFT -> RM -> DPO -> PPO on a tiny
-    Llama (reward=token, reward_model=same) packs exactly the weights `packed_frozen_bytes` counts."""
+def save_llama(folder: Path, hidden: int, layers: int, kv_heads: int, ffn: int) -> Path:
+    """A tiny Llama with grouped keys and values (head width 16) and an untied LM head, and the test tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.real_assets import build_tokenizer
+
+    tok = build_tokenizer(chat_template=True)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 16, num_key_value_heads=kv_heads, intermediate_size=ffn,
+                         max_position_embeddings=128, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def shape_of(folder: Path) -> Shape:
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(folder)
+    return Shape(params=0, layers=c.num_hidden_layers, hidden=c.hidden_size, kv=c.num_key_value_heads * c.head_dim,
+                 ffn=c.intermediate_size, vocab=c.vocab_size)
+
+
+LORA_OVERRIDE = "{r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}"
+
+
+@pytest.mark.parametrize("case", ["lora", "full", "full_sentence", "rm_pretrained_lora"])
+def test_packed_frozen_weights_match_what_a_ppo_stage_packs(tmp_path, monkeypatch, case):
+    """The formula's packed copies against a real run: the PPO stage of SFT -> RM -> DPO -> PPO on tiny
+    Llamas packs exactly the weights `packed_frozen_bytes` counts. The policy (h=32, 2 layers) has 16-wide
+    keys and values (512 values: under the threshold of 1000, as SmolLM2's are under the default) and an
+    untied LM head; the separate reward model (`rm_pretrained_lora`) has another shape (h=48, 3 layers)."""
     from rto import context
     from rto.main import train
     from rto.models import prepacked
-    from rto.models.factory import load_policy
     from tests.conftest import compose_config
-    from tests.real_assets import save_tiny_llama, write_preference_sets
+    from tests.real_assets import write_preference_sets
 
     if not prepacked.available():
         pytest.skip("this torch has no oneDNN packed linear")
-    model = save_tiny_llama(tmp_path / "llama")
+    policy = save_llama(tmp_path / "policy", hidden=32, layers=2, kv_heads=1, ffn=64)
     data = write_preference_sets(tmp_path / "data")["plain"]
     real = context.cpu_prepacked_linears
     stages = {}
@@ -98,24 +130,28 @@ def test_packed_frozen_weights_match_what_a_ppo_stage_packs(tmp_path, monkeypatc
     @contextlib.contextmanager
     def spy(models, trainable=False, **kwargs):
         with real(models, trainable=trainable, **kwargs) as n:
-            if not trainable:  # a stage's own block (the off-step work packs everything, within it)
-                packs = {id(p): p for p in prepacked._PACKS.values()}
-                stages[type(models[0]).__name__] = sum(p.weight.numel() for p in packs.values())
+            # this block's packs only: the distinct packs behind the layers of the models it was given
+            packs = {id(p): p for model in models if model is not None for m in model.modules()
+                     if (p := prepacked._PACKS.get(m))}
+            stages[type(models[0]).__name__] = sum(p.weight.numel() for p in packs.values())
             yield n
     monkeypatch.setattr(context, "cpu_prepacked_linears", spy)
-    min_elements = 512  # every block weight of the tiny Llama (1024 or 2048 values), not the scalar head (32)
-    lora_override = "model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}" if lora else "model.lora=null"
-    train(compose_config("model=hf", f"model.pretrained={model}", "data=jsonl", f"data.path={data}",
+    min_elements = 1000
+    lora = case in ("lora", "rm_pretrained_lora")
+    overrides = [f"model.lora={LORA_OVERRIDE}" if lora else "model.lora=null",
+                 "reward=sentence" if case == "full_sentence" else "reward=token"]
+    rm_shape = shape_of(policy)
+    if case == "rm_pretrained_lora":
+        rm = save_llama(tmp_path / "rm", hidden=48, layers=3, kv_heads=1, ffn=96)
+        overrides += ["reward_model=pretrained", f"reward_model.path={rm}", f"reward_model.lora={LORA_OVERRIDE}"]
+        rm_shape = shape_of(rm)
+    train(compose_config("model=hf", f"model.pretrained={policy}", "data=jsonl", f"data.path={data}",
                          "data.sft_path=null", "data.test_split=null", "data.max_prompt_tokens=32",
                          "data.max_response_tokens=8", "data.n_test_prompts=4", "data.test_prompt_fraction=0.2",
-                         "data.val_prompt_fraction=0.1", "data.val_fraction=0.2", "reward=token",
-                         "reward_model=same", lora_override, "cpu_prepack.enabled=true",
-                         f"cpu_prepack.min_weight_elements={min_elements}", output_dir=tmp_path / "run"))
-    config = load_policy(model, compose_config("model=hf", f"model.pretrained={model}", output_dir=tmp_path).model).config
-    shape = Shape(params=0, layers=config.num_hidden_layers, hidden=config.hidden_size,
-                  kv=config.num_key_value_heads * config.head_dim, ffn=config.intermediate_size,
-                  vocab=config.vocab_size)
-    setting = Setting(lora_r=4 if lora else 0, critic_lora_r=4 if lora else 0, token_reward=True,
+                         "data.val_prompt_fraction=0.1", "data.val_fraction=0.2", *overrides,
+                         "cpu_prepack.enabled=true", f"cpu_prepack.min_weight_elements={min_elements}",
+                         output_dir=tmp_path / "run"))
+    setting = Setting(lora_r=4 if lora else 0, critic_lora_r=4 if lora else 0, token_reward=case != "full_sentence",
                       cpu_prepack=True, prepack_min_elements=min_elements)
     assert stages["PPOModule"] > 0
-    assert stages["PPOModule"] * 4 == packed_frozen_bytes(shape, shape, setting)
+    assert stages["PPOModule"] * 4 == packed_frozen_bytes(shape_of(policy), rm_shape, setting)

@@ -18,9 +18,10 @@ and AdamW states). Three parts add up:
   log-softmax and softmax (`3 x 4 V` bytes per response token).
 
 On a CPU with `cpu_prepack` (`Setting.cpu_prepack`), **held** also counts the oneDNN-packed copy of
-every frozen linear weight of at least `cpu_prepack.min_weight_elements` values: the policy's frozen
-weights (the shared LoRA base with its tied LM head once, or the reference's and the DPO model's
-without LoRA) and the reward model's layers (a LoRA critic's backbone is the same weights, one copy).
+every frozen linear weight of at least `cpu_prepack.min_weight_elements` values, in the dtype the layers
+compute in (`packed_frozen_bytes`): the policy's frozen weights (the shared LoRA base with its LM head
+once, or the reference's and the DPO model's without LoRA) and the reward model's blocks (a LoRA
+critic's backbone is the same weights, one copy).
 
 An estimate: allocator slack, CUDA context (~0.5-1 GB) and framework buffers come on top.
 """
@@ -44,6 +45,7 @@ class Shape:
     ffn: int
     vocab: int
     linear_blocks: bool = True  # False: GPT-2's blocks are `Conv1D` layers, which `cpu_prepack` leaves as they are
+    mlp_matrices: int = 3  # SwiGLU's gate, up, down; 2 for a GELU MLP (Pythia), in `linear_weights`
 
     def lora_params(self, r: int) -> float:
         """LoRA of rank r on every linear layer of a block (q, k, v, o, gate, up, down)."""
@@ -54,7 +56,7 @@ class Shape:
         """Weights of the linear layers (q, k, v, o, gate, up, down in every block; the LM head with
         `lm_head`) that hold at least `min_elements` values each."""
         h, kv, f = self.hidden, self.kv, self.ffn
-        block = [h * h, h * kv, h * kv, h * h, h * f, h * f, h * f]
+        block = [h * h, h * kv, h * kv, h * h] + [h * f] * self.mlp_matrices
         total = self.layers * sum(n for n in block if n >= min_elements) if self.linear_blocks else 0
         return total + (self.vocab * h if lm_head and self.vocab * h >= min_elements else 0)
 
@@ -87,6 +89,7 @@ class Setting:
     gguf: bool = False  # the file's dequantised weights stay cached for later loads (a full copy unless shared)
     cpu_prepack: bool = False  # a CPU process with `cpu_prepack.enabled`: packed copies of the frozen linear weights
     prepack_min_elements: int = 2 ** 18  # `cpu_prepack.min_weight_elements`
+    bf16_mixed: bool = False  # `trainer.precision=bf16-mixed` (only the packs' term reads it so far)
 
 
 def ppo_memory(policy: Shape, rm: Shape, s: Setting) -> dict[str, float]:
@@ -127,26 +130,32 @@ def ppo_memory(policy: Shape, rm: Shape, s: Setting) -> dict[str, float]:
 
 
 def packed_frozen_bytes(policy: Shape, rm: Shape, s: Setting) -> float:
-    """`cpu_prepack`'s copies during the PPO stage, one per distinct frozen weight, in the weights'
-    dtype: the policy's frozen weights (LoRA: the shared base and its LM head once; else the reference
-    and, with the token reward, the DPO model, each its own; the actor trains and is not packed; unshared
-    LoRA bases: one per policy), and the reward model's blocks (its scalar head is too small; a LoRA
-    critic reads the same weights, a fully trained critic is not packed)."""
+    """`cpu_prepack`'s copies during the PPO stage, one per distinct frozen weight, in the dtype the
+    layers compute in: under `32-true` only fp32 weights pack (a model stored in bf16 runs plain), under
+    `bf16-mixed` the bf16 copies of every frozen layer. The policy's frozen weights (LoRA: the shared base
+    and its LM head once; else the reference and, with the token reward, the DPO model, each its own; the
+    actor trains and is not packed; unshared LoRA bases, under FSDP only, where nothing packs: one per
+    policy), and the reward model's blocks (its scalar head is a subclass of `nn.Linear`, left as it is;
+    a LoRA critic reads the same weights, a fully trained critic is not packed)."""
+    pack_bytes = 2 if s.bf16_mixed else 4
+
+    def packed(stored_bytes: int) -> int:  # bytes per packed value of a model stored at `stored_bytes`
+        return pack_bytes if s.bf16_mixed or stored_bytes == 4 else 0
     policy_weights = policy.linear_weights(s.prepack_min_elements)
     frozen_policies = (1 if s.shared else 2 + s.token_reward) if s.lora_r else 1 + s.token_reward
     rm_weights = rm.linear_weights(s.prepack_min_elements, lm_head=False)
     critic_copy = s.critic_lora_r and not (s.shared and s.critic_bytes == s.rm_bytes)  # its own frozen backbone
-    return (frozen_policies * policy_weights * s.weight_bytes + rm_weights * s.rm_bytes
-            + (rm_weights * s.critic_bytes if critic_copy else 0))
+    return (frozen_policies * policy_weights * packed(s.weight_bytes) + rm_weights * packed(s.rm_bytes)
+            + (rm_weights * packed(s.critic_bytes) if critic_copy else 0))
 
 
 # the pretrained presets' models (their config.json; GPT-2's and Pythia's GELU MLP of width 4h is
-# counted as a SwiGLU one, which overestimates its activations), and how each preset runs them (the
+# counted as a SwiGLU one, which overestimates its activations; its packed weights count its two matrices), and how each preset runs them (the
 # reward model and the critic in the policy's dtype: `reward_model.dtype` follows `model.dtype`)
 SMOLLM2_135M = Shape(134.5e6, 30, 576, 192, 1536, 49152)
 PRESETS = {  # preset -> (policy, reward model (None: the policy's backbone), setting)
-    "gpt2": (Shape(124.4e6, 12, 768, 768, 3072, 50257, linear_blocks=False), None, Setting()),
-    "pythia-160m": (Shape(162.3e6, 12, 768, 768, 3072, 50304), None, Setting()),
+    "gpt2": (Shape(124.4e6, 12, 768, 768, 3072, 50257, linear_blocks=False, mlp_matrices=2), None, Setting()),
+    "pythia-160m": (Shape(162.3e6, 12, 768, 768, 3072, 50304, mlp_matrices=2), None, Setting()),
     "smollm2-135m-instruct": (SMOLLM2_135M, None, Setting()),
     "smollm2-135m-gguf": (SMOLLM2_135M, None, Setting(gguf=True)),
     "qwen2.5-0.5b-instruct": (Shape(494.0e6, 24, 896, 128, 4864, 151936), None,
@@ -161,14 +170,15 @@ PRESETS = {  # preset -> (policy, reward model (None: the policy's backbone), se
 def preset_table(micro: Optional[int] = None) -> str:
     """The estimate per preset on one device, and what a CPU process adds (`cpu_prepack`'s packed copies)."""
     rows = ["| preset | held (GB) | sampling KV | experience logits | update activations | total (GB) "
-            "| + on a CPU, packed frozen weights (GB) |", "|---|---|---|---|---|---|---|"]
+            "| + on a CPU, packed frozen weights, 32-true / bf16-mixed (GB) |", "|---|---|---|---|---|---|---|"]
     for name, (policy, rm, setting) in PRESETS.items():
         setting = replace(setting, micro=micro)
         parts = ppo_memory(policy, rm or policy, setting)
         held = parts["total"] - max(parts["sampling KV cache"], parts["experience logits"], parts["update activations"])
         rows.append(f"| {name} | {held / GB:.1f} | {parts['sampling KV cache'] / GB:.1f} | "
                     f"{parts['experience logits'] / GB:.1f} | {parts['update activations'] / GB:.1f} | "
-                    f"{parts['total'] / GB:.1f} | {packed_frozen_bytes(policy, rm or policy, setting) / GB:.1f} |")
+                    f"{parts['total'] / GB:.1f} | {packed_frozen_bytes(policy, rm or policy, setting) / GB:.1f} / "
+                    f"{packed_frozen_bytes(policy, rm or policy, replace(setting, bf16_mixed=True)) / GB:.1f} |")
     return "\n".join(rows)
 
 
