@@ -44,6 +44,10 @@ def test_full_run_writes_table_metrics_and_checkpoints(finished_run):
     # the KL is measured against SFT (the reference): 0 for SFT itself, not for the policy DPO moved
     assert metrics["eval/sft/kl"] == 0.0 and metrics["eval/dpo/kl"] != 0.0
     assert 0.0 <= metrics["rm/val_accuracy"] <= 1.0
+    # every stage's peak memory (rto/peak_memory.py): the process's resident set during it, here at least
+    # the interpreter with torch loaded
+    for stage in ("sft", "rm", "dpo", "ppo", "eval"):
+        assert 0.1 < metrics[f"memory/{stage}_peak_rss_gib"] < 64, stage
     table = (out / "eval_table.md").read_text()
     assert "| SFT |" in table and "| DPO |" in table and "| RTO (token) |" in table
     for stage in ("sft", "rm", "dpo", "ppo"):

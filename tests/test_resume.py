@@ -56,7 +56,7 @@ def kill_when_resumable(run_dir: Path, stage: str, timeout: float = 600) -> None
 
 def comparable(metrics: dict) -> dict:
     # timings differ, and whether a stage came from the cache is bookkeeping, not a result
-    return {k: v for k, v in metrics.items() if not k.startswith(("time/", "cache/"))}
+    return {k: v for k, v in metrics.items() if not k.startswith(("time/", "cache/", "memory/"))}
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from rto.credit import credit_on_texts
 from rto.evaluation import evaluate, format_table
 from rto.models.reward import judge_scorer
 from rto.outputs import OutputWriter
+from rto.peak_memory import stage_peak
 from rto.recipes.base import StageRecipe
 from rto.recipes.rl import LEARNERS, learner_name
 
@@ -46,7 +47,7 @@ class EvaluationRecipe(StageRecipe):
         # the DPO model as a token-reward model: only where the task has per-word gold rewards to compare with
         dpo = upstream.get("dpo") if ctx.data.gold_tokens is not None else None
         # on the run's device and in its precision (`trainer.precision`), as its policies were trained
-        with ctx.off_step(*policies.values(), upstream["sft"], scorer, judge, dpo):
+        with stage_peak(ctx.metrics, "eval"), ctx.off_step(*policies.values(), upstream["sft"], scorer, judge, dpo):
             results, samples = evaluate(policies, upstream["sft"], scorer, prompts, ctx.data.encoder, cfg, ctx.decode,
                                         ctx.data.gold, judge, optimum=ctx.data.optimum)
             ctx.metrics["time/eval_seconds"] = time.perf_counter() - start
