@@ -25,6 +25,7 @@ from rto.artifacts import publish_folder, verify_manifest, write_manifest
 from rto.cache import StageCache, cacheable, stage_inputs, stage_key
 from rto.context import RunContext
 from rto.errors import MissingStageError
+from rto.models.placement import off_step_device
 from rto.peak_memory import stage_peak
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class ArtifactStore:
         # drew (or on whether they were loaded), and 1 or N data-parallel ranks draw alike
         L.seed_everything(self.cfg.seed + recipe.seed_offset, workers=True, verbose=False)
         start = time.perf_counter()
-        with stage_peak(self.ctx.metrics, recipe.name):
+        with stage_peak(self.ctx.metrics, recipe.name, off_step_device(self.cfg.trainer)):
             model = recipe.train(self.ctx, inputs)
         self.ctx.metrics[f"time/{recipe.name}_seconds"] = time.perf_counter() - start
         self.ctx.check_ranks_agree(recipe.name, model)

@@ -8,9 +8,10 @@ import time
 
 from rto.credit import credit_on_texts
 from rto.evaluation import evaluate, format_table
+from rto.models.placement import off_step_device
 from rto.models.reward import judge_scorer
 from rto.outputs import OutputWriter
-from rto.peak_memory import stage_peak
+from rto.peak_memory import GIB, process_peak_rss_bytes, stage_peak
 from rto.recipes.base import StageRecipe
 from rto.recipes.rl import LEARNERS, learner_name
 
@@ -47,7 +48,7 @@ class EvaluationRecipe(StageRecipe):
         # the DPO model as a token-reward model: only where the task has per-word gold rewards to compare with
         dpo = upstream.get("dpo") if ctx.data.gold_tokens is not None else None
         # on the run's device and in its precision (`trainer.precision`), as its policies were trained
-        with stage_peak(ctx.metrics, "eval"), ctx.off_step(*policies.values(), upstream["sft"], scorer, judge, dpo):
+        with stage_peak(ctx.metrics, "eval", off_step_device(ctx.cfg.trainer)), ctx.off_step(*policies.values(), upstream["sft"], scorer, judge, dpo):
             results, samples = evaluate(policies, upstream["sft"], scorer, prompts, ctx.data.encoder, cfg, ctx.decode,
                                         ctx.data.gold, judge, optimum=ctx.data.optimum)
             ctx.metrics["time/eval_seconds"] = time.perf_counter() - start
@@ -66,5 +67,6 @@ class EvaluationRecipe(StageRecipe):
                  "gold": None if s.gold is None else float(s.gold[i]), "rm_score": float(s.rm_score[i]),
                  "judge": None if s.judge is None else float(s.judge[i])}
                 for name, s in samples.items() for i, (p, r) in enumerate(zip(s.prompts[:n], s.responses[:n]))]
+        ctx.metrics["memory/process_peak_rss_gib"] = process_peak_rss_bytes() / GIB
         OutputWriter(ctx.out, ctx.loggers).write(table, ctx.metrics, rows)
         print(f"\n{table}\n")
