@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rto.models.memory import PRESETS, Setting, Shape, packed_frozen_bytes, ppo_memory
+from rto.models.memory import PRESETS, Setting, Shape, packed_frozen_bytes, ppo_memory, training_stages_memory
 
 TOY = Shape(params=1000, layers=2, hidden=4, kv=2, ffn=8, vocab=10)
 LORA = Setting(weight_bytes=2, rm_bytes=4, critic_bytes=4, lora_r=1, critic_lora_r=1, token_reward=True,
@@ -79,6 +79,23 @@ def test_packed_frozen_weights_by_hand():
     small_rm = replace(TOY, layers=1)
     assert packed_frozen_bytes(TOY, small_rm, fp32) == 296 * 4 + 128 * 4
     assert "packed frozen weights" not in ppo_memory(TOY, TOY, LORA)
+
+
+def test_training_stages_by_hand():
+    """SFT, RM and DPO at 2 rows / pairs of 3 + 2 tokens: LoRA adapters and their gradients and moments
+    are 4 x 128 + 12 x 128 = 2048 bytes; a layer keeps 64 values per token (2 layers: 128); a pair batch
+    runs 2 prompts once and 4 responses, 14 tokens, or 4 x 5 = 20 with checkpointing (no sharing)."""
+    stages = training_stages_memory(TOY, TOY, LORA, batch=2)
+    assert stages["sft"] == 2000 + 2048 + 3 * 4 * 2 * 2 * 10 + 10 * 128 * 2 == 7088
+    assert stages["rm"] == 2000 + 4000 + 2048 + 14 * 128 * 4 == 15216  # the SFT policy, the RM (fp32) and its LoRA
+    assert stages["dpo"] == 2000 + 2048 + 3 * 4 * 4 * 2 * 10 + 14 * 128 * 2 == 8592  # reference and policy: one base
+    checkpointed = training_stages_memory(TOY, TOY, replace(LORA, checkpointing=True), batch=2)
+    assert checkpointed["dpo"] == 2000 + 2048 + 960 + 20 * (2 * 4 + 64) * 2
+    full = training_stages_memory(TOY, TOY, replace(LORA, lora_r=0, critic_lora_r=0, gguf=True), batch=2)
+    assert full["sft"] == 2000 + 3 * 2000 + 2000 + 480 + 2560  # weights, grads + AdamW, the cached file
+    assert full["dpo"] == 2000 + 2000 + 3 * 2000 + 2000 + 960 + 3584  # reference, policy, its grads + AdamW, file
+    assert full["rm"] == 2000 + 2000 + 4000 + 3 * 4000 + 7168
+    assert training_stages_memory(TOY, TOY, replace(LORA, shared=False), batch=2)["dpo"] == 8592 + 2000
 
 
 def save_llama(folder: Path, hidden: int, layers: int, kv_heads: int, ffn: int) -> Path:

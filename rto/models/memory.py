@@ -149,6 +149,41 @@ def packed_frozen_bytes(policy: Shape, rm: Shape, s: Setting) -> float:
             + (rm_weights * packed(s.critic_bytes) if critic_copy else 0))
 
 
+def training_stages_memory(policy: Shape, rm: Shape, s: Setting, batch: int = 64) -> dict[str, float]:
+    """The peak of each stage before PPO, in bytes: what it holds plus one training step's transient, at
+    `batch` rows (SFT: `sft.batch_size` examples; RM, DPO: `rm.batch_size` / `dpo.batch_size` pairs, 64
+    by default; these stages have no micro-batches). Held: the trained model's weights, gradients and
+    AdamW moments (LoRA: its adapters' only), the SFT policy that the RM starts from and DPO reads as its
+    reference, the cached GGUF weights. Transient: the activations the backward keeps (`activation_values`)
+    over the step's tokens, each pair's prompt run once for both responses (without gradient
+    checkpointing, which turns that sharing off), and the fp32 response logits of SFT and DPO with their
+    log-softmax and gradient (`3 x 4 x rows x R x V`). The reward model's LoRA is `critic_lora_r` (both
+    follow `reward_model`'s options)."""
+    b, T, R = s.weight_bytes, s.prompt_tokens + s.response_tokens, s.response_tokens
+    lora, rm_lora = policy.lora_params(s.lora_r), rm.lora_params(s.critic_lora_r)
+    weights = policy.params * b
+    cache = weights if s.gguf and not (s.lora_r and s.shared) else 0.0
+    trained = 4 * lora + 3 * 4 * lora if s.lora_r else 3 * weights  # beyond the weights
+    # a LoRA copy of the SFT policy shares its base (not under FSDP); a full one is its own weights
+    second_copy = (0.0 if s.shared else weights) if s.lora_r else weights
+
+    def pair_tokens(pairs: int, checkpointing: bool) -> float:
+        return 2 * pairs * T if checkpointing else pairs * s.prompt_tokens + 2 * pairs * R
+
+    def logits(rows: int) -> float:
+        return 3 * 4 * rows * R * policy.vocab
+
+    rm_trained = (4 * rm_lora + 3 * 4 * rm_lora) if s.critic_lora_r else 3 * rm.params * s.rm_bytes
+    return {
+        "sft": weights + trained + cache + logits(batch)
+        + policy.activation_values(batch * T, s.checkpointing) * b,
+        "rm": weights + cache + rm.params * s.rm_bytes + rm_trained
+        + rm.activation_values(pair_tokens(batch, s.critic_checkpointing), s.critic_checkpointing) * s.rm_bytes,
+        "dpo": weights + second_copy + trained + cache + logits(2 * batch)
+        + policy.activation_values(pair_tokens(batch, s.checkpointing), s.checkpointing) * b,
+    }
+
+
 # the pretrained presets' models (their config.json; GPT-2's and Pythia's GELU MLP of width 4h is
 # counted as a SwiGLU one, which overestimates its activations; its packed weights count its two matrices), and how each preset runs them (the
 # reward model and the critic in the policy's dtype: `reward_model.dtype` follows `model.dtype`)
@@ -182,6 +217,17 @@ def preset_table(micro: Optional[int] = None) -> str:
     return "\n".join(rows)
 
 
+def stages_table() -> str:
+    """The stages before PPO per preset, at their default batch of 64 and at 8, GB."""
+    rows = ["| preset | SFT, 64 / 8 | RM, 64 / 8 pairs | DPO, 64 / 8 pairs |", "|---|---|---|---|"]
+    for name, (policy, rm, setting) in PRESETS.items():
+        full, small = (training_stages_memory(policy, rm or policy, setting, batch) for batch in (64, 8))
+        rows.append(f"| {name} | " + " | ".join(f"{full[k] / GB:.1f} / {small[k] / GB:.1f}" for k in ("sft", "rm", "dpo"))
+                    + " |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     for micro in (None, 4):
         print(f"\nppo.micro_batch_size={micro}\n" + preset_table(micro))
+    print("\nSFT, RM and DPO (no micro-batches), at `<stage>.batch_size` 64 (the default) / 8\n" + stages_table())
