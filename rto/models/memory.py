@@ -1,4 +1,5 @@
-"""How much memory the PPO stage needs (the peak of a run): the formula of docs/MEMORY.md.
+"""How much memory the PPO stage needs, and the stages before it (`training_stages_memory`): the
+formula of docs/MEMORY.md.
 
     python -m rto.models.memory            # the estimate for every pretrained preset (docs/MEMORY.md's table)
 
@@ -152,20 +153,23 @@ def packed_frozen_bytes(policy: Shape, rm: Shape, s: Setting) -> float:
 def training_stages_memory(policy: Shape, rm: Shape, s: Setting, batch: int = 64) -> dict[str, float]:
     """The peak of each stage before PPO, in bytes: what it holds plus one training step's transient, at
     `batch` rows (SFT: `sft.batch_size` examples; RM, DPO: `rm.batch_size` / `dpo.batch_size` pairs, 64
-    by default; these stages have no micro-batches). Held: the trained model's weights, gradients and
-    AdamW moments (LoRA: its adapters' only), the SFT policy that the RM starts from and DPO reads as its
-    reference, the cached GGUF weights. Transient: the activations the backward keeps (`activation_values`)
+    by default; these stages have no micro-batches). What the stage's training module holds, on the
+    device it trains on: the trained model's weights, gradients and AdamW moments (LoRA: its adapters'
+    only; the reward model's are `critic_lora_r`'s, both following `reward_model`'s options), and for DPO
+    its reference, the SFT policy (one base with LoRA, and its adapter); the cached GGUF weights (a CPU
+    preset's). The models of earlier stages stay in the process's (host) memory, moved off the GPU when
+    their stage ends: on a CPU add the SFT policy's weights to the reward model's figure. Transient: the activations the backward keeps (`activation_values`)
     over the step's tokens, each pair's prompt run once for both responses (without gradient
     checkpointing, which turns that sharing off), and the fp32 response logits of SFT and DPO with their
-    log-softmax and gradient (`3 x 4 x rows x R x V`). The reward model's LoRA is `critic_lora_r` (both
-    follow `reward_model`'s options)."""
+    log-softmax and gradient (`3 x 4 x rows x R x V`)."""
     b, T, R = s.weight_bytes, s.prompt_tokens + s.response_tokens, s.response_tokens
     lora, rm_lora = policy.lora_params(s.lora_r), rm.lora_params(s.critic_lora_r)
     weights = policy.params * b
     cache = weights if s.gguf and not (s.lora_r and s.shared) else 0.0
     trained = 4 * lora + 3 * 4 * lora if s.lora_r else 3 * weights  # beyond the weights
-    # a LoRA copy of the SFT policy shares its base (not under FSDP); a full one is its own weights
-    second_copy = (0.0 if s.shared else weights) if s.lora_r else weights
+    # DPO's reference: with LoRA the SFT adapter on the policy's base (its own base unshared, under FSDP);
+    # without, a full copy
+    reference = ((0.0 if s.shared else weights) + 4 * lora) if s.lora_r else weights
 
     def pair_tokens(pairs: int, checkpointing: bool) -> float:
         return 2 * pairs * T if checkpointing else pairs * s.prompt_tokens + 2 * pairs * R
@@ -177,9 +181,9 @@ def training_stages_memory(policy: Shape, rm: Shape, s: Setting, batch: int = 64
     return {
         "sft": weights + trained + cache + logits(batch)
         + policy.activation_values(batch * T, s.checkpointing) * b,
-        "rm": weights + cache + rm.params * s.rm_bytes + rm_trained
+        "rm": rm.params * s.rm_bytes + rm_trained
         + rm.activation_values(pair_tokens(batch, s.critic_checkpointing), s.critic_checkpointing) * s.rm_bytes,
-        "dpo": weights + second_copy + trained + cache + logits(2 * batch)
+        "dpo": weights + reference + trained + cache + logits(2 * batch)
         + policy.activation_values(pair_tokens(batch, s.checkpointing), s.checkpointing) * b,
     }
 
