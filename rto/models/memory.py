@@ -105,8 +105,8 @@ def ppo_memory(policy: Shape, rm: Shape, s: Setting) -> dict[str, float]:
     else:
         out["policy weights"] = policy.params * s.weight_bytes * policies
         out["actor grads + AdamW"] = 3 * policy.params * s.weight_bytes
-    if s.gguf and not (s.lora_r and s.shared):
-        out["cached GGUF weights"] = policy.params * s.weight_bytes
+    if cached_gguf_bytes(policy, s):
+        out["cached GGUF weights"] = cached_gguf_bytes(policy, s)
     out["reward model"] = rm.params * s.rm_bytes
     if s.critic_lora_r:
         shares = s.shared and s.critic_bytes == s.rm_bytes
@@ -128,6 +128,12 @@ def ppo_memory(policy: Shape, rm: Shape, s: Setting) -> dict[str, float]:
         + rm.activation_values(rows * tokens, s.critic_checkpointing) * s.critic_bytes)
     out["total"] = held + max(out["sampling KV cache"], out["experience logits"], out["update activations"])
     return out
+
+
+def cached_gguf_bytes(policy: Shape, s: Setting) -> float:
+    """The GGUF file's dequantised weights, kept for later loads: a copy of the policy's, unless they are
+    the shared LoRA base itself."""
+    return policy.params * s.weight_bytes if s.gguf and not (s.lora_r and s.shared) else 0.0
 
 
 def packed_frozen_bytes(policy: Shape, rm: Shape, s: Setting) -> float:
@@ -158,15 +164,19 @@ def training_stages_memory(policy: Shape, rm: Shape, s: Setting, batch: int = 64
     only; the reward model's are `critic_lora_r`'s, both following `reward_model`'s options), and for DPO
     its reference, the SFT policy (one base with LoRA, and its adapter); the cached GGUF weights (a CPU
     preset's). The models of earlier stages stay in the process's (host) memory, moved off the GPU when
-    their stage ends: on a CPU add the SFT policy's weights to the reward model's figure. Transient: the activations the backward keeps (`activation_values`)
-    over the step's tokens, each pair's prompt run once for both responses (without gradient
-    checkpointing, which turns that sharing off), and the fp32 response logits of SFT and DPO with their
-    log-softmax and gradient (`3 x 4 x rows x R x V`)."""
+    their stage ends: on a CPU add the SFT policy's weights to the reward model's figure. Transient: the
+    activations the backward keeps (`activation_values`) over the step's tokens, each pair's prompt run
+    once for both responses (without gradient checkpointing, which turns that sharing off), and the fp32
+    response logits of SFT and DPO with their log-softmax and gradient (`3 x 4 x rows x R x V`)."""
     b, T, R = s.weight_bytes, s.prompt_tokens + s.response_tokens, s.response_tokens
     lora, rm_lora = policy.lora_params(s.lora_r), rm.lora_params(s.critic_lora_r)
     weights = policy.params * b
-    cache = weights if s.gguf and not (s.lora_r and s.shared) else 0.0
-    trained = 4 * lora + 3 * 4 * lora if s.lora_r else 3 * weights  # beyond the weights
+    cache = cached_gguf_bytes(policy, s)
+
+    def trained(adapter: float, full: float) -> float:
+        """Beyond the base weights: a LoRA's fp32 adapter, its gradient and AdamW moments; else the
+        full weights' gradient and moments (`lora_params(0)` is 0)."""
+        return 4 * adapter + 3 * 4 * adapter if adapter else 3 * full
     # DPO's reference: with LoRA the SFT adapter on the policy's base (its own base unshared, under FSDP);
     # without, a full copy
     reference = ((0.0 if s.shared else weights) + 4 * lora) if s.lora_r else weights
@@ -177,20 +187,20 @@ def training_stages_memory(policy: Shape, rm: Shape, s: Setting, batch: int = 64
     def logits(rows: int) -> float:
         return 3 * 4 * rows * R * policy.vocab
 
-    rm_trained = (4 * rm_lora + 3 * 4 * rm_lora) if s.critic_lora_r else 3 * rm.params * s.rm_bytes
     return {
-        "sft": weights + trained + cache + logits(batch)
+        "sft": weights + trained(lora, weights) + cache + logits(batch)
         + policy.activation_values(batch * T, s.checkpointing) * b,
-        "rm": rm.params * s.rm_bytes + rm_trained
+        "rm": rm.params * s.rm_bytes + trained(rm_lora, rm.params * s.rm_bytes)
         + rm.activation_values(pair_tokens(batch, s.critic_checkpointing), s.critic_checkpointing) * s.rm_bytes,
-        "dpo": weights + reference + trained + cache + logits(2 * batch)
+        "dpo": weights + reference + trained(lora, weights) + cache + logits(2 * batch)
         + policy.activation_values(pair_tokens(batch, s.checkpointing), s.checkpointing) * b,
     }
 
 
 # the pretrained presets' models (their config.json; GPT-2's and Pythia's GELU MLP of width 4h is
-# counted as a SwiGLU one, which overestimates its activations; its packed weights count its two matrices), and how each preset runs them (the
-# reward model and the critic in the policy's dtype: `reward_model.dtype` follows `model.dtype`)
+# counted as a SwiGLU one, which overestimates its activations; its packed weights count its two
+# matrices), and how each preset runs them (the reward model and the critic in the policy's dtype:
+# `reward_model.dtype` follows `model.dtype`)
 SMOLLM2_135M = Shape(134.5e6, 30, 576, 192, 1536, 49152)
 PRESETS = {  # preset -> (policy, reward model (None: the policy's backbone), setting)
     "gpt2": (Shape(124.4e6, 12, 768, 768, 3072, 50257, linear_blocks=False, mlp_matrices=2), None, Setting()),
@@ -226,8 +236,8 @@ def stages_table() -> str:
     rows = ["| preset | SFT, 64 / 8 | RM, 64 / 8 pairs | DPO, 64 / 8 pairs |", "|---|---|---|---|"]
     for name, (policy, rm, setting) in PRESETS.items():
         full, small = (training_stages_memory(policy, rm or policy, setting, batch) for batch in (64, 8))
-        rows.append(f"| {name} | " + " | ".join(f"{full[k] / GB:.1f} / {small[k] / GB:.1f}" for k in ("sft", "rm", "dpo"))
-                    + " |")
+        cells = [f"{full[k] / GB:.1f} / {small[k] / GB:.1f}" for k in ("sft", "rm", "dpo")]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

@@ -48,7 +48,8 @@ class EvaluationRecipe(StageRecipe):
         # the DPO model as a token-reward model: only where the task has per-word gold rewards to compare with
         dpo = upstream.get("dpo") if ctx.data.gold_tokens is not None else None
         # on the run's device and in its precision (`trainer.precision`), as its policies were trained
-        with stage_peak(ctx.metrics, "eval", off_step_device(ctx.cfg.trainer)), ctx.off_step(*policies.values(), upstream["sft"], scorer, judge, dpo):
+        with stage_peak(ctx.metrics, "eval", off_step_device(ctx.cfg.trainer)), \
+                ctx.off_step(*policies.values(), upstream["sft"], scorer, judge, dpo):
             results, samples = evaluate(policies, upstream["sft"], scorer, prompts, ctx.data.encoder, cfg, ctx.decode,
                                         ctx.data.gold, judge, optimum=ctx.data.optimum)
             ctx.metrics["time/eval_seconds"] = time.perf_counter() - start
