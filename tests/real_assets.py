@@ -32,11 +32,14 @@ def build_tokenizer(chat_template: bool, extra_words: tuple[str, ...] = ()) -> P
     return tok
 
 
-def save_tiny_llama(folder: Path, chat_template: bool = True, extra_words: tuple[str, ...] = ()) -> Path:
+def save_tiny_llama(folder: Path, chat_template: bool = True, extra_words: tuple[str, ...] = (), **shape) -> Path:
+    """`shape`: LlamaConfig fields that replace the defaults below (other widths, grouped keys and values,
+    an untied LM head)."""
     tok = build_tokenizer(chat_template, extra_words)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    fields = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+              "intermediate_size": 64, "tie_word_embeddings": True, **shape}
+    config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=128, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, **fields)
     LlamaForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

@@ -102,22 +102,6 @@ def test_training_stages_by_hand():
     assert training_stages_memory(TOY, TOY, replace(LORA, gguf=True), batch=2)["sft"] == 7088  # the base is the file's
 
 
-def save_llama(folder: Path, hidden: int, layers: int, kv_heads: int, ffn: int) -> Path:
-    """A tiny Llama with grouped keys and values (head width 16) and an untied LM head, and the test tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tests.real_assets import build_tokenizer
-
-    tok = build_tokenizer(chat_template=True)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 16, num_key_value_heads=kv_heads, intermediate_size=ffn,
-                         max_position_embeddings=128, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def shape_of(folder: Path) -> Shape:
     from transformers import AutoConfig
 
@@ -139,11 +123,11 @@ def test_packed_frozen_weights_match_what_a_ppo_stage_packs(tmp_path, monkeypatc
     from rto.main import train
     from rto.models import prepacked
     from tests.conftest import compose_config
-    from tests.real_assets import write_preference_sets
+    from tests.real_assets import save_tiny_llama, write_preference_sets
 
     if not prepacked.available():
         pytest.skip("this torch has no oneDNN packed linear")
-    policy = save_llama(tmp_path / "policy", hidden=32, layers=2, kv_heads=1, ffn=64)
+    policy = save_tiny_llama(tmp_path / "policy", num_key_value_heads=1, tie_word_embeddings=False)
     data = write_preference_sets(tmp_path / "data")["plain"]
     real = context.cpu_prepacked_linears
     stages = {}
@@ -163,7 +147,8 @@ def test_packed_frozen_weights_match_what_a_ppo_stage_packs(tmp_path, monkeypatc
                  "reward=sentence" if case == "full_sentence" else "reward=token"]
     rm_shape = shape_of(policy)
     if case == "rm_pretrained_lora":
-        rm = save_llama(tmp_path / "rm", hidden=48, layers=3, kv_heads=1, ffn=96)
+        rm = save_tiny_llama(tmp_path / "rm", hidden_size=48, num_hidden_layers=3, num_attention_heads=3,
+                             num_key_value_heads=1, intermediate_size=96, tie_word_embeddings=False)
         overrides += ["reward_model=pretrained", f"reward_model.path={rm}", f"reward_model.lora={LORA_OVERRIDE}"]
         rm_shape = shape_of(rm)
     train(compose_config("model=hf", f"model.pretrained={policy}", "data=jsonl", f"data.path={data}",
