@@ -97,12 +97,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.val_fraction": _number(lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "sft.epochs": _integer(lambda v: v >= 0, "an integer >= 0 (0: the starting model is the reference)"),
     "sft.batch_size": COUNT,
+    "sft.micro_batch_size": _optional(COUNT),
     "pairs.n_prompts": COUNT,
     "pairs.temperature": POSITIVE,
     "pairs.max_new_tokens": COUNT,
     "pairs.batch_size": COUNT,
     "rm.epochs": COUNT,
     "rm.batch_size": COUNT,
+    "rm.micro_batch_size": _optional(COUNT),
     "dpo.beta": POSITIVE,
     "dpo.loss": _one_of(DPO_LOSSES),
     "dpo.simpo_gamma": NON_NEGATIVE,
@@ -117,6 +119,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "kl_ctl.horizon": POSITIVE,
     "dpo.epochs": COUNT,
     "dpo.batch_size": COUNT,
+    "dpo.micro_batch_size": _optional(COUNT),
     "ppo.iterations": COUNT,
     "ppo.rollout_batch_size": COUNT,
     "ppo.minibatch_size": COUNT,
@@ -195,6 +198,38 @@ def learner_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def stage_micro_batch_problems(cfg: DictConfig) -> list[str]:
+    """`sft/rm/dpo.micro_batch_size` split a batch, so at most its size. A split stage optimises
+    manually (one backward per micro-batch, one step per batch), as the RL stage always does: Lightning
+    refuses its trainer-wide gradient clipping and accumulation flags there, and its DeepSpeed
+    strategy's engine is not run with several backwards per step here."""
+    problems, manual = [], []
+    for stage in ("sft", "rm", "dpo"):
+        node = cfg.get(stage)
+        micro = node.get("micro_batch_size") if node is not None else None
+        if micro is None:
+            continue
+        manual.append(f"{stage}.micro_batch_size={micro}")
+        if micro > node.batch_size:
+            problems.append(f"{stage}.micro_batch_size ({micro}) must not exceed {stage}.batch_size "
+                            f"({node.batch_size}): it splits a batch (null: no split)")
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
+    if manual and isinstance(strategy, str) and strategy.startswith("deepspeed"):
+        problems.append(f"trainer.strategy={strategy} is not run with micro-batches ({', '.join(manual)}): "
+                        "leave them null")
+    if cfg.get("stage") in ("all", "ppo"):
+        manual.append("the RL stage")
+    clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
+    accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=None)
+    for flag, value, used in (("gradient_clip_val", clip, clip not in (None, 0)),
+                              ("accumulate_grad_batches", accumulate, accumulate not in (None, 1))):
+        if used and manual:
+            problems.append(f"trainer.{flag}={value} does not apply under manual optimisation "
+                            f"({', '.join(manual)}): remove it (ppo.max_grad_norm clips the RL stage's gradients, "
+                            "*.micro_batch_size accumulates a batch's)")
+    return problems
+
+
 def _shown(cfg: DictConfig, key: str) -> str:
     """`key`, with the interpolation it takes its value from (`dpo.beta (${beta})`)."""
     parent, _, leaf = key.rpartition(".")
@@ -264,6 +299,7 @@ def validate(cfg: DictConfig) -> None:
     if micro is not None and not problems and micro > ppo.minibatch_size:
         problems.append(f"ppo.micro_batch_size ({micro}) must not exceed ppo.minibatch_size ({ppo.minibatch_size}): "
                         f"it splits a minibatch (null: no split)")
+    problems += [] if problems else stage_micro_batch_problems(cfg)
     strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
     if isinstance(strategy, str) and strategy.startswith("deepspeed") and cfg.get("stage") in ("all", "ppo"):
         problems.append(

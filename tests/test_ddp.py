@@ -85,6 +85,17 @@ def test_ddp_sft_matches_one_process(ddp_run, tmp_path):
     assert max_weight_diff(ddp_run, single, "sft") < 1e-4
 
 
+def test_ddp_sft_micro_batches_match_whole_batches(ddp_run, tmp_path):
+    """Each rank's batch of 16 split 5 + 5 + 5 + 1: a slice's token mean weighted by its share of the
+    rank's tokens, times the rank's share of all tokens, gives the unsplit DDP run (itself the one-process
+    run, above)."""
+    micro = cli(tmp_path, "trainer=ddp_cpu", "trainer.devices=2", "stage=sft", *batches(1), "sft.micro_batch_size=5")
+    whole_loss, micro_loss = logged(ddp_run, "sft/loss"), logged(micro, "sft/loss")
+    assert len(whole_loss) == len(micro_loss) == 40
+    assert max(abs(a - b) for a, b in zip(whole_loss, micro_loss)) < 1e-4
+    assert max_weight_diff(ddp_run, micro, "sft") < 1e-4
+
+
 def test_ddp_dpo_matches_one_process(ddp_run, tmp_path):
     single = cli(tmp_path, "stage=dpo", *from_ddp(ddp_run, "sft"), *batches(2))
     ddp_loss, single_loss = logged(ddp_run, "dpo/loss"), logged(single, "dpo/loss")

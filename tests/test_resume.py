@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 # small but with several resume checkpoints per stage: 12 DPO steps, 6 PPO iterations
@@ -21,24 +23,25 @@ ARGS = ["debug=tiny", "deterministic=true", "threads=1", "logger=csv", "dpo.epoc
 TOLERANCE = 1e-9
 
 
-def command(run_dir: Path) -> list[str]:
+def command(run_dir: Path, *extra: str) -> list[str]:
     # a cache of its own per run: a stage reused from another run would never be interrupted
-    return [sys.executable, "-m", "rto.main", *ARGS, f"hydra.run.dir={run_dir}", f"paths.cache_dir={run_dir}/cache"]
+    return [sys.executable, "-m", "rto.main", *ARGS, *extra, f"hydra.run.dir={run_dir}",
+            f"paths.cache_dir={run_dir}/cache"]
 
 
 def env() -> dict:
     return {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
 
 
-def run_to_end(run_dir: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(run_dir), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+def run_to_end(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(run_dir, *extra), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
-def kill_when_resumable(run_dir: Path, stage: str, timeout: float = 600) -> None:
+def kill_when_resumable(run_dir: Path, stage: str, *extra: str, timeout: float = 600) -> None:
     """Start the run and SIGKILL it as soon as `stage` has a complete resume checkpoint."""
-    proc = subprocess.Popen(command(run_dir), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(run_dir, *extra), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     resume_dir = run_dir / "checkpoints" / f"{stage}-resume"
     deadline = time.monotonic() + timeout
@@ -81,3 +84,20 @@ def test_kill_during_dpo_then_ppo_resumes_to_the_same_metrics(uninterrupted, tmp
     for key, value in expected.items():
         assert resumed[key] == pytest.approx(value, abs=TOLERANCE, rel=0), key
     assert not (tmp_path / "checkpoints" / "ppo-resume").exists()
+
+
+def test_kill_during_dpo_with_micro_batches_resumes_to_the_same_weights(tmp_path):
+    """Under manual optimisation (`dpo.micro_batch_size`) a resume checkpoint counts optimizer steps as
+    the automatic one does: a run killed mid-DPO ends with the uninterrupted run's DPO weights and metrics."""
+    micro = ("sft.micro_batch_size=5", "rm.micro_batch_size=7", "dpo.micro_batch_size=10")
+    whole, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    run_to_end(whole, *micro)
+    kill_when_resumable(killed, "dpo", *micro)
+    log = run_to_end(killed, *micro)
+    assert "resuming from" in log.stdout + log.stderr
+    expected, resumed = (load_file(run / "checkpoints" / "dpo" / "model.safetensors") for run in (whole, killed))
+    assert expected.keys() == resumed.keys()
+    for name, value in expected.items():
+        assert torch.equal(resumed[name], value), name
+    assert comparable(json.loads((killed / "metrics.json").read_text())) == \
+        comparable(json.loads((whole / "metrics.json").read_text()))

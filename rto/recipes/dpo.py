@@ -29,10 +29,13 @@ class DPORecipe(StageRecipe):
         train_pairs = ctx.data.train_pairs
         if cfg.precompute_ref and cfg.loss != "simpo":  # SimPO reads no reference
             with ctx.off_step(sft):  # the device and precision the policy's log-probs will have
-                train_pairs = with_reference_logps(sft, train_pairs, collate, cfg.batch_size, cfg.share_prompt)
+                # forward only, but a batch's logits: in micro-batches where the training step has them
+                slice_size = cfg.get("micro_batch_size") or cfg.batch_size
+                train_pairs = with_reference_logps(sft, train_pairs, collate, slice_size, cfg.share_prompt)
         val = ctx.loader(ctx.data.val_pairs, collate, cfg.batch_size, shuffle=False) if ctx.data.val_pairs else None
         module = DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt,
-                           loss=cfg.loss, simpo_gamma=cfg.simpo_gamma, ipo_per_token=cfg.ipo_per_token)
+                           loss=cfg.loss, simpo_gamma=cfg.simpo_gamma, ipo_per_token=cfg.ipo_per_token,
+                           micro_batch_size=cfg.get("micro_batch_size"))
         ctx.fit(self, module,
                 lambda: (ctx.loader(train_pairs, collate, cfg.batch_size, shuffle=True), val),
                 max_epochs=cfg.epochs)

@@ -27,7 +27,8 @@ class RewardModelRecipe(StageRecipe):
 
     def module(self, ctx, model) -> RewardModelModule:
         cfg = ctx.cfg.rm
-        return RewardModelModule(model, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt)
+        return RewardModelModule(model, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt,
+                                 micro_batch_size=cfg.get("micro_batch_size"))
 
     def train(self, ctx, upstream):
         cfg = ctx.cfg.rm

@@ -27,7 +27,7 @@ class SFTRecipe(StageRecipe):
             raise ConfigError(f"sft.epochs={cfg.epochs} fine-tunes on demonstrations, but data={ctx.cfg.data.name} "
                               f"has none: set sft.epochs=0 (the starting model is the reference)")
         collate = SFTCollator(ctx.data.encoder)
-        ctx.fit(self, SFTModule(policy, instantiate(cfg.optimizer)),
+        ctx.fit(self, SFTModule(policy, instantiate(cfg.optimizer), micro_batch_size=cfg.get("micro_batch_size")),
                 lambda: (ctx.loader(ctx.data.sft_rows, collate, cfg.batch_size, shuffle=True), None),
                 max_epochs=cfg.epochs)
         return policy

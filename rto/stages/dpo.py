@@ -3,7 +3,7 @@ log pi/pi_ref (y_l)])), IPO, and the reference-free, length-normalised SimPO (rt
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import lightning as L
 import torch
@@ -14,6 +14,7 @@ from rto.algos.losses import dpo_loss, ipo_loss, simpo_loss
 from rto.algos.masked import masked_sum
 from rto.models.forward import policy_logprobs
 from rto.models.precision import device_of
+from rto.stages.accumulation import AccumulatedSteps
 from rto.stages.guard import NonFiniteGuard
 
 
@@ -52,10 +53,12 @@ def preference_loss(kind: str, logps: torch.Tensor, ref_logps, lengths: torch.Te
     return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
 
 
-class DPOModule(NonFiniteGuard, L.LightningModule):
+class DPOModule(AccumulatedSteps, NonFiniteGuard, L.LightningModule):
+    stage, pairs = "dpo", True
+
     def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, beta: float, optimizer: Callable,
                  on_nonfinite: str = "raise", share_prompt: bool = True, loss: str = "sigmoid",
-                 simpo_gamma: float = 0.0, ipo_per_token: bool = False):
+                 simpo_gamma: float = 0.0, ipo_per_token: bool = False, micro_batch_size: Optional[int] = None):
         super().__init__()
         self.loss_kind, self.simpo_gamma, self.ipo_per_token = loss, simpo_gamma, ipo_per_token
         self.on_nonfinite = on_nonfinite
@@ -64,8 +67,9 @@ class DPOModule(NonFiniteGuard, L.LightningModule):
         self.reference = reference.eval().requires_grad_(False)
         self.beta = beta
         self.optimizer_factory = optimizer
+        self.use_micro_batches(micro_batch_size)
 
-    def _step(self, batch, prefix: str):
+    def losses(self, batch, train):
         logps = sequence_logps(self.policy, batch, self.share_prompt)
         if self.loss_kind == "simpo":  # reference-free: no reference forward at all
             ref_logps = torch.zeros_like(logps)
@@ -74,7 +78,6 @@ class DPOModule(NonFiniteGuard, L.LightningModule):
         else:
             with torch.no_grad():
                 ref_logps = sequence_logps(self.reference, batch, self.share_prompt)
-        train = prefix == ""
         if train and not (self.finite("dpo/policy_logprobs", logps) and self.finite("dpo/ref_logprobs", ref_logps)):
             return None
         lengths = batch["response_mask"].sum(dim=1)
@@ -82,18 +85,8 @@ class DPOModule(NonFiniteGuard, L.LightningModule):
                                                                  self.simpo_gamma, self.ipo_per_token)
         if train and not self.finite("dpo/loss", loss):
             return None
-        n = chosen_rewards.shape[0]
-        log = dict(batch_size=n, sync_dist=True)  # sync_dist: under DDP the mean over ranks
-        self.log(f"dpo/{prefix}loss", loss, prog_bar=True, **log)
-        self.log(f"dpo/{prefix}reward_accuracy", (chosen_rewards > rejected_rewards).float().mean(), **log)
-        self.log(f"dpo/{prefix}reward_margin", (chosen_rewards - rejected_rewards).mean(), **log)
-        return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val_")
+        return loss, {"reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+                      "reward_margin": (chosen_rewards - rejected_rewards).mean()}
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.parameters())

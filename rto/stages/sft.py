@@ -2,40 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import lightning as L
 import torch
 
-from rto.algos.masked import masked_mean
+from rto.algos.masked import as_bool, masked_mean
 from rto.models.forward import policy_logprobs
+from rto.stages.accumulation import AccumulatedSteps
 from rto.stages.distributed import token_share
 from rto.stages.guard import NonFiniteGuard
 
 
-class SFTModule(NonFiniteGuard, L.LightningModule):
-    def __init__(self, policy: torch.nn.Module, optimizer: Callable, on_nonfinite: str = "raise"):
+class SFTModule(AccumulatedSteps, NonFiniteGuard, L.LightningModule):
+    stage, pairs = "sft", False
+
+    def __init__(self, policy: torch.nn.Module, optimizer: Callable, on_nonfinite: str = "raise",
+                 micro_batch_size: Optional[int] = None):
         super().__init__()
         self.on_nonfinite = on_nonfinite
         self.policy = policy
         self.optimizer_factory = optimizer
+        self.use_micro_batches(micro_batch_size)
 
-    def _loss(self, batch) -> torch.Tensor:
+    def losses(self, batch, train):
         logprobs, _ = policy_logprobs(self.policy, batch)
-        return -masked_mean(logprobs, batch["response_mask"])
+        loss = -masked_mean(logprobs, batch["response_mask"])
+        if train and not self.finite("sft/loss", loss):
+            return None
+        return loss, {}
 
-    def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
-        if not self.finite("sft/loss", loss):
-            return None  # Lightning skips the optimizer step
-        # weighted by this rank's share of the global tokens: DDP's mean gradient (and the logged
-        # mean over ranks) is the 1-process one
-        loss = loss * token_share(self, batch["response_mask"])
-        self.log("sft/loss", loss, prog_bar=True, batch_size=batch["response_ids"].shape[0], sync_dist=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        self.log("sft/val_loss", self._loss(batch), batch_size=batch["response_ids"].shape[0], sync_dist=True)
+    def shares(self, batch, slices, train):
+        # a token mean: each slice weighted by its share of the batch's response tokens; in training
+        # also by this rank's share of the global tokens, so DDP's mean gradient (and the logged mean
+        # over ranks) is the 1-process one
+        share = token_share(self, batch["response_mask"]) if train else 1.0
+        if len(slices) == 1:
+            return [share]
+        tokens = as_bool(batch["response_mask"]).sum()
+        return [share * as_bool(s["response_mask"]).sum() / tokens for s in slices]
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.parameters())
