@@ -202,22 +202,27 @@ def stage_micro_batch_problems(cfg: DictConfig) -> list[str]:
     """`sft/rm/dpo.micro_batch_size` split a batch, so at most its size. A split stage optimises
     manually (one backward per micro-batch, one step per batch), as the RL stage always does: Lightning
     refuses its trainer-wide gradient clipping and accumulation flags there, and its DeepSpeed
-    strategy's engine is not run with several backwards per step here."""
+    strategy's engine is not run with several backwards per step here. Only the stages this job walks
+    count (`rto.pipeline.plan`: the one `stage=` names and those it needs)."""
+    from rto.pipeline import plan  # here, not at the top: the pipeline's modules import this one
+
+    walked = {recipe.name for recipe in plan(cfg)}
     problems, manual = [], []
     for stage in ("sft", "rm", "dpo"):
         node = cfg.get(stage)
         micro = node.get("micro_batch_size") if node is not None else None
         if micro is None:
             continue
-        manual.append(f"{stage}.micro_batch_size={micro}")
         if micro > node.batch_size:
             problems.append(f"{stage}.micro_batch_size ({micro}) must not exceed {stage}.batch_size "
                             f"({node.batch_size}): it splits a batch (null: no split)")
+        if stage in walked:
+            manual.append(f"{stage}.micro_batch_size={micro}")
     strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
     if manual and isinstance(strategy, str) and strategy.startswith("deepspeed"):
         problems.append(f"trainer.strategy={strategy} is not run with micro-batches ({', '.join(manual)}): "
                         "leave them null")
-    if cfg.get("stage") in ("all", "ppo"):
+    if "ppo" in walked:
         manual.append("the RL stage")
     clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
     accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=None)
@@ -225,8 +230,8 @@ def stage_micro_batch_problems(cfg: DictConfig) -> list[str]:
                               ("accumulate_grad_batches", accumulate, accumulate not in (None, 1))):
         if used and manual:
             problems.append(f"trainer.{flag}={value} does not apply under manual optimisation "
-                            f"({', '.join(manual)}): remove it (ppo.max_grad_norm clips the RL stage's gradients, "
-                            "*.micro_batch_size accumulates a batch's)")
+                            f"({', '.join(manual)}): remove it (the RL stage clips with ppo.max_grad_norm; SFT, RM "
+                            "and DPO in micro-batches train unclipped, and accumulate a batch's gradients)")
     return problems
 
 

@@ -24,8 +24,8 @@ from tests.csv_log import logged
 # SGD: the step is proportional to the gradient, so a gradient of the wrong scale (slices weighted
 # by rows instead of tokens, or alike whatever their size) shows in the parameters, where Adam's
 # normalisation would hide it. The rates move the weights by 1e-2 to 5e-2 over the epoch's 4 steps; the
-# split forwards' float rounding left them within 3e-8 of the unsplit run's (EPYC), while either wrong
-# weighting moved them 1e-3 to 6e-3 away
+# split forwards' float rounding left them within 3e-8 of the unsplit run's (EPYC; the tolerance leaves
+# room for other CPUs' rounding), while either wrong weighting moved them 1e-3 to 6e-3 away
 STAGES = {  # stage -> (its overrides, a micro-batch size that does not divide the batch of 32)
     "sft": (("sft.optimizer._target_=torch.optim.SGD", "sft.optimizer.lr=0.05"), 5),
     "rm": (("rm.optimizer._target_=torch.optim.SGD", "rm.optimizer.lr=0.05"), 7),
@@ -72,14 +72,15 @@ def test_micro_batches_give_the_parameters_of_the_whole_batch(upstream, tmp_path
     forward_rows[0] = 0
     micro_size = STAGES[stage][1]
     micro = stage_weights(stage, upstream, tmp_path / "micro", f"{stage}.micro_batch_size={micro_size}")
-    assert 0 < forward_rows[0] <= 2 * micro_size  # every forward saw one slice (a pair slice: 2 rows a pair)
+    # every forward saw one slice (a pair slice: 2 rows a pair)
+    assert 0 < forward_rows[0] <= (micro_size if stage == "sft" else 2 * micro_size)
     assert whole.keys() == micro.keys() and whole
     if stage == "sft":  # the initial policy: SFT for no epoch saves it
         train(compose_config("stage=sft", "sft.epochs=0", output_dir=tmp_path / "start"))
     start = checkpoint((tmp_path / "start" / "checkpoints" if stage == "sft" else upstream) / "sft")
     assert max(float((whole[k] - start[k]).abs().max()) for k in start if k in whole) > 5e-3  # it trained
     for name in whole:
-        torch.testing.assert_close(micro[name], whole[name], rtol=2.5e-7, atol=1e-7, msg=name)
+        torch.testing.assert_close(micro[name], whole[name], rtol=1e-6, atol=5e-7, msg=name)
     for key in LOGGED[stage]:  # the logged statistics are the whole batch's too
         whole_log, micro_log = logged(tmp_path / "whole", key), logged(tmp_path / "micro", key)
         assert len(whole_log) == len(micro_log) > 0, key
@@ -137,33 +138,43 @@ def test_bad_stage_micro_batches_are_refused(make_cfg, overrides, message):
 
 def test_good_stage_micro_batches_are_accepted(make_cfg):
     validate(make_cfg("sft.micro_batch_size=5", "rm.micro_batch_size=32", "dpo.micro_batch_size=1"))
-    validate(make_cfg("stage=sft", "+trainer.gradient_clip_val=1.0"))  # automatic optimisation: Lightning clips
+    # automatic optimisation in every stage the job walks: Lightning clips
+    validate(make_cfg("stage=sft", "+trainer.gradient_clip_val=1.0"))
+    validate(make_cfg("stage=sft", "dpo.micro_batch_size=8", "+trainer.gradient_clip_val=1.0"))  # DPO not run
+    validate(make_cfg("dpo=simpo", "eval.policies=[sft,dpo]", "+trainer.gradient_clip_val=1.0"))  # no RL stage
 
 
 def test_a_nan_in_one_micro_batch_skips_its_whole_batch(tmp_path, monkeypatch, caplog):
     """`on_nonfinite=skip`: a slice whose loss is NaN drops the whole batch (the gradients of the slices
-    before it too); the run goes on and ends with the weights of an unsplit run that skipped that batch."""
+    before it too); the run goes on and ends with the weights of an unsplit run that skipped those batches,
+    its skipped batches counted as steps alike (the warnings name the same steps)."""
     real = sft_stage.policy_logprobs
 
-    def poison(call: int):
+    def poison(*at: int):
         calls = [0]
 
         def poisoned(model, batch):
             logprobs, logits = real(model, batch)
             calls[0] += 1
-            return (logprobs + float("nan") if calls[0] == call else logprobs), logits
+            return (logprobs + float("nan") if calls[0] in at else logprobs), logits
         monkeypatch.setattr(sft_stage, "policy_logprobs", poisoned)
 
+    def skipped() -> list[str]:
+        return [r.message for r in caplog.records if r.message.startswith("skipping the batch")]
+
     common = ("stage=sft", "on_nonfinite=skip", *STAGES["sft"][0])
-    poison(2)  # the second batch, whole
-    train(compose_config(*common, output_dir=tmp_path / "whole"))
-    poison(7 + 4)  # the second batch's fourth slice of 5 (a batch of 32: 7 slices)
-    caplog.clear()
+    poison(2, 3)  # the second and third batches, whole
     with caplog.at_level(logging.WARNING, logger="rto.stages.guard"):
+        train(compose_config(*common, output_dir=tmp_path / "whole"))
+        whole_warnings = skipped()
+        caplog.clear()
+        # a batch of 32 is 7 slices of 5: the second batch's fourth slice, the third batch's first
+        poison(7 + 4, 7 + 4 + 1)
         train(compose_config(*common, "sft.micro_batch_size=5", output_dir=tmp_path / "micro"))
-    assert [r.message.startswith("skipping the batch: sft/loss") for r in caplog.records] == [True]
+    assert [w.split(" (")[0] for w in skipped()] == [w.split(" (")[0] for w in whole_warnings]
+    assert [" at step 1:" in whole_warnings[0], " at step 2:" in whole_warnings[1]] == [True, True]
     whole, micro = (checkpoint(tmp_path / run / "checkpoints" / "sft") for run in ("whole", "micro"))
     for name in whole:
-        torch.testing.assert_close(micro[name], whole[name], rtol=2.5e-7, atol=1e-7, msg=name)
-    # as logged by the unsplit run (which, as Lightning does, repeats the last value for the skipped batch)
+        torch.testing.assert_close(micro[name], whole[name], rtol=1e-6, atol=5e-7, msg=name)
+    # as logged by the unsplit run (which, as Lightning does, repeats the last value for a skipped batch)
     assert logged(tmp_path / "micro", "sft/loss") == pytest.approx(logged(tmp_path / "whole", "sft/loss"), rel=1e-6)

@@ -157,17 +157,19 @@ def packed_frozen_bytes(policy: Shape, rm: Shape, s: Setting) -> float:
 
 
 def training_stages_memory(policy: Shape, rm: Shape, s: Setting, batch: int = 64) -> dict[str, float]:
-    """The peak of each stage before PPO, in bytes: what it holds plus one training step's transient, at
-    `batch` rows (SFT: `sft.batch_size` examples; RM, DPO: `rm.batch_size` / `dpo.batch_size` pairs, 64
-    by default; these stages have no micro-batches). What the stage's training module holds, on the
-    device it trains on: the trained model's weights, gradients and AdamW moments (LoRA: its adapters'
-    only; the reward model's are `critic_lora_r`'s, both following `reward_model`'s options), and for DPO
-    its reference, the SFT policy (one base with LoRA, and its adapter); the cached GGUF weights (a CPU
-    preset's). The models of earlier stages stay in the process's (host) memory, moved off the GPU when
-    their stage ends: on a CPU add the SFT policy's weights to the reward model's figure. Transient: the
-    activations the backward keeps (`activation_values`) over the step's tokens, each pair's prompt run
-    once for both responses (without gradient checkpointing, which turns that sharing off), and the fp32
-    response logits of SFT and DPO with their log-softmax and gradient (`3 x 4 x rows x R x V`)."""
+    """The peak of each stage before PPO, in bytes: what it holds plus one forward and backward's
+    transient, at `batch` examples per forward (SFT: demonstrations; RM, DPO: pairs): the stage's
+    `*.batch_size` (64 by default), or its `*.micro_batch_size` where set, which splits a batch without
+    changing the training (gradients accumulate in the buffers counted anyway). What the stage's training
+    module holds, on the device it trains on: the trained model's weights, gradients and AdamW moments
+    (LoRA: its adapters' only; the reward model's are `critic_lora_r`'s, both following `reward_model`'s
+    options), and for DPO its reference, the SFT policy (one base with LoRA, and its adapter); the cached
+    GGUF weights (a CPU preset's). The models of earlier stages stay in the process's (host) memory, moved
+    off the GPU when their stage ends: on a CPU add the SFT policy's weights to the reward model's figure.
+    Transient: the activations the backward keeps (`activation_values`) over the forward's tokens, each
+    pair's prompt run once for both responses (without gradient checkpointing, which turns that sharing
+    off), and the fp32 response logits of SFT and DPO with their log-softmax and gradient
+    (`3 x 4 x rows x R x V`)."""
     b, T, R = s.weight_bytes, s.prompt_tokens + s.response_tokens, s.response_tokens
     lora, rm_lora = policy.lora_params(s.lora_r), rm.lora_params(s.critic_lora_r)
     weights = policy.params * b
@@ -232,7 +234,8 @@ def preset_table(micro: Optional[int] = None) -> str:
 
 
 def stages_table() -> str:
-    """The stages before PPO per preset, at their default batch of 64 and at 8, GB."""
+    """The stages before PPO per preset, a batch of 64 in one piece (the default) and in micro-batches of
+    8 (`<stage>.micro_batch_size=8`), GB."""
     rows = ["| preset | SFT, 64 / 8 | RM, 64 / 8 pairs | DPO, 64 / 8 pairs |", "|---|---|---|---|"]
     for name, (policy, rm, setting) in PRESETS.items():
         full, small = (training_stages_memory(policy, rm or policy, setting, batch) for batch in (64, 8))
@@ -244,4 +247,5 @@ def stages_table() -> str:
 if __name__ == "__main__":
     for micro in (None, 4):
         print(f"\nppo.micro_batch_size={micro}\n" + preset_table(micro))
-    print("\nSFT, RM and DPO (no micro-batches), at `<stage>.batch_size` 64 (the default) / 8\n" + stages_table())
+    print("\nSFT, RM and DPO: a batch of 64 (the default) in one piece / in micro-batches of 8 "
+          "(`<stage>.micro_batch_size=8`)\n" + stages_table())

@@ -121,7 +121,8 @@ class AccumulatedSteps:
         optimizer.zero_grad()
         totals = self.accumulate(batch, train=True)
         if totals is None:
-            optimizer.zero_grad()  # nothing of this batch reaches a step
+            optimizer.zero_grad()  # nothing of this batch reaches the parameters, but the step is
+            optimizer.step()  # counted (no gradient: no change), as Lightning counts a skipped automatic one
             return None
         optimizer.step()
         self.log_totals(totals, batch, "")

@@ -39,7 +39,7 @@ class SFTModule(AccumulatedSteps, NonFiniteGuard, L.LightningModule):
         share = token_share(self, batch["response_mask"]) if train else 1.0
         if len(slices) == 1:
             return [share]
-        tokens = as_bool(batch["response_mask"]).sum()
+        tokens = as_bool(batch["response_mask"]).sum().clamp(min=1)  # no token at all: weights 0, not NaN
         return [share * as_bool(s["response_mask"]).sum() / tokens for s in slices]
 
     def configure_optimizers(self):
