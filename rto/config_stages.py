@@ -1,0 +1,93 @@
+"""Checks that relate the training stages' config keys, run once every key has passed its own rule
+(`rto.config.validate`): the RL learner's sampling budget, how the RL and earlier stages split their
+batches, and the trainer flags a stage's optimisation cannot take."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from rto.algos.rewards import reward_variant
+
+
+def stage_problems(cfg: DictConfig) -> list[str]:
+    problems = learner_problems(cfg)
+    problems += [] if problems else rl_batch_problems(cfg)
+    return problems + ([] if problems else stage_micro_batch_problems(cfg))
+
+
+def learner_problems(cfg: DictConfig) -> list[str]:
+    """`algo.*` against the learner registry, the response budget, and a SimPO model as a reward source."""
+    from rto.recipes.rl import LEARNERS  # the registry imports the stages (and they this module)
+
+    problems, algo = [], cfg.get("algo")
+    if algo is not None:
+        if algo.get("name") not in LEARNERS:
+            return [f"algo.name must be one of {', '.join(LEARNERS)}, got {algo.get('name')!r}"]
+        k, least = algo.samples_per_prompt, LEARNERS[algo.name].min_samples_per_prompt
+        if k < least:
+            problems.append(f"algo={algo.name} compares each response with the prompt's other samples: "
+                            f"algo.samples_per_prompt must be >= {least}, got {k}")
+        ppo = cfg.get("ppo")
+        if ppo is not None and ppo.rollout_batch_size % k:
+            problems.append(f"ppo.rollout_batch_size ({ppo.rollout_batch_size}, sampled responses per rank) must be "
+                            f"a multiple of algo.samples_per_prompt ({k}): a prompt's samples stay together")
+    dpo_loss = OmegaConf.select(cfg, "dpo.loss", default="sigmoid")
+    runs_rl = cfg.get("stage") in ("all", "ppo", "eval") and "policy" in (OmegaConf.select(
+        cfg, "eval.policies", default=None) or ["policy"])
+    if dpo_loss == "simpo" and runs_rl and reward_variant(cfg.reward.name).uses_dpo:
+        problems.append(f"reward={cfg.reward.name} reads the DPO model's beta * log pi/pi_ref as its reward, "
+                        "which a reference-free SimPO model (dpo.loss=simpo) does not have: train SimPO as a "
+                        "baseline row (dpo=simpo eval.policies=[sft,dpo]) and RTO with dpo.loss=sigmoid or ipo")
+    return problems
+
+
+def rl_batch_problems(cfg: DictConfig) -> list[str]:
+    """A minibatch within the rollout, a micro-batch within the minibatch."""
+    ppo = cfg.get("ppo")
+    if ppo is None:
+        return []
+    if ppo.minibatch_size > ppo.rollout_batch_size:
+        return [f"ppo.minibatch_size ({ppo.minibatch_size}) must not exceed "
+                f"ppo.rollout_batch_size ({ppo.rollout_batch_size})"]
+    micro = ppo.get("micro_batch_size")
+    if micro is not None and micro > ppo.minibatch_size:
+        return [f"ppo.micro_batch_size ({micro}) must not exceed ppo.minibatch_size ({ppo.minibatch_size}): "
+                f"it splits a minibatch (null: no split)"]
+    return []
+
+
+def stage_micro_batch_problems(cfg: DictConfig) -> list[str]:
+    """`sft/rm/dpo.micro_batch_size` split a batch, so at most its size. A split stage optimises
+    manually (one backward per micro-batch, one step per batch), as the RL stage always does: Lightning
+    refuses its trainer-wide gradient clipping and accumulation flags there, and its DeepSpeed
+    strategy's engine is not run with several backwards per step here. Only the stages this job walks
+    count (`rto.pipeline.plan`: the one `stage=` names and those it needs)."""
+    from rto.pipeline import plan  # here, not at the top: the pipeline's modules import this one
+
+    walked = {recipe.name for recipe in plan(cfg)}
+    problems, manual = [], []
+    for stage in ("sft", "rm", "dpo"):
+        node = cfg.get(stage)
+        micro = node.get("micro_batch_size") if node is not None else None
+        if micro is None:
+            continue
+        if micro > node.batch_size:
+            problems.append(f"{stage}.micro_batch_size ({micro}) must not exceed {stage}.batch_size "
+                            f"({node.batch_size}): it splits a batch (null: no split)")
+        if stage in walked:
+            manual.append(f"{stage}.micro_batch_size={micro}")
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
+    if manual and isinstance(strategy, str) and strategy.startswith("deepspeed"):
+        problems.append(f"trainer.strategy={strategy} is not run with micro-batches ({', '.join(manual)}): "
+                        "leave them null")
+    if "ppo" in walked:
+        manual.append("the RL stage")
+    clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
+    accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=None)
+    for flag, value, used in (("gradient_clip_val", clip, clip not in (None, 0)),
+                              ("accumulate_grad_batches", accumulate, accumulate not in (None, 1))):
+        if used and manual:
+            problems.append(f"trainer.{flag}={value} does not apply under manual optimisation "
+                            f"({', '.join(manual)}): remove it (the RL stage clips with ppo.max_grad_norm; SFT, RM "
+                            "and DPO in micro-batches train unclipped, and accumulate a batch's gradients)")
+    return problems
