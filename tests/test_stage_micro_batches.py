@@ -31,6 +31,9 @@ STAGES = {  # stage -> (its overrides, a micro-batch size that does not divide t
     "rm": (("rm.optimizer._target_=torch.optim.SGD", "rm.optimizer.lr=0.05"), 7),
     "dpo": (("dpo.optimizer._target_=torch.optim.SGD", "dpo.optimizer.lr=0.2"), 10),
 }
+CASES = {"sft": ("sft",), "rm": ("rm",), "dpo": ("dpo",),  # case -> (stage, more overrides)
+         # the DPO stage's other losses (IPO: its squared loss diverges at the DPO rate)
+         "ipo": ("dpo", "dpo=ipo", "dpo.optimizer.lr=0.002"), "simpo": ("dpo", "dpo=simpo")}
 LOGGED = {"sft": ("sft/loss",), "rm": ("rm/loss", "rm/accuracy", "rm/val_loss", "rm/val_accuracy"),
           "dpo": ("dpo/loss", "dpo/reward_accuracy", "dpo/reward_margin", "dpo/val_loss", "dpo/val_reward_margin")}
 
@@ -65,13 +68,14 @@ def forward_rows(monkeypatch):
     return most
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
-def test_micro_batches_give_the_parameters_of_the_whole_batch(upstream, tmp_path, stage, forward_rows):
-    whole = stage_weights(stage, upstream, tmp_path / "whole")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_micro_batches_give_the_parameters_of_the_whole_batch(upstream, tmp_path, case, forward_rows):
+    stage, *loss = CASES[case]
+    whole = stage_weights(stage, upstream, tmp_path / "whole", *loss)
     assert forward_rows[0] >= 32  # a whole batch (pairs: 64 rows, or 32 prompts under prompt sharing)
     forward_rows[0] = 0
     micro_size = STAGES[stage][1]
-    micro = stage_weights(stage, upstream, tmp_path / "micro", f"{stage}.micro_batch_size={micro_size}")
+    micro = stage_weights(stage, upstream, tmp_path / "micro", *loss, f"{stage}.micro_batch_size={micro_size}")
     # every forward saw one slice (a pair slice: 2 rows a pair)
     assert 0 < forward_rows[0] <= (micro_size if stage == "sft" else 2 * micro_size)
     assert whole.keys() == micro.keys() and whole
