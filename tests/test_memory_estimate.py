@@ -161,3 +161,43 @@ def test_packed_frozen_weights_match_what_a_ppo_stage_packs(tmp_path, monkeypatc
                       cpu_prepack=True, prepack_min_elements=min_elements)
     assert stages["PPOModule"] > 0
     assert stages["PPOModule"] * 4 == packed_frozen_bytes(shape_of(policy), rm_shape, setting)
+
+
+def doc_table_rows(header_start: str) -> dict[str, list[str]]:
+    """The rows of docs/MEMORY.md's table whose header begins with `header_start`, by preset: their cells."""
+    lines = (Path(__file__).resolve().parents[1] / "docs" / "MEMORY.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_the_docs_preset_tables_are_the_formulas():
+    """docs/MEMORY.md's PPO and earlier-stage tables print what `rto.models.memory` computes today (a
+    change of the formula or of a preset's shape fails here until the docs are updated)."""
+    def gb(value: float) -> float:
+        return round(value / 1e9, 1)
+
+    ppo_rows = doc_table_rows("| preset | held | sampling KV cache |")
+    stage_rows = doc_table_rows("| preset | SFT, batch 64 / micro-batches of 8 |")
+    assert set(ppo_rows) == set(stage_rows) == set(PRESETS)
+    for name, (policy, rm, setting) in PRESETS.items():
+        rm = rm or policy
+        whole, micro = ppo_memory(policy, rm, setting), ppo_memory(policy, rm, replace(setting, micro=4))
+        held = whole["total"] - max(whole["sampling KV cache"], whole["experience logits"],
+                                    whole["update activations"])
+        packed = [gb(packed_frozen_bytes(policy, rm, replace(setting, bf16_mixed=b16))) for b16 in (False, True)]
+        expected = [gb(held), gb(whole["sampling KV cache"]),
+                    f"{gb(whole['experience logits'])} ({gb(micro['experience logits'])})",
+                    f"{gb(whole['update activations'])} ({gb(micro['update activations'])})",
+                    gb(whole["total"]), gb(micro["total"]), packed]
+        cells = ppo_rows[name]
+        shown = [float(cells[0]), float(cells[1]), cells[2], cells[3], float(cells[4]), float(cells[5]),
+                 [float(v) for v in cells[6].split(" / ")]]
+        assert shown == expected, name
+        stages = [training_stages_memory(policy, rm, setting, batch) for batch in (64, 8)]
+        assert stage_rows[name] == [f"{gb(stages[0][k])} / {gb(stages[1][k])}" for k in ("sft", "rm", "dpo")], name
