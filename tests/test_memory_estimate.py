@@ -88,15 +88,21 @@ def test_training_stages_by_hand():
     stages = training_stages_memory(TOY, TOY, LORA, batch=2)
     assert stages["sft"] == 2000 + 2048 + 3 * 4 * 2 * 2 * 10 + 10 * 128 * 2 == 7088
     assert stages["rm"] == 4000 + 2048 + 14 * 128 * 4 == 13216  # the RM (fp32) and its LoRA; the SFT policy is off it
-    # the policy's base (the reference's too), the reference's adapter, the policy's adapter with its grads + AdamW
-    assert stages["dpo"] == 2000 + 512 + 2048 + 3 * 4 * 4 * 2 * 10 + 14 * 128 * 2 == 9104
-    checkpointed = training_stages_memory(TOY, TOY, replace(LORA, checkpointing=True), batch=2)
+    # the policy's base and its adapter with grads + AdamW; the reference log-probs precomputed (the
+    # default), so no reference on the device
+    assert stages["dpo"] == 2000 + 2048 + 3 * 4 * 4 * 2 * 10 + 14 * 128 * 2 == 8592
+    # a step reads the reference (dpo.precompute_ref=false): its adapter on the policy's (shared) base too
+    per_step = replace(LORA, dpo_precompute_ref=False)
+    assert training_stages_memory(TOY, TOY, per_step, batch=2)["dpo"] == 8592 + 512 == 9104
+    checkpointed = training_stages_memory(TOY, TOY, replace(per_step, checkpointing=True), batch=2)
     assert checkpointed["dpo"] == 2000 + 512 + 2048 + 960 + 20 * (2 * 4 + 64) * 2
-    full = training_stages_memory(TOY, TOY, replace(LORA, lora_r=0, critic_lora_r=0, gguf=True), batch=2)
+    full = training_stages_memory(TOY, TOY, replace(per_step, lora_r=0, critic_lora_r=0, gguf=True), batch=2)
     assert full["sft"] == 2000 + 3 * 2000 + 2000 + 480 + 2560  # weights, grads + AdamW, the cached file
     assert full["dpo"] == 2000 + 2000 + 3 * 2000 + 2000 + 960 + 3584  # reference, policy, its grads + AdamW, file
+    full_precomputed = replace(LORA, lora_r=0, critic_lora_r=0, gguf=True)
+    assert training_stages_memory(TOY, TOY, full_precomputed, batch=2)["dpo"] == full["dpo"] - 2000  # no copy
     assert full["rm"] == 4000 + 3 * 4000 + 7168
-    assert training_stages_memory(TOY, TOY, replace(LORA, shared=False), batch=2)["dpo"] == 9104 + 2000
+    assert training_stages_memory(TOY, TOY, replace(per_step, shared=False), batch=2)["dpo"] == 9104 + 2000
     # a reward model of another shape (1 layer: 64 LoRA parameters, 64 values per token)
     assert training_stages_memory(TOY, replace(TOY, layers=1), LORA, batch=2)["rm"] == 4000 + 16 * 64 + 14 * 64 * 4
     assert training_stages_memory(TOY, TOY, replace(LORA, gguf=True), batch=2)["sft"] == 7088  # the base is the file's

@@ -91,6 +91,7 @@ class Setting:
     cpu_prepack: bool = False  # a CPU process with `cpu_prepack.enabled`: packed copies of the frozen linear weights
     prepack_min_elements: int = 2 ** 18  # `cpu_prepack.min_weight_elements`
     bf16_mixed: bool = False  # `trainer.precision=bf16-mixed` (only the packs' term reads it so far)
+    dpo_precompute_ref: bool = True  # `dpo.precompute_ref`: DPO's module holds no reference (none on its device)
 
 
 def ppo_memory(policy: Shape, rm: Shape, s: Setting) -> dict[str, float]:
@@ -163,9 +164,11 @@ def training_stages_memory(policy: Shape, rm: Shape, s: Setting, batch: int = 64
     changing the training (gradients accumulate in the buffers counted anyway). What the stage's training
     module holds, on the device it trains on: the trained model's weights, gradients and AdamW moments
     (LoRA: its adapters' only; the reward model's are `critic_lora_r`'s, both following `reward_model`'s
-    options), and for DPO its reference, the SFT policy (one base with LoRA, and its adapter); the cached
-    GGUF weights (a CPU preset's). The models of earlier stages stay in the process's (host) memory, moved
-    off the GPU when their stage ends: on a CPU add the SFT policy's weights to the reward model's figure.
+    options), and for DPO without `dpo.precompute_ref` its reference, the SFT policy (one base with LoRA,
+    and its adapter; with the reference log-probs precomputed, the default, the module holds none); the
+    cached GGUF weights (a CPU preset's). The models of earlier stages stay in the process's (host) memory,
+    moved off the GPU when their stage ends: on a CPU add the SFT policy's weights to the reward model's
+    figure, and (with `dpo.precompute_ref`) to DPO's.
     Transient: the activations the backward keeps (`activation_values`) over the forward's tokens, each
     pair's prompt run once for both responses (without gradient checkpointing, which turns that sharing
     off), and the fp32 response logits of SFT and DPO with their log-softmax and gradient
@@ -179,9 +182,10 @@ def training_stages_memory(policy: Shape, rm: Shape, s: Setting, batch: int = 64
         """Beyond the base weights: a LoRA's fp32 adapter, its gradient and AdamW moments; else the
         full weights' gradient and moments (`lora_params(0)` is 0)."""
         return 4 * adapter + 3 * 4 * adapter if adapter else 3 * full
-    # DPO's reference: with LoRA the SFT adapter on the policy's base (its own base unshared, under FSDP);
-    # without, a full copy
+    # DPO's reference where a step reads it: with LoRA the SFT adapter on the policy's base (its own base
+    # unshared, under FSDP); without, a full copy
     reference = ((0.0 if s.shared else weights) + 4 * lora) if s.lora_r else weights
+    reference = 0.0 if s.dpo_precompute_ref else reference
 
     def pair_tokens(pairs: int, checkpointing: bool) -> float:
         return 2 * pairs * T if checkpointing else pairs * s.prompt_tokens + 2 * pairs * R

@@ -26,14 +26,19 @@ class DPORecipe(StageRecipe):
         sft = upstream["sft"]
         policy = load_policy(upstream.path("sft"), ctx.cfg.model)  # a trainable copy; sft stays the reference
         collate = PairCollator(ctx.data.encoder)
-        train_pairs = ctx.data.train_pairs
-        if cfg.precompute_ref and cfg.loss != "simpo":  # SimPO reads no reference
+        train_pairs, val_pairs = ctx.data.train_pairs, ctx.data.val_pairs
+        precompute = cfg.precompute_ref and cfg.loss != "simpo"  # SimPO reads no reference
+        if precompute:
             with ctx.off_step(sft):  # the device and precision the policy's log-probs will have
                 # forward only, but a batch's logits: in micro-batches where the training step has them
                 slice_size = cfg.get("micro_batch_size") or cfg.batch_size
-                train_pairs = with_reference_logps(sft, train_pairs, collate, slice_size, cfg.share_prompt)
-        val = ctx.loader(ctx.data.val_pairs, collate, cfg.batch_size, shuffle=False) if ctx.data.val_pairs else None
-        module = DPOModule(policy, sft, cfg.beta, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt,
+                train_pairs, val_pairs = (with_reference_logps(sft, pairs, collate, slice_size, cfg.share_prompt)
+                                          if pairs else pairs for pairs in (train_pairs, val_pairs))
+        val = ctx.loader(val_pairs, collate, cfg.batch_size, shuffle=False) if val_pairs else None
+        # every reference log-prob precomputed, or none read (SimPO): the module holds no reference, which
+        # then stays off the training device (Lightning moves the module's models there)
+        reference = None if precompute or cfg.loss == "simpo" else sft
+        module = DPOModule(policy, reference, cfg.beta, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt,
                            loss=cfg.loss, simpo_gamma=cfg.simpo_gamma, ipo_per_token=cfg.ipo_per_token,
                            micro_batch_size=cfg.get("micro_batch_size"))
         ctx.fit(self, module,

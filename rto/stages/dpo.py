@@ -56,7 +56,7 @@ def preference_loss(kind: str, logps: torch.Tensor, ref_logps, lengths: torch.Te
 class DPOModule(AccumulatedSteps, NonFiniteGuard, L.LightningModule):
     stage, pairs = "dpo", True
 
-    def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, beta: float, optimizer: Callable,
+    def __init__(self, policy: torch.nn.Module, reference: Optional[torch.nn.Module], beta: float, optimizer: Callable,
                  on_nonfinite: str = "raise", share_prompt: bool = True, loss: str = "sigmoid",
                  simpo_gamma: float = 0.0, ipo_per_token: bool = False, micro_batch_size: Optional[int] = None):
         super().__init__()
@@ -64,7 +64,8 @@ class DPOModule(AccumulatedSteps, NonFiniteGuard, L.LightningModule):
         self.on_nonfinite = on_nonfinite
         self.share_prompt = share_prompt
         self.policy = policy
-        self.reference = reference.eval().requires_grad_(False)
+        # None where every batch brings its `ref_logps` (`dpo.precompute_ref`) or none is read (SimPO)
+        self.reference = None if reference is None else reference.eval().requires_grad_(False)
         self.beta = beta
         self.optimizer_factory = optimizer
         self.use_micro_batches(micro_batch_size)
@@ -75,6 +76,8 @@ class DPOModule(AccumulatedSteps, NonFiniteGuard, L.LightningModule):
             ref_logps = torch.zeros_like(logps)
         elif "ref_logps" in batch:  # precomputed once over the data (`dpo.precompute_ref`)
             ref_logps = batch["ref_logps"].to(logps)
+        elif self.reference is None:
+            raise ValueError("a DPO batch without ref_logps, and no reference model to compute them")
         else:
             with torch.no_grad():
                 ref_logps = sequence_logps(self.reference, batch, self.share_prompt)
