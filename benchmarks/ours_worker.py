@@ -127,8 +127,9 @@ def gpt2_work(work: str, cfg, spec: dict, steps: int):
         if cfg.dpo.precompute_ref:  # once per dataset, before training: not part of a step (as in TRL)
             pairs = with_reference_logps(reference, pairs, PairCollator(encoder), spec["dpo_pairs"],
                                          cfg.dpo.share_prompt)
-        module = DPOModule(load_policy(spec["model"]), reference, cfg.dpo.beta, instantiate(cfg.dpo.optimizer),
-                           share_prompt=cfg.dpo.share_prompt)
+        # as the DPO recipe: with the log-probs precomputed the module holds no reference
+        module = DPOModule(load_policy(spec["model"]), None if cfg.dpo.precompute_ref else reference, cfg.dpo.beta,
+                           instantiate(cfg.dpo.optimizer), share_prompt=cfg.dpo.share_prompt)
         sampler = RandomSampler(pairs, replacement=True, num_samples=steps * spec["dpo_pairs"])
         return module, DataLoader(pairs, batch_size=spec["dpo_pairs"], sampler=sampler,
                                   collate_fn=PairCollator(encoder))

@@ -65,4 +65,22 @@ def test_precomputed_and_per_step_references_give_the_same_held_out_metrics(upst
                              output_dir=out))
         runs[precompute] = {key: logged(out, key) for key in ("dpo/val_loss", "dpo/val_reward_margin")}
     for key, values in runs[True].items():
+        assert values and runs[False][key], key  # validation ran in both
         assert values == pytest.approx(runs[False][key], rel=1e-5, abs=1e-6), key
+
+
+def test_a_resume_checkpoint_with_a_reference_loads_into_a_module_without_one(make_cfg):
+    """Resume checkpoints written while the module held its reference (before the held-out pairs'
+    reference log-probs were precomputed too) carry `reference.*` weights: they resume, those dropped."""
+    cfg = make_cfg()
+    data = load_data(cfg.data)
+    policy, reference = (build_policy(cfg.model, data.tokenizer) for _ in range(2))
+    state = DPOModule(policy, reference, 0.1, torch.optim.AdamW).state_dict()
+    assert any(key.startswith("reference.") for key in state)
+    without = DPOModule(build_policy(cfg.model, data.tokenizer), None, 0.1, torch.optim.AdamW)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        without.load_state_dict(state)  # what Lightning's strict restore would meet
+    checkpoint = {"state_dict": dict(state)}
+    without.on_load_checkpoint(checkpoint)
+    without.load_state_dict(checkpoint["state_dict"])
+    assert all(torch.equal(value, state[key]) for key, value in without.state_dict().items())

@@ -91,5 +91,13 @@ class DPOModule(AccumulatedSteps, NonFiniteGuard, L.LightningModule):
         return loss, {"reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
                       "reward_margin": (chosen_rewards - rejected_rewards).mean()}
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # a resume checkpoint of a module that held its reference (written before the reference
+        # log-probs of held-out pairs were precomputed too): those frozen weights are not this module's
+        if self.reference is None:
+            state = checkpoint["state_dict"]
+            for key in [key for key in state if key.startswith("reference.")]:
+                del state[key]
+
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.parameters())
