@@ -9,6 +9,13 @@ from omegaconf import DictConfig, OmegaConf
 from rto.algos.rewards import reward_variant
 
 
+def walked_stages(cfg: DictConfig) -> set[str]:
+    """The stages this job walks (`rto.pipeline.plan`: the one `stage=` names and those it needs)."""
+    from rto.pipeline import plan  # here, not at the top: the pipeline's modules import this one
+
+    return {recipe.name for recipe in plan(cfg)}
+
+
 def stage_problems(cfg: DictConfig) -> list[str]:
     problems = learner_problems(cfg)
     problems += [] if problems else rl_batch_problems(cfg)
@@ -32,9 +39,7 @@ def learner_problems(cfg: DictConfig) -> list[str]:
             problems.append(f"ppo.rollout_batch_size ({ppo.rollout_batch_size}, sampled responses per rank) must be "
                             f"a multiple of algo.samples_per_prompt ({k}): a prompt's samples stay together")
     dpo_loss = OmegaConf.select(cfg, "dpo.loss", default="sigmoid")
-    runs_rl = cfg.get("stage") in ("all", "ppo", "eval") and "policy" in (OmegaConf.select(
-        cfg, "eval.policies", default=None) or ["policy"])
-    if dpo_loss == "simpo" and runs_rl and reward_variant(cfg.reward.name).uses_dpo:
+    if dpo_loss == "simpo" and reward_variant(cfg.reward.name).uses_dpo and "ppo" in walked_stages(cfg):
         problems.append(f"reward={cfg.reward.name} reads the DPO model's beta * log pi/pi_ref as its reward, "
                         "which a reference-free SimPO model (dpo.loss=simpo) does not have: train SimPO as a "
                         "baseline row (dpo=simpo eval.policies=[sft,dpo]) and RTO with dpo.loss=sigmoid or ipo")
@@ -61,10 +66,8 @@ def stage_micro_batch_problems(cfg: DictConfig) -> list[str]:
     manually (one backward per micro-batch, one step per batch), as the RL stage always does: Lightning
     refuses its trainer-wide gradient clipping and accumulation flags there, and its DeepSpeed
     strategy's engine is not run with several backwards per step here. Only the stages this job walks
-    count (`rto.pipeline.plan`: the one `stage=` names and those it needs)."""
-    from rto.pipeline import plan  # here, not at the top: the pipeline's modules import this one
-
-    walked = {recipe.name for recipe in plan(cfg)}
+    count."""
+    walked = walked_stages(cfg)
     problems, manual = [], []
     for stage in ("sft", "rm", "dpo"):
         node = cfg.get(stage)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.csv_log import logged
+from tests.test_resume import comparable
 
 ROOT = Path(__file__).resolve().parents[1]
 # horizon 10 responses: beta moves by up to 20 % x 8 / 10 per iteration, visibly
@@ -54,11 +55,6 @@ def kill_after_first_rl_checkpoint(run_dir: Path, cache: Path) -> Path:
     assert proc.returncode == -signal.SIGKILL, "the run finished before it was killed"
     (sidecar,) = resume_dir.glob("*.ckpt.json")
     return sidecar.with_suffix("")
-
-
-def comparable(metrics: dict) -> dict:
-    # timings differ, and whether a stage came from the cache is bookkeeping, not a result
-    return {k: v for k, v in metrics.items() if not k.startswith(("time/", "cache/", "memory/"))}
 
 
 def test_critic_free_learner_with_adaptive_kl_resumes_to_the_same_metrics(tmp_path):

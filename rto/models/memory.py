@@ -106,8 +106,9 @@ def ppo_memory(policy: Shape, rm: Shape, s: Setting) -> dict[str, float]:
     else:
         out["policy weights"] = policy.params * s.weight_bytes * policies
         out["actor grads + AdamW"] = 3 * policy.params * s.weight_bytes
-    if cached_gguf_bytes(policy, s):
-        out["cached GGUF weights"] = cached_gguf_bytes(policy, s)
+    cache = cached_gguf_bytes(policy, s)
+    if cache:
+        out["cached GGUF weights"] = cache
     out["reward model"] = rm.params * s.rm_bytes
     if s.critic_lora_r:
         shares = s.shared and s.critic_bytes == s.rm_bytes
@@ -129,6 +130,11 @@ def ppo_memory(policy: Shape, rm: Shape, s: Setting) -> dict[str, float]:
         + rm.activation_values(rows * tokens, s.critic_checkpointing) * s.critic_bytes)
     out["total"] = held + max(out["sampling KV cache"], out["experience logits"], out["update activations"])
     return out
+
+
+def held_bytes(parts: dict[str, float]) -> float:
+    """What `ppo_memory`'s run holds throughout: its total less the largest of the phases' transients."""
+    return parts["total"] - max(parts["sampling KV cache"], parts["experience logits"], parts["update activations"])
 
 
 def cached_gguf_bytes(policy: Shape, s: Setting) -> float:
@@ -184,8 +190,10 @@ def training_stages_memory(policy: Shape, rm: Shape, s: Setting, batch: int = 64
         return 4 * adapter + 3 * 4 * adapter if adapter else 3 * full
     # DPO's reference where a step reads it: with LoRA the SFT adapter on the policy's base (its own base
     # unshared, under FSDP); without, a full copy
-    reference = ((0.0 if s.shared else weights) + 4 * lora) if s.lora_r else weights
-    reference = 0.0 if s.dpo_precompute_ref else reference
+    if s.dpo_precompute_ref:
+        reference = 0.0
+    else:
+        reference = ((0.0 if s.shared else weights) + 4 * lora) if s.lora_r else weights
 
     def pair_tokens(pairs: int, checkpointing: bool) -> float:
         return 2 * pairs * T if checkpointing else pairs * s.prompt_tokens + 2 * pairs * R
@@ -229,8 +237,7 @@ def preset_table(micro: Optional[int] = None) -> str:
     for name, (policy, rm, setting) in PRESETS.items():
         setting = replace(setting, micro=micro)
         parts = ppo_memory(policy, rm or policy, setting)
-        held = parts["total"] - max(parts["sampling KV cache"], parts["experience logits"], parts["update activations"])
-        rows.append(f"| {name} | {held / GB:.1f} | {parts['sampling KV cache'] / GB:.1f} | "
+        rows.append(f"| {name} | {held_bytes(parts) / GB:.1f} | {parts['sampling KV cache'] / GB:.1f} | "
                     f"{parts['experience logits'] / GB:.1f} | {parts['update activations'] / GB:.1f} | "
                     f"{parts['total'] / GB:.1f} | {packed_frozen_bytes(policy, rm or policy, setting) / GB:.1f} / "
                     f"{packed_frozen_bytes(policy, rm or policy, replace(setting, bf16_mixed=True)) / GB:.1f} |")
