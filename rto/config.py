@@ -99,6 +99,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sft.epochs": _integer(lambda v: v >= 0, "an integer >= 0 (0: the starting model is the reference)"),
     "sft.batch_size": COUNT,
     "sft.micro_batch_size": _optional(COUNT),
+    "sft.max_grad_norm": _optional(POSITIVE),
     "pairs.n_prompts": COUNT,
     "pairs.temperature": POSITIVE,
     "pairs.max_new_tokens": COUNT,
@@ -106,6 +107,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rm.epochs": COUNT,
     "rm.batch_size": COUNT,
     "rm.micro_batch_size": _optional(COUNT),
+    "rm.max_grad_norm": _optional(POSITIVE),
     "dpo.beta": POSITIVE,
     "dpo.loss": _one_of(DPO_LOSSES),
     "dpo.simpo_gamma": NON_NEGATIVE,
@@ -121,6 +123,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dpo.epochs": COUNT,
     "dpo.batch_size": COUNT,
     "dpo.micro_batch_size": _optional(COUNT),
+    "dpo.max_grad_norm": _optional(POSITIVE),
     "ppo.iterations": COUNT,
     "ppo.rollout_batch_size": COUNT,
     "ppo.minibatch_size": COUNT,
@@ -233,10 +236,5 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"eval.policies must be a list of sft, dpo and policy that includes sft (the win-rate "
                         f"baseline), got {policies!r}")
     problems += [] if problems else stage_problems(cfg)
-    strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
-    if isinstance(strategy, str) and strategy.startswith("deepspeed") and cfg.get("stage") in ("all", "ppo"):
-        problems.append(
-            f"trainer.strategy={strategy} takes one optimizer, but PPO trains two (actor and critic): run "
-            "stage=sft, rm or dpo with it and PPO with trainer=ddp or fsdp")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -65,32 +65,42 @@ def stage_micro_batch_problems(cfg: DictConfig) -> list[str]:
     """`sft/rm/dpo.micro_batch_size` split a batch, so at most its size. A split stage optimises
     manually (one backward per micro-batch, one step per batch), as the RL stage always does: Lightning
     refuses its trainer-wide gradient clipping and accumulation flags there, and its DeepSpeed
-    strategy's engine is not run with several backwards per step here. Only the stages this job walks
-    count."""
+    strategy's engine is not run with several backwards per step here. A stage's own `max_grad_norm`
+    and `trainer.gradient_clip_val` would clip one step twice; DeepSpeed clips inside its engine, with
+    the trainer's value only. Only the stages this job walks count."""
     walked = walked_stages(cfg)
-    problems, manual = [], []
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
+    deepspeed = isinstance(strategy, str) and strategy.startswith("deepspeed")
+    clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
+    problems, manual, own_clip = [], [], []
     for stage in ("sft", "rm", "dpo"):
         node = cfg.get(stage)
         micro = node.get("micro_batch_size") if node is not None else None
-        if micro is None:
-            continue
-        if micro > node.batch_size:
+        if micro is not None and micro > node.batch_size:
             problems.append(f"{stage}.micro_batch_size ({micro}) must not exceed {stage}.batch_size "
                             f"({node.batch_size}): it splits a batch (null: no split)")
-        if stage in walked:
+        if stage in walked and micro is not None:
             manual.append(f"{stage}.micro_batch_size={micro}")
-    strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
-    if manual and isinstance(strategy, str) and strategy.startswith("deepspeed"):
+        if stage in walked and node.get("max_grad_norm") is not None:
+            own_clip.append(f"{stage}.max_grad_norm={node.max_grad_norm}")
+    if manual and deepspeed:
         problems.append(f"trainer.strategy={strategy} is not run with micro-batches ({', '.join(manual)}): "
                         "leave them null")
+    if own_clip and deepspeed:
+        problems.append(f"trainer.strategy={strategy} clips inside its engine, with trainer.gradient_clip_val "
+                        f"only: use that instead of {', '.join(own_clip)}")
+    elif own_clip and clip not in (None, 0):
+        problems.append(f"trainer.gradient_clip_val={clip} and {', '.join(own_clip)} would both clip: keep one")
     if "ppo" in walked:
         manual.append("the RL stage")
-    clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
+    if "ppo" in walked and deepspeed:
+        problems.append(f"trainer.strategy={strategy} takes one optimizer, but PPO trains two (actor and critic): "
+                        "run stage=sft, rm or dpo with it and PPO with trainer=ddp or fsdp")
     accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=None)
     for flag, value, used in (("gradient_clip_val", clip, clip not in (None, 0)),
                               ("accumulate_grad_batches", accumulate, accumulate not in (None, 1))):
         if used and manual:
             problems.append(f"trainer.{flag}={value} does not apply under manual optimisation "
-                            f"({', '.join(manual)}): remove it (the RL stage clips with ppo.max_grad_norm; SFT, RM "
-                            "and DPO in micro-batches train unclipped, and accumulate a batch's gradients)")
+                            f"({', '.join(manual)}): remove it (the RL stage clips with ppo.max_grad_norm, SFT, RM "
+                            "and DPO with <stage>.max_grad_norm; micro-batches accumulate a batch's gradients)")
     return problems

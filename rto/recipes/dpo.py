@@ -40,7 +40,8 @@ class DPORecipe(StageRecipe):
         reference = None if precompute or cfg.loss == "simpo" else sft
         module = DPOModule(policy, reference, cfg.beta, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt,
                            loss=cfg.loss, simpo_gamma=cfg.simpo_gamma, ipo_per_token=cfg.ipo_per_token,
-                           micro_batch_size=cfg.get("micro_batch_size"))
+                           micro_batch_size=cfg.get("micro_batch_size"),
+                           max_grad_norm=cfg.get("max_grad_norm"))
         ctx.fit(self, module,
                 lambda: (ctx.loader(train_pairs, collate, cfg.batch_size, shuffle=True), val),
                 max_epochs=cfg.epochs)

@@ -28,7 +28,8 @@ class RewardModelRecipe(StageRecipe):
     def module(self, ctx, model) -> RewardModelModule:
         cfg = ctx.cfg.rm
         return RewardModelModule(model, instantiate(cfg.optimizer), share_prompt=cfg.share_prompt,
-                                 micro_batch_size=cfg.get("micro_batch_size"))
+                                 micro_batch_size=cfg.get("micro_batch_size"),
+                                 max_grad_norm=cfg.get("max_grad_norm"))
 
     def train(self, ctx, upstream):
         cfg = ctx.cfg.rm

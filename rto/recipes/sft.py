@@ -27,7 +27,9 @@ class SFTRecipe(StageRecipe):
             raise ConfigError(f"sft.epochs={cfg.epochs} fine-tunes on demonstrations, but data={ctx.cfg.data.name} "
                               f"has none: set sft.epochs=0 (the starting model is the reference)")
         collate = SFTCollator(ctx.data.encoder)
-        ctx.fit(self, SFTModule(policy, instantiate(cfg.optimizer), micro_batch_size=cfg.get("micro_batch_size")),
+        module = SFTModule(policy, instantiate(cfg.optimizer), micro_batch_size=cfg.get("micro_batch_size"),
+                           max_grad_norm=cfg.get("max_grad_norm"))
+        ctx.fit(self, module,
                 lambda: (ctx.loader(ctx.data.sft_rows, collate, cfg.batch_size, shuffle=True), None),
                 max_epochs=cfg.epochs)
         return policy

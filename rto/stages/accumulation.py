@@ -15,6 +15,9 @@ With a micro-batch size the module optimises manually (`manual_backward` per sli
 batch, as the RL update does); null keeps Lightning's automatic optimisation and the batch in one piece.
 Lightning's `accumulate_grad_batches` is not the tool: it counts batches, not tokens, so it would
 mis-weight an epoch's last, smaller batch, and it is one flag for the whole trainer.
+
+`<stage>.max_grad_norm` (null: unclipped) clips the batch's accumulated gradient before its step, in
+either mode (`rto.stages.clipping`: under FSDP too, where Lightning's own clipping refuses).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 from torch import Tensor
 
 from rto.algos.masked import as_bool
+from rto.stages.clipping import clip_grad_norm
 
 Weight = Union[float, Tensor]
 
@@ -61,17 +65,26 @@ def micro_batches(batch: dict[str, Tensor], size: Optional[int], pairs: bool) ->
 
 class AccumulatedSteps:
     """Mixin of the SFT, reward-model and DPO LightningModules (with `NonFiniteGuard`). A module sets
-    `stage` (its metrics' prefix) and `pairs`, calls `use_micro_batches` in its constructor, and
+    `stage` (its metrics' prefix) and `pairs`, calls `configure_steps` in its constructor, and
     provides `losses` (one slice's loss and statistics, each a mean over the slice) and, where a
     loss is not a mean over examples, `shares`."""
 
     stage: str = ""
     pairs: bool = False
     micro_batch_size: Optional[int] = None
+    max_grad_norm: Optional[float] = None
 
-    def use_micro_batches(self, size: Optional[int]) -> None:
-        self.micro_batch_size = size
-        self.automatic_optimization = size is None
+    def configure_steps(self, micro_batch_size: Optional[int], max_grad_norm: Optional[float] = None) -> None:
+        self.micro_batch_size, self.max_grad_norm = micro_batch_size, max_grad_norm
+        self.automatic_optimization = micro_batch_size is None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's hook before an automatic step: the stage's own norm where set, else the trainer's
+        flags (`trainer.gradient_clip_val`, refused together with a stage's `max_grad_norm`)."""
+        if self.max_grad_norm is not None:
+            clip_grad_norm(self, optimizer, self.max_grad_norm)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def losses(self, batch: dict, train: bool) -> Optional[tuple[Tensor, dict[str, Tensor]]]:
         """`(loss, statistics)` of one slice; None where a training value was not finite (the batch is
@@ -124,6 +137,8 @@ class AccumulatedSteps:
             optimizer.zero_grad()  # nothing of this batch reaches the parameters, but the step is
             optimizer.step()  # counted (no gradient: no change), as Lightning counts a skipped automatic one
             return None
+        if self.max_grad_norm is not None:
+            clip_grad_norm(self, optimizer, self.max_grad_norm)
         optimizer.step()
         self.log_totals(totals, batch, "")
         return None

@@ -58,7 +58,8 @@ class DPOModule(AccumulatedSteps, NonFiniteGuard, L.LightningModule):
 
     def __init__(self, policy: torch.nn.Module, reference: Optional[torch.nn.Module], beta: float, optimizer: Callable,
                  on_nonfinite: str = "raise", share_prompt: bool = True, loss: str = "sigmoid",
-                 simpo_gamma: float = 0.0, ipo_per_token: bool = False, micro_batch_size: Optional[int] = None):
+                 simpo_gamma: float = 0.0, ipo_per_token: bool = False, micro_batch_size: Optional[int] = None,
+                 max_grad_norm: Optional[float] = None):
         super().__init__()
         self.loss_kind, self.simpo_gamma, self.ipo_per_token = loss, simpo_gamma, ipo_per_token
         self.on_nonfinite = on_nonfinite
@@ -68,7 +69,7 @@ class DPOModule(AccumulatedSteps, NonFiniteGuard, L.LightningModule):
         self.reference = None if reference is None else reference.eval().requires_grad_(False)
         self.beta = beta
         self.optimizer_factory = optimizer
-        self.use_micro_batches(micro_batch_size)
+        self.configure_steps(micro_batch_size, max_grad_norm)
 
     def losses(self, batch, train):
         logps = sequence_logps(self.policy, batch, self.share_prompt)

@@ -16,13 +16,14 @@ class RewardModelModule(AccumulatedSteps, NonFiniteGuard, L.LightningModule):
     stage, pairs = "rm", True
 
     def __init__(self, model: ScalarHeadModel, optimizer: Callable, on_nonfinite: str = "raise",
-                 share_prompt: bool = True, micro_batch_size: Optional[int] = None):
+                 share_prompt: bool = True, micro_batch_size: Optional[int] = None,
+                 max_grad_norm: Optional[float] = None):
         super().__init__()
         self.on_nonfinite = on_nonfinite
         self.share_prompt = share_prompt  # each pair's prompt runs once for both responses
         self.model = model
         self.optimizer_factory = optimizer
-        self.use_micro_batches(micro_batch_size)
+        self.configure_steps(micro_batch_size, max_grad_norm)
 
     def losses(self, batch, train):
         score = self.model.score_pairs if self.share_prompt else self.model.score

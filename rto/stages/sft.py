@@ -18,12 +18,13 @@ class SFTModule(AccumulatedSteps, NonFiniteGuard, L.LightningModule):
     stage, pairs = "sft", False
 
     def __init__(self, policy: torch.nn.Module, optimizer: Callable, on_nonfinite: str = "raise",
-                 micro_batch_size: Optional[int] = None):
+                 micro_batch_size: Optional[int] = None,
+                 max_grad_norm: Optional[float] = None):
         super().__init__()
         self.on_nonfinite = on_nonfinite
         self.policy = policy
         self.optimizer_factory = optimizer
-        self.use_micro_batches(micro_batch_size)
+        self.configure_steps(micro_batch_size, max_grad_norm)
 
     def losses(self, batch, train):
         logprobs, _ = policy_logprobs(self.policy, batch)

@@ -24,6 +24,7 @@ from rto.algos.masked import as_bool, masked_mean
 from rto.models.forward import policy_logprobs
 from rto.rl.experience import Experience
 from rto.rl.modes import update_mode
+from rto.stages.clipping import clip_grad_norm
 from rto.stages.distributed import token_share
 
 Losses = dict[str, tuple[torch.Tensor, float]]  # name -> (loss, its weight in the total)
@@ -78,7 +79,7 @@ class MinibatchUpdate:
                 totals[key] = totals.get(key, 0.0) + weight * value.detach()
         for optimizer in optimizers:
             if cfg.max_grad_norm is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+                clip_grad_norm(self, optimizer, cfg.max_grad_norm)
             optimizer.step()
         return {key: float(value) for key, value in totals.items()}
 

@@ -1,0 +1,59 @@
+"""Gradient clipping by norm, one optimizer's parameters at a time, on every strategy a stage runs under.
+
+The RL stage clips its actor and its critic each to `ppo.max_grad_norm`; SFT, RM and DPO clip to
+`<stage>.max_grad_norm` when set. Lightning's `clip_gradients` does this for one device, DDP
+(gradients already averaged, the same on every rank) and bf16-mixed (no loss scaler), but its FSDP
+precision plugin refuses clipping by norm outright (a `MisconfigurationException` at the first
+update), and the FSDP root's own `clip_grad_norm_` clips all of the module's parameters together,
+actor and critic as one vector. Under FSDP each rank holds a shard of every gradient (with
+`use_orig_params`, the original parameters' gradients are views of the local shard), so here the
+squared norms of the local shards are summed over the sharding group, as FSDP's own
+`clip_grad_norm_` does, but for the one optimizer's parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch.strategies import FSDPStrategy
+
+
+def optimizer_parameters(optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def clip_sharded_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float,
+                            group: Optional["dist.ProcessGroup"] = None, sharded: bool = True) -> torch.Tensor:
+    """Scale the gradients of `parameters` (this rank's shards of them when `sharded`) so that their
+    joint L2 norm over the whole group is at most `max_norm`, with `torch.nn.utils.clip_grad_norm_`'s
+    coefficient (`max_norm / (norm + 1e-6)`, at most 1); return that norm (fp32, before clipping).
+    Every rank of the group must call it (a collective), with or without gradients of its own."""
+    parameters = list(parameters)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    device = grads[0].device if grads else (parameters[0].device if parameters else torch.device("cpu"))
+    squares = torch.zeros((), dtype=torch.float32, device=device)
+    for grad in grads:
+        squares = squares + torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).square()
+    if sharded and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(squares, group=group)
+    norm = squares.sqrt()
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for grad in grads:
+        grad.mul_(coef.to(grad.dtype))
+    return norm
+
+
+def clip_grad_norm(module, optimizer, max_norm: float) -> None:
+    """Clip the gradients of `optimizer`'s parameters (a LightningModule's, before its `step`) to a joint
+    L2 norm of `max_norm`."""
+    strategy = module.trainer.strategy
+    if isinstance(strategy, FSDPStrategy):
+        from torch.distributed.fsdp import ShardingStrategy
+
+        root = strategy.model  # the FSDP root wrapping the whole LightningModule
+        clip_sharded_grad_norm_(optimizer_parameters(optimizer), max_norm, group=root.process_group,
+                                sharded=root.sharding_strategy != ShardingStrategy.NO_SHARD)
+        return
+    module.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
