@@ -16,6 +16,13 @@ def walked_stages(cfg: DictConfig) -> set[str]:
     return {recipe.name for recipe in plan(cfg)}
 
 
+def trained_stages(cfg: DictConfig) -> set[str]:
+    """The stages this job may train: with `stage=all` every stage it walks; else only the one named
+    (the others must exist already and are loaded, `rto.pipeline.run`)."""
+    walked = walked_stages(cfg)
+    return walked if cfg.stage == "all" else walked & {cfg.stage}
+
+
 def stage_problems(cfg: DictConfig) -> list[str]:
     problems = learner_problems(cfg)
     problems += [] if problems else rl_batch_problems(cfg)
@@ -67,8 +74,8 @@ def stage_micro_batch_problems(cfg: DictConfig) -> list[str]:
     refuses its trainer-wide gradient clipping and accumulation flags there, and its DeepSpeed
     strategy's engine is not run with several backwards per step here. A stage's own `max_grad_norm`
     and `trainer.gradient_clip_val` would clip one step twice; DeepSpeed clips inside its engine, with
-    the trainer's value only. Only the stages this job walks count."""
-    walked = walked_stages(cfg)
+    the trainer's value only. Only the stages this job may train count."""
+    walked = trained_stages(cfg)
     strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
     deepspeed = isinstance(strategy, str) and strategy.startswith("deepspeed")
     clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)

@@ -59,6 +59,13 @@ def test_a_stage_clips_its_whole_batch_gradient(upstream, tmp_path, stage):
         torch.testing.assert_close(micro[name], whole[name], rtol=1e-6, atol=5e-7, msg=name)
 
 
+def test_a_stage_clips_beside_a_trainer_clip_of_0(upstream, tmp_path):
+    """`trainer.gradient_clip_val=0` means off: the stage's own clip still applies (Lightning's
+    `clip_gradients` would have raised on any set trainer value)."""
+    _, norms = recorded_run("sft", upstream, tmp_path, f"sft.max_grad_norm={CLIP}", "+trainer.gradient_clip_val=0")
+    assert norms == pytest.approx([CLIP] * 4, rel=1e-3)
+
+
 def test_without_max_grad_norm_a_stage_trains_unclipped(upstream, tmp_path):
     _, norms = recorded_run("rm", upstream, tmp_path, "rm.micro_batch_size=7")
     assert len(norms) == 4 and min(norms) > 10 * CLIP  # the recorder sees real, unclipped norms
@@ -92,7 +99,7 @@ def _sharded_worker(rank: int, world: int, init_file: str) -> None:
             from torch.distributed.fsdp import ShardingStrategy
 
             strategy = FSDPStrategy()
-            strategy.model = SimpleNamespace(process_group=dist.group.WORLD,
+            strategy.model = SimpleNamespace(process_group=dist.group.WORLD, compute_device=torch.device("cpu"),
                                              sharding_strategy=getattr(ShardingStrategy, sharding))
             module = SimpleNamespace(trainer=SimpleNamespace(strategy=strategy))
             optimizer = SimpleNamespace(param_groups=[{"params": params if sharding == "FULL_SHARD" else reference}])
@@ -117,8 +124,9 @@ def _sharded_worker(rank: int, world: int, init_file: str) -> None:
         dist.destroy_process_group()
 
 
-def test_sharded_clip_matches_clipping_the_whole_gradient(tmp_path):
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+def test_sharded_clip_matches_clipping_the_whole_gradient(tmp_path, monkeypatch):
+    if "GLOO_SOCKET_IFNAME" not in os.environ:
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # the loopback: no network needed
     mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
 
 
@@ -140,3 +148,7 @@ def test_clipping_flags_that_apply_are_accepted(make_cfg):
     validate(make_cfg("stage=sft", "dpo.max_grad_norm=1.0", "+trainer.gradient_clip_val=1.0"))  # DPO not run
     # DeepSpeed without an RL stage (the baselines only): accepted, as DeepSpeed trains SFT, RM and DPO
     validate(make_cfg("trainer=deepspeed_stage_2", "eval.policies=[sft,dpo]"))
+    # stages a job only loads do not train: nothing to clip twice, no PPO under DeepSpeed
+    validate(make_cfg("stage=eval", "trainer=deepspeed_stage_2"))
+    validate(make_cfg("stage=rm", "sft.max_grad_norm=1.0", "+trainer.gradient_clip_val=1.0"))  # SFT loaded
+    validate(make_cfg("stage=ppo", "+trainer.gradient_clip_val=0"))  # 0: off (PPO clips with its own)

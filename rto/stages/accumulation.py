@@ -78,13 +78,11 @@ class AccumulatedSteps:
         self.micro_batch_size, self.max_grad_norm = micro_batch_size, max_grad_norm
         self.automatic_optimization = micro_batch_size is None
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Lightning's hook before an automatic step: the stage's own norm where set, else the trainer's
-        flags (`trainer.gradient_clip_val`, refused together with a stage's `max_grad_norm`)."""
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Lightning calls it right before every step, automatic or manual, on the batch's accumulated
+        gradient (`trainer.gradient_clip_val` is refused together with a stage's `max_grad_norm`)."""
         if self.max_grad_norm is not None:
             clip_grad_norm(self, optimizer, self.max_grad_norm)
-        else:
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def losses(self, batch: dict, train: bool) -> Optional[tuple[Tensor, dict[str, Tensor]]]:
         """`(loss, statistics)` of one slice; None where a training value was not finite (the batch is
@@ -137,9 +135,7 @@ class AccumulatedSteps:
             optimizer.zero_grad()  # nothing of this batch reaches the parameters, but the step is
             optimizer.step()  # counted (no gradient: no change), as Lightning counts a skipped automatic one
             return None
-        if self.max_grad_norm is not None:
-            clip_grad_norm(self, optimizer, self.max_grad_norm)
-        optimizer.step()
+        optimizer.step()  # clipped in on_before_optimizer_step
         self.log_totals(totals, batch, "")
         return None
 

@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import GradClipAlgorithmType
 
 
 def optimizer_parameters(optimizer) -> list[torch.Tensor]:
@@ -25,23 +26,28 @@ def optimizer_parameters(optimizer) -> list[torch.Tensor]:
 
 
 def clip_sharded_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float,
-                            group: Optional["dist.ProcessGroup"] = None, sharded: bool = True) -> torch.Tensor:
+                            group: Optional["dist.ProcessGroup"] = None, sharded: bool = True,
+                            device: Optional[torch.device] = None) -> torch.Tensor:
     """Scale the gradients of `parameters` (this rank's shards of them when `sharded`) so that their
     joint L2 norm over the whole group is at most `max_norm`, with `torch.nn.utils.clip_grad_norm_`'s
     coefficient (`max_norm / (norm + 1e-6)`, at most 1); return that norm (fp32, before clipping).
-    Every rank of the group must call it (a collective), with or without gradients of its own."""
+    Every rank of the group must call it (a collective), with or without gradients of its own; the norm
+    is reduced on `device` (the communication's: FSDP's compute device, also when it offloads gradients
+    to the CPU). Every gradient must be sharded alike: one replicated on every rank would count
+    world-size times (FSDP's root here wraps the whole module, so every parameter is FSDP's)."""
     parameters = list(parameters)
     grads = [p.grad for p in parameters if p.grad is not None]
-    device = grads[0].device if grads else (parameters[0].device if parameters else torch.device("cpu"))
+    if device is None:
+        device = grads[0].device if grads else (parameters[0].device if parameters else torch.device("cpu"))
     squares = torch.zeros((), dtype=torch.float32, device=device)
     for grad in grads:
-        squares = squares + torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).square()
+        squares = squares + torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).square().to(device)
     if sharded and dist.is_available() and dist.is_initialized():
         dist.all_reduce(squares, group=group)
     norm = squares.sqrt()
     coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     for grad in grads:
-        grad.mul_(coef.to(grad.dtype))
+        grad.mul_(coef.to(grad.device, grad.dtype))
     return norm
 
 
@@ -54,6 +60,9 @@ def clip_grad_norm(module, optimizer, max_norm: float) -> None:
 
         root = strategy.model  # the FSDP root wrapping the whole LightningModule
         clip_sharded_grad_norm_(optimizer_parameters(optimizer), max_norm, group=root.process_group,
-                                sharded=root.sharding_strategy != ShardingStrategy.NO_SHARD)
+                                sharded=root.sharding_strategy != ShardingStrategy.NO_SHARD,
+                                device=root.compute_device)
         return
-    module.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+    # the precision plugin's clip, as `LightningModule.clip_gradients` ends; not that method itself,
+    # which raises when `trainer.gradient_clip_val` is set at all, 0 (off) included
+    strategy.precision_plugin.clip_gradients(optimizer, clip_val=max_norm, gradient_clip_algorithm=GradClipAlgorithmType.NORM)
