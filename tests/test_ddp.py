@@ -39,8 +39,8 @@ def batches(per_rank: int) -> list[str]:
             f"ppo.rollout_batch_size={8 * per_rank}", f"ppo.minibatch_size={8 * per_rank}"]
 
 
-def cli(out: Path, *overrides: str) -> Path:
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+def cli(out: Path, *overrides: str, env: dict[str, str] | None = None) -> Path:
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", **(env or {})}
     result = subprocess.run([sys.executable, "-m", "rto.main", *COMMON, *overrides, f"hydra.run.dir={out}",
                              f"paths.cache_dir={out}/cache"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -96,6 +96,23 @@ def test_ddp_sft_micro_batches_match_whole_batches(ddp_run, tmp_path):
     assert max_weight_diff(ddp_run, micro, "sft") < 1e-4
 
 
+# DDP's own all-reduce, each call (one gradient bucket) counted by tests/ddp_hooks.py
+COUNTED_DDP = "trainer.strategy={_target_:tests.ddp_hooks.CountingDDPStrategy}"
+
+
+def test_ddp_micro_batches_all_reduce_once_per_batch(tmp_path):
+    """A batch split into micro-batches syncs its gradient once, in the last micro-batch's backward
+    (`gradient_sync`), not once per micro-batch: as many bucket all-reduces as the unsplit run."""
+    calls = {}
+    for name, micro in (("whole", ()), ("micro", ("sft.micro_batch_size=5",))):
+        log = tmp_path / f"{name}.log"
+        cli(tmp_path / name, "trainer=ddp_cpu", "trainer.devices=2", "stage=sft", "sft.epochs=2", *batches(1),
+            *micro, COUNTED_DDP, env={"RTO_TEST_COMM_LOG": str(log)})
+        calls[name] = log.read_text().split()
+    assert calls["whole"] and sorted(set(calls["whole"])) == ["0", "1"]  # the hook ran, on both ranks
+    assert len(calls["micro"]) == len(calls["whole"])
+
+
 def test_ddp_dpo_matches_one_process(ddp_run, tmp_path):
     single = cli(tmp_path, "stage=dpo", *from_ddp(ddp_run, "sft"), *batches(2))
     ddp_loss, single_loss = logged(ddp_run, "dpo/loss"), logged(single, "dpo/loss")
@@ -107,15 +124,28 @@ def test_ddp_dpo_matches_one_process(ddp_run, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_ppo_matches_one_process(ddp_run, tmp_path):
-    """RTO's PPO: same prompts dealt to the ranks, global reward normalisation and whitening, two
-    backward passes per iteration (ppo_epochs=2), each synced across ranks."""
-    single = cli(tmp_path, "stage=ppo", *from_ddp(ddp_run, "sft", "rm", "dpo"), *batches(2))
-    for key in ("ppo/score", "ppo/response_length", "ppo/gold_reward", "ppo/kl_k1", "ppo/dpo_reward",
-                "ppo/policy_loss", "ppo/value_loss"):
-        assert logged(ddp_run, key) == pytest.approx(logged(single, key), rel=1e-4, abs=1e-6), key
-    assert len(logged(single, "ppo/score")) == 2
-    assert max_weight_diff(ddp_run, single, "ppo") < 1e-5
-    ppo, sft = weights(ddp_run, "ppo"), weights(ddp_run, "sft")
+    """RTO's PPO from the DDP run's SFT, RM and DPO: the same prompts dealt to the ranks, global reward
+    normalisation and whitening, two backward passes (ppo_epochs=2), each synced across ranks; with
+    each rank's minibatch of 8 whole and split 3 + 3 + 2, which syncs once per minibatch too (as many
+    bucket all-reduces as the unsplit run). One iteration: near-greedy sampling (temperature 1e-3)
+    multiplies the logits by 1000, so after an update the rounding of 2 ranks against 1 process can
+    flip a near-tied token in the next rollout (seen on an AMD EPYC: one response of the second
+    iteration differed, its gold reward -32.19 against -32.38)."""
+    upstream = (*from_ddp(ddp_run, "sft", "rm", "dpo"), "ppo.iterations=1")
+    single = cli(tmp_path / "single", "stage=ppo", *upstream, *batches(2))
+    calls = {}
+    for name, micro in (("whole", ()), ("micro", ("ppo.micro_batch_size=3",))):
+        log = tmp_path / f"{name}.log"
+        run = cli(tmp_path / name, "trainer=ddp_cpu", "trainer.devices=2", "stage=ppo", *upstream, *batches(1),
+                  *micro, COUNTED_DDP, env={"RTO_TEST_COMM_LOG": str(log)})
+        calls[name] = log.read_text().split()
+        for key in ("ppo/score", "ppo/response_length", "ppo/gold_reward", "ppo/kl_k1", "ppo/dpo_reward",
+                    "ppo/policy_loss", "ppo/value_loss"):
+            assert logged(run, key) == pytest.approx(logged(single, key), rel=1e-4, abs=1e-6), (name, key)
+        assert len(logged(run, "ppo/score")) == 1
+        assert max_weight_diff(run, single, "ppo") < 1e-5, name
+    assert calls["whole"] and len(calls["micro"]) == len(calls["whole"])
+    ppo, sft = weights(single, "ppo"), weights(ddp_run, "sft")
     assert max(float((ppo[k] - sft[k]).abs().max()) for k in ppo) > 1e-4  # PPO moved far more than that
 
 

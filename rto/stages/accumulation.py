@@ -29,6 +29,7 @@ from torch import Tensor
 
 from rto.algos.masked import as_bool
 from rto.stages.clipping import clip_grad_norm
+from rto.stages.distributed import gradient_sync
 
 Weight = Union[float, Tensor]
 
@@ -104,13 +105,14 @@ class AccumulatedSteps:
         slices = micro_batches(batch, self.micro_batch_size, self.pairs)
         backward = train and not self.automatic_optimization
         totals: dict[str, Tensor] = {}
-        for piece, weight in zip(slices, self.shares(batch, slices, train)):
+        for i, (piece, weight) in enumerate(zip(slices, self.shares(batch, slices, train))):
             out = self.losses(piece, train)
             if out is None:
                 return None
             loss, stats = out
             if backward:
-                self.manual_backward(weight * loss)
+                with gradient_sync(self, sync=i == len(slices) - 1):  # DDP: one all-reduce per batch
+                    self.manual_backward(weight * loss)
                 loss = loss.detach()
             for key, value in {"loss": loss, **{k: v.detach() for k, v in stats.items()}}.items():
                 totals[key] = totals[key] + weight * value if key in totals else weight * value

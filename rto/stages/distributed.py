@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import lightning as L
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from rto.algos.masked import as_bool
 
@@ -17,3 +21,20 @@ def token_share(module: L.LightningModule, mask: torch.Tensor) -> torch.Tensor:
         return torch.ones((), device=tokens.device)
     total = module.trainer.strategy.reduce(tokens.clone(), reduce_op="sum")
     return tokens * module.trainer.world_size / total
+
+
+@contextlib.contextmanager
+def gradient_sync(module: L.LightningModule, sync: bool) -> Iterator[None]:
+    """A manual backward within `sync=False` keeps its gradients on this rank (DDP's `no_sync`, which
+    Lightning's manual optimisation re-arms before every `manual_backward`): a batch split into
+    micro-batches then all-reduces once, in its last micro-batch's backward (DDP averages the
+    accumulated sums: the same mean gradient), not once per micro-batch. Outside DDP, a no-op."""
+    model = module.trainer.strategy.model
+    if sync or not isinstance(model, DistributedDataParallel):
+        yield
+        return
+    model.require_backward_grad_sync = False
+    try:
+        yield
+    finally:
+        model.require_backward_grad_sync = True

@@ -25,7 +25,7 @@ from rto.models.forward import policy_logprobs
 from rto.rl.experience import Experience
 from rto.rl.modes import update_mode
 from rto.stages.clipping import clip_grad_norm
-from rto.stages.distributed import token_share
+from rto.stages.distributed import gradient_sync, token_share
 
 Losses = dict[str, tuple[torch.Tensor, float]]  # name -> (loss, its weight in the total)
 
@@ -67,14 +67,16 @@ class MinibatchUpdate:
         for optimizer in optimizers:
             optimizer.zero_grad()
         totals: dict[str, torch.Tensor] = {}
-        for micro in mb.micro_batches(cfg.get("micro_batch_size")):
+        micro_batches = list(mb.micro_batches(cfg.get("micro_batch_size")))
+        for i, micro in enumerate(micro_batches):
             weight = as_bool(micro.response_mask).sum() / tokens  # its share of the minibatch's tokens
             losses, micro_stats = self.losses(micro, beta)
             if not all(self.finite(f"ppo/{name}", loss, step=iteration) for name, (loss, _) in losses.items()):
                 for optimizer in optimizers:
                     optimizer.zero_grad()  # nothing of this minibatch reaches a step
                 return None
-            self.manual_backward(share * weight * sum(coef * loss for loss, coef in losses.values()))
+            with gradient_sync(self, sync=i == len(micro_batches) - 1):  # DDP: one all-reduce per minibatch
+                self.manual_backward(share * weight * sum(coef * loss for loss, coef in losses.values()))
             for key, value in {**{n: share * loss for n, (loss, _) in losses.items()}, **micro_stats}.items():
                 totals[key] = totals.get(key, 0.0) + weight * value.detach()
         for optimizer in optimizers:
