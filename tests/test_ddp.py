@@ -143,7 +143,9 @@ def test_ddp_ppo_matches_one_process(ddp_run, tmp_path):
                     "ppo/policy_loss", "ppo/value_loss"):
             assert logged(run, key) == pytest.approx(logged(single, key), rel=1e-4, abs=1e-6), (name, key)
         assert len(logged(run, "ppo/score")) == 1
-        assert max_weight_diff(run, single, "ppo") < 1e-5, name
+        # Adam moves each weight about lr = 5e-4 a step whatever its gradient's size, so where a gradient
+        # is near 0 the rounding shows: measured up to 9.7e-6 (EPYC; 2e-8 on a Xeon)
+        assert max_weight_diff(run, single, "ppo") < 5e-5, name
     assert calls["whole"] and len(calls["micro"]) == len(calls["whole"])
     ppo, sft = weights(single, "ppo"), weights(ddp_run, "sft")
     assert max(float((ppo[k] - sft[k]).abs().max()) for k in ppo) > 1e-4  # PPO moved far more than that
