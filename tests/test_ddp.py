@@ -10,7 +10,8 @@ Token-mean losses are weighted by each rank's share of the global tokens (`token
 whitens and normalises with global statistics, so what remains is float summation order. Stated
 tolerances (measured: losses within 1e-6, weights within 1e-5):
 - SFT, DPO: every logged step loss within 1e-4; final weights within 1e-4 (max abs).
-- PPO: the logged rollout and loss metrics within 1e-4 (relative); final actor weights within 1e-5.
+- PPO (one iteration): the logged rollout and loss metrics within 1e-4 (relative); final actor weights
+  within 5e-5 (measured on an AMD EPYC: 9.7e-6, where Adam's step is ~5e-4 whatever the gradient).
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ def test_ddp_micro_batches_all_reduce_once_per_batch(tmp_path):
         calls[name] = log.read_text().split()
     assert calls["whole"] and sorted(set(calls["whole"])) == ["0", "1"]  # the hook ran, on both ranks
     assert len(calls["micro"]) == len(calls["whole"])
+    # DDP's static_graph: Lightning delays the reducer after the first backward, which must have synced
+    # (unsynced, DDP's reducer fails an internal assert), so there every micro-batch syncs; the same run
+    static = cli(tmp_path / "static", "trainer=ddp_cpu", "trainer.devices=2", "stage=sft", "sft.epochs=2",
+                 *batches(1), "sft.micro_batch_size=5", COUNTED_DDP.removesuffix("}") + ",static_graph:true}",
+                 env={"RTO_TEST_COMM_LOG": str(tmp_path / "static.log")})
+    assert logged(static, "sft/loss") == pytest.approx(logged(tmp_path / "whole", "sft/loss"), abs=1e-4)
 
 
 def test_ddp_dpo_matches_one_process(ddp_run, tmp_path):

@@ -28,9 +28,12 @@ def gradient_sync(module: L.LightningModule, sync: bool) -> Iterator[None]:
     """A manual backward within `sync=False` keeps its gradients on this rank (DDP's `no_sync`, which
     Lightning's manual optimisation re-arms before every `manual_backward`): a batch split into
     micro-batches then all-reduces once, in its last micro-batch's backward (DDP averages the
-    accumulated sums: the same mean gradient), not once per micro-batch. Outside DDP, a no-op."""
+    accumulated sums: the same mean gradient), not once per micro-batch. Outside DDP, a no-op; under
+    DDP's `static_graph`, too (Lightning then delays the reducer's all-reduce after the first backward,
+    which must have been synced). Every parameter must take part in the last micro-batch's graph (it
+    does: each forward runs the whole model), else its earlier gradients would stay rank-local."""
     model = module.trainer.strategy.model
-    if sync or not isinstance(model, DistributedDataParallel):
+    if sync or not isinstance(model, DistributedDataParallel) or getattr(model, "static_graph", False):
         yield
         return
     model.require_backward_grad_sync = False
