@@ -1,6 +1,7 @@
 """Do two versions of the code train to the same numbers? A refactor's equality check.
 
     python scripts/same_metrics.py --base <git ref>       # compare <ref> with the working tree
+    python scripts/same_metrics.py --base <ref> --ignore grad_norm   # leave out keys a change adds
 
 Runs, in a temporary worktree of `--base` and in this tree, with `deterministic=true`:
   1. `debug=tiny` (every stage at toy size, evaluation included),
@@ -31,7 +32,7 @@ def is_clock(key: str) -> bool:
     return any(word in key for word in CLOCK_WORDS)
 
 
-def run(tree: Path, out: Path, overrides: list[str]) -> dict:
+def run(tree: Path, out: Path, overrides: list[str], ignore: tuple[str, ...] = ()) -> dict:
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1", PYTHONPATH=str(tree))
     subprocess.run([sys.executable, "-m", "rto.main", *overrides, *COMMON, f"hydra.run.dir={out}"],
                    cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -39,8 +40,11 @@ def run(tree: Path, out: Path, overrides: list[str]) -> dict:
     rows = []
     with open(out / "csv" / "metrics.csv") as f:
         for row in csv.DictReader(f):
-            rows.append({k: v for k, v in row.items() if v != "" and not is_clock(k)})
-    return {"metrics": {k: v for k, v in metrics.items() if not is_clock(k)}, "csv_rows": rows}
+            kept = {k: v for k, v in row.items() if v != "" and not is_clock(k) and not any(w in k for w in ignore)}
+            if set(kept) - {"epoch", "step"}:  # a row that logged only ignored keys is left out too
+                rows.append(kept)
+    return {"metrics": {k: v for k, v in metrics.items() if not is_clock(k) and not any(w in k for w in ignore)},
+            "csv_rows": rows}
 
 
 def main() -> int:
@@ -48,6 +52,8 @@ def main() -> int:
     parser.add_argument("--base", required=True, help="git ref of the code to compare against")
     parser.add_argument("--keep", type=Path, help="write both sides' metrics as JSON into this folder")
     parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=list(RUNS), help="which runs to compare")
+    parser.add_argument("--ignore", nargs="+", default=[], help="leave out the keys that contain any of these "
+                        "(metrics a change adds, e.g. grad_norm): the rest must be identical")
     args = parser.parse_args()
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,8 +63,8 @@ def main() -> int:
         try:
             for name in args.runs:
                 overrides = RUNS[name]
-                before = run(base_tree, Path(tmp) / f"{name}-base", overrides)
-                after = run(ROOT, Path(tmp) / f"{name}-here", overrides)
+                before = run(base_tree, Path(tmp) / f"{name}-base", overrides, tuple(args.ignore))
+                after = run(ROOT, Path(tmp) / f"{name}-here", overrides, tuple(args.ignore))
                 if args.keep:
                     args.keep.mkdir(parents=True, exist_ok=True)
                     (args.keep / f"{name}.json").write_text(json.dumps({"base": before, "here": after}, indent=1))

@@ -128,10 +128,12 @@ def test_each_learner_loss_decreases_on_a_fixed_batch(upstream, tmp_path, spy_lo
     objective = [p + cfg.beta * k for p, k in zip(policy, kl)] if kl else policy
     assert bool(kl) == (cfg.algo.kl_in == "loss")
     assert objective[-1] < objective[0] - 1e-3, objective
+    assert logged(tmp_path, "ppo/actor_grad_norm")
     if algo == "ppo":
-        assert logged(tmp_path, "ppo/value_loss")
+        assert logged(tmp_path, "ppo/value_loss") and logged(tmp_path, "ppo/critic_grad_norm")
     else:
         assert not logged(tmp_path, "ppo/value_loss") and not logged(tmp_path, "ppo/explained_variance")
+        assert not logged(tmp_path, "ppo/critic_grad_norm")  # no critic, no second optimizer
 
 
 def test_group_samples_stay_together_and_count_as_responses(upstream, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 
 from rto.config import ConfigError, validate
 from rto.stages.clipping import clip_grad_norm, clip_sharded_grad_norm_
+from tests.csv_log import logged
 from tests.test_stage_micro_batches import STAGES, stage_weights
 
 CLIP = 1e-3  # far below the tiny stages' gradient norms (measured 0.05-3), so every step is clipped
@@ -66,9 +67,38 @@ def test_a_stage_clips_beside_a_trainer_clip_of_0(upstream, tmp_path):
     assert norms == pytest.approx([CLIP] * 4, rel=1e-3)
 
 
-def test_without_max_grad_norm_a_stage_trains_unclipped(upstream, tmp_path):
+def test_without_max_grad_norm_a_stage_trains_unclipped_and_logs_its_norm(upstream, tmp_path):
     _, norms = recorded_run("rm", upstream, tmp_path, "rm.micro_batch_size=7")
     assert len(norms) == 4 and min(norms) > 10 * CLIP  # the recorder sees real, unclipped norms
+    assert logged(tmp_path, "rm/grad_norm") == pytest.approx(norms, rel=1e-5)  # the norm each step applied
+
+
+def test_the_logged_norm_is_the_one_before_clipping(upstream, tmp_path):
+    _, applied = recorded_run("dpo", upstream, tmp_path / "clipped", f"dpo.max_grad_norm={CLIP}")
+    _, free = recorded_run("dpo", upstream, tmp_path / "free")
+    assert applied == pytest.approx([CLIP] * 4, rel=1e-3)  # what the steps applied
+    before = logged(tmp_path / "clipped", "dpo/grad_norm")
+    assert min(before) > 10 * CLIP  # what the gradients were before the clip
+    # the first step starts from the same weights: its norm before clipping is the unclipped run's
+    assert before[0] == pytest.approx(free[0], rel=1e-5)
+
+
+def test_ppo_logs_each_optimizers_norm_before_clipping(upstream, tmp_path):
+    from rto.main import train
+    from tests.conftest import compose_config
+
+    def norms(out, *overrides):
+        train(compose_config("stage=ppo", *(f"{s}.checkpoint={upstream / s}" for s in ("sft", "rm", "dpo")),
+                             "logger=csv", *overrides, output_dir=out))
+        return {name: logged(out, f"ppo/{name}_grad_norm") for name in ("actor", "critic")}
+
+    one_step = ("ppo.ppo_epochs=1", "ppo.minibatch_size=${ppo.rollout_batch_size}")  # one step an iteration
+    free = norms(tmp_path / "free", *one_step, "ppo.max_grad_norm=null")
+    clipped = norms(tmp_path / "clipped", *one_step, "ppo.max_grad_norm=1e-4")
+    for name in ("actor", "critic"):
+        assert len(free[name]) == len(clipped[name]) == 2 and min(free[name]) > 1e-3, name
+        # the first step: the same rollout from the same weights, so the same norm before clipping
+        assert clipped[name][0] == pytest.approx(free[name][0], rel=1e-5), name
 
 
 def _sharded_worker(rank: int, world: int, init_file: str) -> None:

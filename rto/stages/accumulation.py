@@ -17,7 +17,8 @@ Lightning's `accumulate_grad_batches` is not the tool: it counts batches, not to
 mis-weight an epoch's last, smaller batch, and it is one flag for the whole trainer.
 
 `<stage>.max_grad_norm` (null: unclipped) clips the batch's accumulated gradient before its step, in
-either mode (`rto.stages.clipping`: under FSDP too, where Lightning's own clipping refuses).
+either mode (`rto.stages.clipping`: under FSDP too, where Lightning's own clipping refuses); the norm
+before clipping is logged at every step (`<stage>/grad_norm`).
 """
 
 from __future__ import annotations
@@ -81,9 +82,11 @@ class AccumulatedSteps:
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Lightning calls it right before every step, automatic or manual, on the batch's accumulated
-        gradient (`trainer.gradient_clip_val` is refused together with a stage's `max_grad_norm`)."""
-        if self.max_grad_norm is not None:
-            clip_grad_norm(self, optimizer, self.max_grad_norm)
+        gradient: its norm logged (before any clip), then clipped to the stage's `max_grad_norm` where
+        set (`trainer.gradient_clip_val` is refused together with it, and clips after this hook)."""
+        norm = clip_grad_norm(self, optimizer, self.max_grad_norm)
+        if norm is not None:  # None: a skipped batch, no gradient
+            self.log(f"{self.stage}/grad_norm", norm, on_step=True, on_epoch=False)
 
     def losses(self, batch: dict, train: bool) -> Optional[tuple[Tensor, dict[str, Tensor]]]:
         """`(loss, statistics)` of one slice; None where a training value was not finite (the batch is

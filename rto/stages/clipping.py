@@ -1,14 +1,18 @@
-"""Gradient clipping by norm, one optimizer's parameters at a time, on every strategy a stage runs under.
+"""Gradient norms and clipping by norm, one optimizer's parameters at a time, on every strategy a
+stage runs under.
 
 The RL stage clips its actor and its critic each to `ppo.max_grad_norm`; SFT, RM and DPO clip to
-`<stage>.max_grad_norm` when set. Lightning's `clip_gradients` does this for one device, DDP
-(gradients already averaged, the same on every rank) and bf16-mixed (no loss scaler), but its FSDP
-precision plugin refuses clipping by norm outright (a `MisconfigurationException` at the first
-update), and the FSDP root's own `clip_grad_norm_` clips all of the module's parameters together,
-actor and critic as one vector. Under FSDP each rank holds a shard of every gradient (with
-`use_orig_params`, the original parameters' gradients are views of the local shard), so here the
-squared norms of the local shards are summed over the sharding group, as FSDP's own
-`clip_grad_norm_` does, but for the one optimizer's parameters.
+`<stage>.max_grad_norm` when set. Every step logs the norm before clipping (`<stage>/grad_norm`,
+`ppo/actor_grad_norm`, `ppo/critic_grad_norm`), which is what a clip threshold is chosen from.
+Outside FSDP this is torch's `clip_grad_norm_` in its two halves (`get_total_norm`, then
+`clip_grads_with_norm_` on the same norm), as Lightning's precision plugins for fp32 and bf16-mixed run
+it, so the numbers are those of `LightningModule.clip_gradients`; that method itself is not called: it
+raises when `trainer.gradient_clip_val` is set at all (0, off, included) and returns no norm. Lightning's
+FSDP precision plugin refuses clipping by norm outright, and the FSDP root's own `clip_grad_norm_`
+clips all of the module's parameters together, actor and critic as one vector. Under FSDP each rank
+holds a shard of every gradient (with `use_orig_params`, the original parameters' gradients are views
+of the local shard), so there the squared norms of the local shards are summed over the sharding
+group, as FSDP's own `clip_grad_norm_` does, but for the one optimizer's parameters.
 """
 
 from __future__ import annotations
@@ -18,23 +22,23 @@ from typing import Iterable, Optional
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import FSDPStrategy
-from lightning.pytorch.utilities import GradClipAlgorithmType
 
 
 def optimizer_parameters(optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def clip_sharded_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float,
+def clip_sharded_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: Optional[float],
                             group: Optional["dist.ProcessGroup"] = None, sharded: bool = True,
                             device: Optional[torch.device] = None) -> torch.Tensor:
-    """Scale the gradients of `parameters` (this rank's shards of them when `sharded`) so that their
-    joint L2 norm over the whole group is at most `max_norm`, with `torch.nn.utils.clip_grad_norm_`'s
-    coefficient (`max_norm / (norm + 1e-6)`, at most 1); return that norm (fp32, before clipping).
-    Every rank of the group must call it (a collective), with or without gradients of its own; the norm
-    is reduced on `device` (the communication's: FSDP's compute device, also when it offloads gradients
-    to the CPU). Every gradient must be sharded alike: one replicated on every rank would count
-    world-size times (FSDP's root here wraps the whole module, so every parameter is FSDP's)."""
+    """The joint L2 norm of the gradients of `parameters` (this rank's shards of them when `sharded`)
+    over the whole group (fp32, before clipping); unless `max_norm` is None, the gradients scaled so
+    that it is at most `max_norm`, with `torch.nn.utils.clip_grad_norm_`'s coefficient
+    (`max_norm / (norm + 1e-6)`, at most 1). Every rank of the group must call it (a collective), with
+    or without gradients of its own; the norm is reduced on `device` (the communication's: FSDP's
+    compute device, also when it offloads gradients to the CPU). Every gradient must be sharded alike:
+    one replicated on every rank would count world-size times (FSDP's root here wraps the whole module,
+    so every parameter is FSDP's)."""
     parameters = list(parameters)
     grads = [p.grad for p in parameters if p.grad is not None]
     if device is None:
@@ -45,24 +49,30 @@ def clip_sharded_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float,
     if sharded and dist.is_available() and dist.is_initialized():
         dist.all_reduce(squares, group=group)
     norm = squares.sqrt()
-    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-    for grad in grads:
-        grad.mul_(coef.to(grad.device, grad.dtype))
+    if max_norm is not None:
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        for grad in grads:
+            grad.mul_(coef.to(grad.device, grad.dtype))
     return norm
 
 
-def clip_grad_norm(module, optimizer, max_norm: float) -> None:
-    """Clip the gradients of `optimizer`'s parameters (a LightningModule's, before its `step`) to a joint
-    L2 norm of `max_norm`."""
+def clip_grad_norm(module, optimizer, max_norm: Optional[float]) -> Optional[torch.Tensor]:
+    """The joint L2 norm of the gradients of `optimizer`'s parameters (a LightningModule's, before its
+    `step`), then, unless `max_norm` is None, those gradients clipped to it. None where no parameter has
+    a gradient (a skipped batch), outside FSDP; under FSDP every rank joins the norm's all-reduce."""
     strategy = module.trainer.strategy
+    parameters = optimizer_parameters(optimizer)
     if isinstance(strategy, FSDPStrategy):
         from torch.distributed.fsdp import ShardingStrategy
 
         root = strategy.model  # the FSDP root wrapping the whole LightningModule
-        clip_sharded_grad_norm_(optimizer_parameters(optimizer), max_norm, group=root.process_group,
-                                sharded=root.sharding_strategy != ShardingStrategy.NO_SHARD,
-                                device=root.compute_device)
-        return
-    # the precision plugin's clip, as `LightningModule.clip_gradients` ends; not that method itself,
-    # which raises when `trainer.gradient_clip_val` is set at all, 0 (off) included
-    strategy.precision_plugin.clip_gradients(optimizer, clip_val=max_norm, gradient_clip_algorithm=GradClipAlgorithmType.NORM)
+        return clip_sharded_grad_norm_(parameters, max_norm, group=root.process_group,
+                                       sharded=root.sharding_strategy != ShardingStrategy.NO_SHARD,
+                                       device=root.compute_device)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return None
+    norm = torch.nn.utils.get_total_norm(grads)
+    if max_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
+    return norm

@@ -79,9 +79,10 @@ class MinibatchUpdate:
                 self.manual_backward(share * weight * sum(coef * loss for loss, coef in losses.values()))
             for key, value in {**{n: share * loss for n, (loss, _) in losses.items()}, **micro_stats}.items():
                 totals[key] = totals.get(key, 0.0) + weight * value.detach()
-        for optimizer in optimizers:
-            if cfg.max_grad_norm is not None:
-                clip_grad_norm(self, optimizer, cfg.max_grad_norm)
+        for name, optimizer in zip(("actor", "critic"), optimizers):  # a critic-free learner: the actor's only
+            norm = clip_grad_norm(self, optimizer, cfg.max_grad_norm)  # before clipping (null: not clipped)
+            if norm is not None:
+                totals[f"{name}_grad_norm"] = norm
             optimizer.step()
         return {key: float(value) for key, value in totals.items()}
 
