@@ -5,7 +5,7 @@
 
 The report shows the runs of one experiment (the W&B group `experiment_name`), grouped by reward type
 (and beta), with the standard panels: per-iteration gold reward, RM score, KL, entropy, value loss,
-clip fraction and response length against PPO iterations (mean ± s.e. over seeds), the final
+clip fraction, response length and the actor's gradient norm against PPO iterations (mean ± s.e. over seeds), the final
 gold-reward-vs-KL frontier, and the final metrics of every run.
 """
 
@@ -24,6 +24,7 @@ CURVES = (
     ("Value loss", "ppo/value_loss"),
     ("Clip fraction", "ppo/clipfrac"),
     ("Response length", "ppo/response_length"),
+    ("Actor gradient norm, before clipping", "ppo/actor_grad_norm"),
 )
 FINAL = ("eval/policy/gold_reward", "eval/policy/kl", "eval/policy/win_rate", "eval/dpo/gold_reward",
          "eval/sft/gold_reward")
