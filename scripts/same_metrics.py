@@ -40,9 +40,11 @@ def run(tree: Path, out: Path, overrides: list[str], ignore: tuple[str, ...] = (
     rows = []
     with open(out / "csv" / "metrics.csv") as f:
         for row in csv.DictReader(f):
-            kept = {k: v for k, v in row.items() if v != "" and not is_clock(k) and not any(w in k for w in ignore)}
-            if set(kept) - {"epoch", "step"}:  # a row that logged only ignored keys is left out too
-                rows.append(kept)
+            kept = {k: v for k, v in row.items() if v != "" and not is_clock(k)}
+            dropped = {k for k in kept if any(w in k for w in ignore)}
+            if dropped and not set(kept) - dropped - {"epoch", "step"}:
+                continue  # a row that logged only ignored keys is left out too
+            rows.append({k: v for k, v in kept.items() if k not in dropped})
     return {"metrics": {k: v for k, v in metrics.items() if not is_clock(k) and not any(w in k for w in ignore)},
             "csv_rows": rows}
 

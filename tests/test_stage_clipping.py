@@ -150,6 +150,12 @@ def _sharded_worker(rank: int, world: int, init_file: str) -> None:
             p.grad = None if q.grad is None else q.grad.clone()
         norm = clip_sharded_grad_norm_(again, 10.0)
         torch.testing.assert_close(norm, torch.tensor(1.0), rtol=1e-5, atol=1e-6)
+        # a batch skipped on every rank (no gradient anywhere): no norm, where one rank alone has none
+        # the others' count
+        assert clip_sharded_grad_norm_([torch.nn.Parameter(torch.zeros(2))], 1.0) is None
+        only_rank_0 = torch.nn.Parameter(torch.zeros(2))
+        only_rank_0.grad = torch.full((2,), 3.0) if rank == 0 else None
+        torch.testing.assert_close(clip_sharded_grad_norm_([only_rank_0], None), torch.tensor(18.0).sqrt())
     finally:
         dist.destroy_process_group()
 
@@ -158,6 +164,36 @@ def test_sharded_clip_matches_clipping_the_whole_gradient(tmp_path, monkeypatch)
     if "GLOO_SOCKET_IFNAME" not in os.environ:
         monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # the loopback: no network needed
     mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
+def test_outside_fsdp_the_clip_is_torchs_clip_grad_norm_bit_for_bit():
+    """The two public halves of `clip_grad_norm_` (what Lightning's fp32 and bf16-mixed plugins call):
+    the same gradients to the last bit, the same norm, over parameter groups, dtypes and a None grad."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, SingleDeviceStrategy
+
+    torch.manual_seed(0)
+    shapes = [(5, 3), (7,), (2, 2), (4,)]
+    made = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.zeros(s, dtype=torch.bfloat16 if i == 2 else torch.float32))
+                  for i, s in enumerate(shapes)]
+        for i, p in enumerate(params):
+            p.grad = None if i == 3 else torch.randn(p.shape).to(p.dtype) * 5
+        made.append(params)
+    ours, theirs = made
+    optimizer = SimpleNamespace(param_groups=[{"params": ours[:2]}, {"params": ours[2:]}])
+    module = SimpleNamespace(trainer=SimpleNamespace(strategy=SingleDeviceStrategy(torch.device("cpu"))))
+    norm = clip_grad_norm(module, optimizer, 1.0)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    assert torch.equal(norm, expected) and float(norm) > 1.0
+    for a, b in zip(ours, theirs):
+        assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
+    # DeepSpeed's optimizer holds one rank's flat slice of the weights: no norm is read, nothing clipped
+    before = [None if p.grad is None else p.grad.clone() for p in ours]
+    deepspeed = SimpleNamespace(trainer=SimpleNamespace(strategy=DeepSpeedStrategy.__new__(DeepSpeedStrategy)))
+    assert clip_grad_norm(deepspeed, optimizer, 1e-3) is None
+    assert all(b is None or torch.equal(p.grad, b) for p, b in zip(ours, before))
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
 
 def optimizer_parameters(optimizer) -> list[torch.Tensor]:
@@ -30,25 +30,28 @@ def optimizer_parameters(optimizer) -> list[torch.Tensor]:
 
 def clip_sharded_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: Optional[float],
                             group: Optional["dist.ProcessGroup"] = None, sharded: bool = True,
-                            device: Optional[torch.device] = None) -> torch.Tensor:
+                            device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
     """The joint L2 norm of the gradients of `parameters` (this rank's shards of them when `sharded`)
     over the whole group (fp32, before clipping); unless `max_norm` is None, the gradients scaled so
     that it is at most `max_norm`, with `torch.nn.utils.clip_grad_norm_`'s coefficient
     (`max_norm / (norm + 1e-6)`, at most 1). Every rank of the group must call it (a collective), with
-    or without gradients of its own; the norm is reduced on `device` (the communication's: FSDP's
-    compute device, also when it offloads gradients to the CPU). Every gradient must be sharded alike:
-    one replicated on every rank would count world-size times (FSDP's root here wraps the whole module,
-    so every parameter is FSDP's)."""
+    or without gradients of its own; None where no rank has one (a skipped batch). The norm is reduced on
+    `device` (the communication's: FSDP's compute device, also when it offloads gradients to the CPU).
+    Every gradient must be sharded alike: one replicated on every rank would count world-size times
+    (FSDP's root here wraps the whole module, so every parameter is FSDP's)."""
     parameters = list(parameters)
     grads = [p.grad for p in parameters if p.grad is not None]
     if device is None:
         device = grads[0].device if grads else (parameters[0].device if parameters else torch.device("cpu"))
-    squares = torch.zeros((), dtype=torch.float32, device=device)
+    # the squared norm and how many gradients there are, in one all-reduce
+    totals = torch.tensor([0.0, float(len(grads))], dtype=torch.float32, device=device)
     for grad in grads:
-        squares = squares + torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).square().to(device)
+        totals[0] += torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).square().to(device)
     if sharded and dist.is_available() and dist.is_initialized():
-        dist.all_reduce(squares, group=group)
-    norm = squares.sqrt()
+        dist.all_reduce(totals, group=group)
+    if totals[1] == 0:
+        return None
+    norm = totals[0].sqrt()
     if max_norm is not None:
         coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
         for grad in grads:
@@ -59,8 +62,12 @@ def clip_sharded_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: Option
 def clip_grad_norm(module, optimizer, max_norm: Optional[float]) -> Optional[torch.Tensor]:
     """The joint L2 norm of the gradients of `optimizer`'s parameters (a LightningModule's, before its
     `step`), then, unless `max_norm` is None, those gradients clipped to it. None where no parameter has
-    a gradient (a skipped batch), outside FSDP; under FSDP every rank joins the norm's all-reduce."""
+    a gradient (a skipped batch; under FSDP, on no rank: every rank joins the norm's all-reduce), and
+    under DeepSpeed, whose engine clips (with `trainer.gradient_clip_val`) and whose optimizer holds
+    one rank's flat slice of the weights: no norm of the whole gradient can be read there."""
     strategy = module.trainer.strategy
+    if isinstance(strategy, DeepSpeedStrategy):  # a stage's own clip is refused there (rto.config_stages)
+        return None
     parameters = optimizer_parameters(optimizer)
     if isinstance(strategy, FSDPStrategy):
         from torch.distributed.fsdp import ShardingStrategy
