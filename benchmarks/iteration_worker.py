@@ -212,7 +212,7 @@ def instrument(module, phases: Phases) -> None:
     phases.wrap(minibatch_update, "policy_logprobs", "update/actor_forward")  # the update's forward lives in rto.stages.update
     phases.wrap(ppo, "critic_values", "update/critic_forward")
     phases.wrap(module, "manual_backward", "update/backward")
-    phases.wrap(module, "clip_gradients", "update/clip_gradients")
+    phases.wrap(minibatch_update, "clip_grad_norm", "update/clip_gradients")  # each optimizer's norm and clip
 
 
 def time_optimizers(optimizers, phases: Phases) -> None:
