@@ -17,16 +17,16 @@ def walked_stages(cfg: DictConfig) -> set[str]:
 
 
 def trained_stages(cfg: DictConfig) -> set[str]:
-    """The stages this job may train: with `stage=all` every stage it walks; else only the one named
-    (the others must exist already and are loaded, `rto.pipeline.run`)."""
-    walked = walked_stages(cfg)
-    return walked if cfg.stage == "all" else walked & {cfg.stage}
+    """The stages this job may train (`rto.pipeline.may_train`); the others it walks are loaded."""
+    from rto.pipeline import may_train
+
+    return {stage for stage in walked_stages(cfg) if may_train(cfg, stage)}
 
 
 def stage_problems(cfg: DictConfig) -> list[str]:
     problems = learner_problems(cfg)
     problems += [] if problems else rl_batch_problems(cfg)
-    return problems + ([] if problems else stage_micro_batch_problems(cfg))
+    return problems + ([] if problems else trainer_flag_problems(cfg))
 
 
 def learner_problems(cfg: DictConfig) -> list[str]:
@@ -68,14 +68,14 @@ def rl_batch_problems(cfg: DictConfig) -> list[str]:
     return []
 
 
-def stage_micro_batch_problems(cfg: DictConfig) -> list[str]:
+def trainer_flag_problems(cfg: DictConfig) -> list[str]:
     """`sft/rm/dpo.micro_batch_size` split a batch, so at most its size. A split stage optimises
     manually (one backward per micro-batch, one step per batch), as the RL stage always does: Lightning
     refuses its trainer-wide gradient clipping and accumulation flags there, and its DeepSpeed
     strategy's engine is not run with several backwards per step here. A stage's own `max_grad_norm`
     and `trainer.gradient_clip_val` would clip one step twice; DeepSpeed clips inside its engine, with
     the trainer's value only. Only the stages this job may train count."""
-    walked = trained_stages(cfg)
+    trained = trained_stages(cfg)
     strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
     deepspeed = isinstance(strategy, str) and strategy.startswith("deepspeed")
     clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
@@ -86,9 +86,9 @@ def stage_micro_batch_problems(cfg: DictConfig) -> list[str]:
         if micro is not None and micro > node.batch_size:
             problems.append(f"{stage}.micro_batch_size ({micro}) must not exceed {stage}.batch_size "
                             f"({node.batch_size}): it splits a batch (null: no split)")
-        if stage in walked and micro is not None:
+        if stage in trained and micro is not None:
             manual.append(f"{stage}.micro_batch_size={micro}")
-        if stage in walked and node.get("max_grad_norm") is not None:
+        if stage in trained and node.get("max_grad_norm") is not None:
             own_clip.append(f"{stage}.max_grad_norm={node.max_grad_norm}")
     if manual and deepspeed:
         problems.append(f"trainer.strategy={strategy} is not run with micro-batches ({', '.join(manual)}): "
@@ -98,9 +98,9 @@ def stage_micro_batch_problems(cfg: DictConfig) -> list[str]:
                         f"only: use that instead of {', '.join(own_clip)}")
     elif own_clip and clip not in (None, 0):
         problems.append(f"trainer.gradient_clip_val={clip} and {', '.join(own_clip)} would both clip: keep one")
-    if "ppo" in walked:
+    if "ppo" in trained:
         manual.append("the RL stage")
-    if "ppo" in walked and deepspeed:
+    if "ppo" in trained and deepspeed:
         problems.append(f"trainer.strategy={strategy} takes one optimizer, but PPO trains two (actor and critic): "
                         "run stage=sft, rm or dpo with it and PPO with trainer=ddp or fsdp")
     accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=None)

@@ -34,6 +34,12 @@ def plan(cfg: DictConfig) -> list[StageRecipe]:
     return [recipe for name, recipe in RECIPES.items() if name in wanted]
 
 
+def may_train(cfg: DictConfig, stage: str) -> bool:
+    """Whether this job trains `stage` when no finished one is found: under `stage=all` every stage it
+    walks, else only the one named (the others must exist already)."""
+    return cfg.stage in ("all", stage)
+
+
 def configure_torch(cfg: DictConfig) -> None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.threads:
@@ -52,8 +58,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         ctx.log_hyperparams()
         for recipe in plan(cfg):
             if recipe.checkpointed:
-                may_train = cfg.stage in ("all", recipe.name)  # other stages must exist already
-                upstream.models[recipe.name] = store.load_or_train(recipe, upstream, may_train)
+                upstream.models[recipe.name] = store.load_or_train(recipe, upstream, may_train(cfg, recipe.name))
                 recipe.report(ctx, upstream[recipe.name], upstream)
             elif ctx.is_global_zero:  # evaluation runs on rank 0 alone
                 recipe.run(ctx, upstream)

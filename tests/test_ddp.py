@@ -118,6 +118,7 @@ def test_ddp_micro_batches_all_reduce_once_per_batch(tmp_path):
                  *batches(1), "sft.micro_batch_size=5", COUNTED_DDP.removesuffix("}") + ",static_graph:true}",
                  env={"RTO_TEST_COMM_LOG": str(tmp_path / "static.log")})
     assert logged(static, "sft/loss") == pytest.approx(logged(tmp_path / "whole", "sft/loss"), abs=1e-4)
+    assert len((tmp_path / "static.log").read_text().split()) > len(calls["whole"])  # each micro-batch synced
 
 
 def test_ddp_dpo_matches_one_process(ddp_run, tmp_path):

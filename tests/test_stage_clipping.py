@@ -167,8 +167,9 @@ def test_sharded_clip_matches_clipping_the_whole_gradient(tmp_path, monkeypatch)
 
 
 def test_outside_fsdp_the_clip_is_torchs_clip_grad_norm_bit_for_bit():
-    """The two public halves of `clip_grad_norm_` (what Lightning's fp32 and bf16-mixed plugins call):
-    the same gradients to the last bit, the same norm, over parameter groups, dtypes and a None grad."""
+    """Torch's `clip_grad_norm_` on the optimizer's parameters (what Lightning's fp32 and bf16-mixed
+    plugins call): the same gradients to the last bit, the same norm, over parameter groups, dtypes and a
+    None grad; unclipped, the norm alone and the gradients untouched."""
     from lightning.pytorch.strategies import DeepSpeedStrategy, SingleDeviceStrategy
 
     torch.manual_seed(0)
@@ -189,8 +190,11 @@ def test_outside_fsdp_the_clip_is_torchs_clip_grad_norm_bit_for_bit():
     assert torch.equal(norm, expected) and float(norm) > 1.0
     for a, b in zip(ours, theirs):
         assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
-    # DeepSpeed's optimizer holds one rank's flat slice of the weights: no norm is read, nothing clipped
     before = [None if p.grad is None else p.grad.clone() for p in ours]
+    assert torch.equal(clip_grad_norm(module, optimizer, None), torch.nn.utils.get_total_norm(
+        [p.grad for p in ours if p.grad is not None]))
+    assert all(b is None or torch.equal(p.grad, b) for p, b in zip(ours, before))
+    # DeepSpeed's optimizer holds one rank's flat slice of the weights: no norm is read, nothing clipped
     deepspeed = SimpleNamespace(trainer=SimpleNamespace(strategy=DeepSpeedStrategy.__new__(DeepSpeedStrategy)))
     assert clip_grad_norm(deepspeed, optimizer, 1e-3) is None
     assert all(b is None or torch.equal(p.grad, b) for p, b in zip(ours, before))

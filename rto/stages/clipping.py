@@ -1,22 +1,23 @@
-"""Gradient norms and clipping by norm, one optimizer's parameters at a time, on every strategy a
-stage runs under.
+"""Gradient norms and clipping by norm, one optimizer's parameters at a time, under every strategy
+this project trains with but DeepSpeed (whose engine clips, with `trainer.gradient_clip_val`).
 
 The RL stage clips its actor and its critic each to `ppo.max_grad_norm`; SFT, RM and DPO clip to
-`<stage>.max_grad_norm` when set. Every step logs the norm before clipping (`<stage>/grad_norm`,
-`ppo/actor_grad_norm`, `ppo/critic_grad_norm`), which is what a clip threshold is chosen from.
-Outside FSDP this is torch's `clip_grad_norm_` in its two halves (`get_total_norm`, then
-`clip_grads_with_norm_` on the same norm), as Lightning's precision plugins for fp32 and bf16-mixed run
-it, so the numbers are those of `LightningModule.clip_gradients`; that method itself is not called: it
-raises when `trainer.gradient_clip_val` is set at all (0, off, included) and returns no norm. Lightning's
-FSDP precision plugin refuses clipping by norm outright, and the FSDP root's own `clip_grad_norm_`
-clips all of the module's parameters together, actor and critic as one vector. Under FSDP each rank
-holds a shard of every gradient (with `use_orig_params`, the original parameters' gradients are views
-of the local shard), so there the squared norms of the local shards are summed over the sharding
-group, as FSDP's own `clip_grad_norm_` does, but for the one optimizer's parameters.
+`<stage>.max_grad_norm` when set. The norm before clipping is logged (`<stage>/grad_norm` every step;
+`ppo/actor_grad_norm`, `ppo/critic_grad_norm` as the mean over an iteration's steps): what a clip
+threshold is chosen from. Outside FSDP this is torch's `clip_grad_norm_` on the optimizer's
+parameters, as Lightning's fp32 and bf16-mixed precision plugins run it, so the numbers are those of
+`LightningModule.clip_gradients`; that method itself is not called: it raises when
+`trainer.gradient_clip_val` is set at all (0, off, included) and returns no norm. Lightning's FSDP
+precision plugin refuses clipping by norm outright, and the FSDP root's own `clip_grad_norm_` clips all
+of the module's parameters together, actor and critic as one vector. Under FSDP each rank holds a shard
+of every gradient (with `use_orig_params`, the original parameters' gradients are views of the local
+shard), so there the squared norms of the local shards are summed over the sharding group, as FSDP's
+own `clip_grad_norm_` does, but for the one optimizer's parameters.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Optional
 
 import torch
@@ -76,10 +77,7 @@ def clip_grad_norm(module, optimizer, max_norm: Optional[float]) -> Optional[tor
         return clip_sharded_grad_norm_(parameters, max_norm, group=root.process_group,
                                        sharded=root.sharding_strategy != ShardingStrategy.NO_SHARD,
                                        device=root.compute_device)
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+    if all(p.grad is None for p in parameters):
         return None
-    norm = torch.nn.utils.get_total_norm(grads)
-    if max_norm is not None:
-        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
-    return norm
+    # an infinite threshold clips by exactly 1.0: the norm alone, the gradients unchanged
+    return torch.nn.utils.clip_grad_norm_(parameters, math.inf if max_norm is None else max_norm)
