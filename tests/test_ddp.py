@@ -99,6 +99,7 @@ def test_ddp_sft_micro_batches_match_whole_batches(ddp_run, tmp_path):
 
 # DDP's own all-reduce, each call (one gradient bucket) counted by tests/ddp_hooks.py
 COUNTED_DDP = "trainer.strategy={_target_:tests.ddp_hooks.CountingDDPStrategy}"
+COUNTED_STATIC_DDP = "trainer.strategy={_target_:tests.ddp_hooks.CountingDDPStrategy,static_graph:true}"
 
 
 def test_ddp_micro_batches_all_reduce_once_per_batch(tmp_path):
@@ -115,7 +116,7 @@ def test_ddp_micro_batches_all_reduce_once_per_batch(tmp_path):
     # DDP's static_graph: Lightning delays the reducer after the first backward, which must have synced
     # (unsynced, DDP's reducer fails an internal assert), so there every micro-batch syncs; the same run
     static = cli(tmp_path / "static", "trainer=ddp_cpu", "trainer.devices=2", "stage=sft", "sft.epochs=2",
-                 *batches(1), "sft.micro_batch_size=5", COUNTED_DDP.removesuffix("}") + ",static_graph:true}",
+                 *batches(1), "sft.micro_batch_size=5", COUNTED_STATIC_DDP,
                  env={"RTO_TEST_COMM_LOG": str(tmp_path / "static.log")})
     assert logged(static, "sft/loss") == pytest.approx(logged(tmp_path / "whole", "sft/loss"), abs=1e-4)
     assert len((tmp_path / "static.log").read_text().split()) > len(calls["whole"])  # each micro-batch synced
