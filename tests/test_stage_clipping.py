@@ -191,9 +191,12 @@ def test_outside_fsdp_the_clip_is_torchs_clip_grad_norm_bit_for_bit():
     for a, b in zip(ours, theirs):
         assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
     before = [None if p.grad is None else p.grad.clone() for p in ours]
+    versions = [None if p.grad is None else p.grad._version for p in ours]
     assert torch.equal(clip_grad_norm(module, optimizer, None), torch.nn.utils.get_total_norm(
         [p.grad for p in ours if p.grad is not None]))
     assert all(b is None or torch.equal(p.grad, b) for p, b in zip(ours, before))
+    # unclipped, the gradients are only read: not even multiplied by 1.0 (an in-place write bumps _version)
+    assert [None if p.grad is None else p.grad._version for p in ours] == versions
     # DeepSpeed's optimizer holds one rank's flat slice of the weights: no norm is read, nothing clipped
     deepspeed = SimpleNamespace(trainer=SimpleNamespace(strategy=DeepSpeedStrategy.__new__(DeepSpeedStrategy)))
     assert clip_grad_norm(deepspeed, optimizer, 1e-3) is None

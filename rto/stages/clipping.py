@@ -17,7 +17,6 @@ own `clip_grad_norm_` does, but for the one optimizer's parameters.
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Optional
 
 import torch
@@ -77,7 +76,9 @@ def clip_grad_norm(module, optimizer, max_norm: Optional[float]) -> Optional[tor
         return clip_sharded_grad_norm_(parameters, max_norm, group=root.process_group,
                                        sharded=root.sharding_strategy != ShardingStrategy.NO_SHARD,
                                        device=root.compute_device)
-    if all(p.grad is None for p in parameters):
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
         return None
-    # an infinite threshold clips by exactly 1.0: the norm alone, the gradients unchanged
-    return torch.nn.utils.clip_grad_norm_(parameters, math.inf if max_norm is None else max_norm)
+    if max_norm is None:  # the norm alone (clip_grad_norm_'s first half): no pass writing the gradients
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
