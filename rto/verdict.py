@@ -7,9 +7,11 @@
 1. **Tune** each arm (PPO with the sentence reward, RTO with the token reward, DPO) with the same
    number of Optuna trials on its own knobs (`conf/hparams_search/{ppo,rto,dpo}.yaml`), optimising
    gold reward on VALIDATION prompts, seed 0.
-2. **Final**: each arm's best config over `--seeds` seeds on TEST prompts; if RTO - PPO is within two
-   standard errors of zero, `--more-seeds` (2) more seeds for every arm.
-3. **Frontier**: each RL arm's best config with `beta` swept (one DPO model: `dpo.beta` pinned), and
+2. **Final**: each arm's best config over `--seeds` seeds (1, 2, ...: not the tuning seed, whose luck
+   in training the search selected) on TEST prompts. If RTO - PPO is not significant (paired t-test,
+   p >= 0.05) in the final runs' last VALIDATION reading, `--more-seeds` (2) more seeds for every arm:
+   the decision never reads test prompts, and without validation readings the seeds are added.
+3. **Frontier**: each RL arm's best config with `beta` swept (the final seeds) (one DPO model: `dpo.beta` pinned), and
    DPO's best config with `dpo.beta` swept, on test prompts: the report compares the arms at equal KL.
 4. **Density**: the DPO-reward variants (sentence, DDPO, Semi-RTO, RS-PPO) at RTO's best config;
    RTO itself is the final arm's runs (the same config and seeds).
@@ -43,6 +45,8 @@ ARMS = {
     "dpo": {"eval.policies": "[sft,dpo]"},
 }
 METRIC = {"ppo": "eval/policy/gold_reward", "rto": "eval/policy/gold_reward", "dpo": "eval/dpo/gold_reward"}
+FIRST_SEED = 1  # of the final, frontier and density runs: tuning ran at seed 0
+VAL_METRIC = "val/gold_reward"  # the final runs' last validation reading: what decides on more seeds
 # the embedded task has no sentence delimiters: Semi-RTO over fixed windows of tokens (reward=semi_window)
 DENSITY_VARIANTS = ("sentence", "ddpo", "semi_window", "shaping")
 STEPS = ("tune", "final", "frontier", "density")
@@ -61,12 +65,13 @@ class Protocol:
         # small enough that two one-thread processes finish sooner than one two-thread process
         self.extra = ["launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "threads=1", *extra] if jobs > 1 else extra
         self.more_seeds, self.dry_run = more_seeds, dry_run
-        self.record: dict = {"trials": trials, "seeds": seeds, "betas": betas, "jobs": jobs,
-                             "extra_overrides": extra,
-                             "steps": [], "best": {}}
+        # what each step runs with; a step run again replaces its own record (and its seconds)
+        self.settings = {"trials": trials, "seeds": seeds, "first_seed": FIRST_SEED, "betas": betas,
+                         "jobs": jobs, "extra_overrides": extra}
+        self.record: dict = {"steps": [], "best": {}}
         if (out / "protocol.json").is_file():  # a later step of the same protocol: keep what is recorded
             earlier = json.loads((out / "protocol.json").read_text())
-            self.record.update(steps=earlier.get("steps", []), best=earlier.get("best", {}))
+            self.record.update({k: earlier[k] for k in ("steps", "best", "more_seeds") if k in earlier})
 
     def multirun(self, step: str, arm: str, args: list[str]) -> Path:
         folder = self.out / step / arm
@@ -75,12 +80,15 @@ class Protocol:
         start = time.perf_counter()
         if not self.dry_run:
             subprocess.run(command, check=True)
-        self.record["steps"].append({"step": step, "arm": arm, "command": " ".join(["python", *command[1:]]),
-                                     "seconds": round(time.perf_counter() - start, 1)})
+        entry = {"step": step, "arm": arm, "command": " ".join(["python", *command[1:]]),
+                 "seconds": round(time.perf_counter() - start, 1), **self.settings}
+        self.record["steps"] = [e for e in self.record["steps"] if (e["step"], e["arm"]) != (step, arm)] + [entry]
         self.save()
         return folder
 
     def save(self) -> None:
+        # the settings of the latest call, for a reader of the file; the report reads each step's own
+        self.record.update(self.settings)
         self.record["seconds"] = round(sum(step["seconds"] for step in self.record["steps"]), 1)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "protocol.json").write_text(json.dumps(self.record, indent=2) + "\n")
@@ -102,20 +110,23 @@ class Protocol:
                                                                            self.seed_list(first_seed, n)])
 
     def gap_is_close(self) -> bool:
-        """RTO - PPO on test prompts within two standard errors of zero (or not measurable)."""
-        scores = {arm: final_scores(self.out / "final", arm) for arm in ("rto", "ppo")}
+        """RTO - PPO in the final runs' last validation reading, paired by seed, not significant
+        (p >= 0.05, or not measurable: then more seeds are added, which biases nothing). Test prompts are
+        never read here: a rule that adds seeds when the test gap looks small would choose on them."""
+        scores = {arm: final_scores(self.out / "final", arm, VAL_METRIC) for arm in ("rto", "ppo")}
         diff = paired(scores["rto"], scores["ppo"])
-        return diff is None or not abs(diff["mean"]) > 2 * diff["se"]
+        self.record["more_seeds_rule"] = {"metric": VAL_METRIC, "paired": diff}
+        return diff is None or not diff["p"] < 0.05
 
     def frontier(self, arm: str, best: dict) -> None:
         swept = "dpo.beta" if arm == "dpo" else "beta"
         fixed = {k: v for k, v in {**ARMS[arm], **best}.items() if k != swept}
-        self.multirun("frontier", arm, overrides(fixed) + ["eval.prompt_set=test", self.seed_list(0, self.seeds),
+        self.multirun("frontier", arm, overrides(fixed) + ["eval.prompt_set=test", self.seed_list(FIRST_SEED, self.seeds),
                                                            f"{swept}={','.join(str(b) for b in self.betas)}"])
 
     def density(self, best: dict) -> None:
         fixed = {k: v for k, v in {**ARMS["rto"], **best}.items() if k != "reward"}
-        self.multirun("density", "rto", overrides(fixed) + ["eval.prompt_set=test", self.seed_list(0, self.seeds),
+        self.multirun("density", "rto", overrides(fixed) + ["eval.prompt_set=test", self.seed_list(FIRST_SEED, self.seeds),
                                                             f"reward={','.join(DENSITY_VARIANTS)}"])
 
     def best(self, arm: str) -> dict:
@@ -128,13 +139,17 @@ class Protocol:
             for arm in ARMS:
                 self.tune(arm)
         if "final" in steps:
+            # decided afresh: the report reads final-more/ only when this run of the step added it
+            self.record.pop("more_seeds", None)
+            self.record.pop("more_seeds_rule", None)
             for arm in ARMS:
-                self.final(arm, self.best(arm), 0, self.seeds)
+                self.final(arm, self.best(arm), FIRST_SEED, self.seeds)
             if self.more_seeds and not self.dry_run and self.gap_is_close():
-                log.info("RTO - PPO is within two standard errors of zero: %d more seeds per arm", self.more_seeds)
+                log.info("RTO - PPO is not significant on validation prompts: %d more seeds per arm",
+                         self.more_seeds)
                 self.record["more_seeds"] = self.more_seeds
                 for arm in ARMS:
-                    self.final(arm, self.best(arm), self.seeds, self.more_seeds, name="final-more")
+                    self.final(arm, self.best(arm), FIRST_SEED + self.seeds, self.more_seeds, name="final-more")
         if "frontier" in steps:
             for arm in ARMS:
                 self.frontier(arm, self.best(arm))
@@ -143,14 +158,16 @@ class Protocol:
         self.save()
 
 
-def final_scores(folder: Path, arm: str) -> dict[int, float]:
-    """Seed -> final test gold of an arm's finished jobs under `<folder>/<arm>`."""
+def final_scores(folder: Path, arm: str, metric: str = VAL_METRIC) -> dict[int, float]:
+    """Seed -> the last value of `metric` (a logged validation reading) of an arm's finished jobs
+    under `<folder>/<arm>`."""
+    from rto.report.jobs import load_jobs
+
     scores = {}
-    for metrics in sorted((folder / arm).glob("*/metrics.json")):
-        cfg = OmegaConf.load(metrics.parent / ".hydra" / "config.yaml")
-        value = json.loads(metrics.read_text()).get(METRIC[arm])
-        if value is not None:
-            scores[int(cfg.seed)] = float(value)
+    for job in load_jobs(folder / arm, required=False):
+        readings = [point[metric] for point in job.val_curve if metric in point]
+        if readings:
+            scores[job.seed] = readings[-1]
     return scores
 
 
@@ -162,7 +179,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the final, frontier and density runs")
     parser.add_argument("--betas", default="0.03,0.1,0.3,1.0", help="the frontier's beta (and DPO's dpo.beta) values")
     parser.add_argument("--more-seeds", type=int, default=2,
-                        help="seeds added to every arm when RTO - PPO is within two standard errors of zero")
+                        help="seeds added to every arm when RTO - PPO is not significant on validation prompts")
     parser.add_argument("--steps", default=",".join(STEPS),
                         help="which steps to run (a later step reads the tuned configs from <out>/protocol.json)")
     parser.add_argument("--jobs", type=int, default=1,

@@ -27,7 +27,8 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
 
 def paired(a: dict[int, float], b: dict[int, float]) -> Optional[dict]:
     """`a - b` over the seeds both have: differences per seed, mean, s.e., t statistic and two-sided
-    p-value of the paired t-test (nan with fewer than two seeds or no spread). None without a shared seed."""
+    p-value of the paired t-test (nan with fewer than two seeds or no spread), and the seeds only one of
+    them has (`missing`). None without a shared seed."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
@@ -38,7 +39,9 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Optional[dict]:
         p = float(2 * scipy_stats.t.sf(abs(t), df=len(diffs) - 1))
     else:
         t = p = float("nan")
-    return {"seeds": seeds, "diffs": diffs.tolist(), "mean": mean, "se": se, "t": float(t), "p": p}
+    # seeds only one side has (a failed or missing job): left out of the pair, and said so
+    return {"seeds": seeds, "missing": sorted(set(a) ^ set(b)), "diffs": diffs.tolist(), "mean": mean, "se": se,
+            "t": float(t), "p": p}
 
 
 def interpolate_at(kl: Sequence[float], gold: Sequence[float], at: Sequence[float]) -> list[Optional[float]]:

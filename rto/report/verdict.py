@@ -8,7 +8,8 @@ builds `summary.json` (every number), renders `report.md` from that summary alon
 - equal KL: each arm's gold interpolated at common KL values of its beta sweep;
 - sample efficiency: sampled responses until the validation curve, smoothed over `WINDOW` points,
   first reaches PPO's final validation score and fixed shares of the task's optimum;
-- density: the DPO-reward variants at one budget, ordered, each against the sentence reward.
+- density: the DPO-reward variants at one budget, ordered, each against the sentence reward and
+  against the next one down the ordering (is each step of the ordering itself significant?).
 """
 
 from __future__ import annotations
@@ -37,9 +38,16 @@ def prefix(arm: str) -> str:
     return "dpo" if arm == "dpo" else "policy"
 
 
+def added_seeds(out: Path) -> bool:
+    """Whether the latest final step added seeds (`final-more/` left by an earlier run is not read)."""
+    path = out / "protocol.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("more_seeds"))
+
+
 def arm_jobs(out: Path, step: str, arm: str) -> list[Job]:
-    """The arm's finished jobs of a step (`final` includes `final-more`, the extra seeds)."""
-    steps = (step, f"{step}-more") if step == "final" else (step,)
+    """The arm's finished jobs of a step (`final` includes `final-more`, the extra seeds, when the
+    protocol added them)."""
+    steps = (step, f"{step}-more") if step == "final" and added_seeds(out) else (step,)
     return [job for s in steps if (out / s / arm).is_dir() for job in load_jobs(out / s / arm, required=False)]
 
 
@@ -107,7 +115,7 @@ def efficiency_section(out: Path) -> dict:
     curves = {arm: {job.seed: job.val_curve for job in arm_jobs(out, "final", arm) if job.val_curve}
               for arm in ("ppo", "rto")}
     ppo_final = [smooth([p["val/gold_reward"] for p in c], WINDOW)[-1] for c in curves["ppo"].values()]
-    targets = [{"name": "PPO's final validation gold", "key": "val/gold_reward",
+    targets = [{"name": f"PPO's final validation gold (its last {WINDOW} points averaged)", "key": "val/gold_reward",
                 "value": float(np.mean(ppo_final)) if ppo_final else None}]
     targets += [{"name": f"{f:.0%} of the optimum", "key": "val/gold_fraction", "value": f} for f in TARGET_FRACTIONS]
     result = {"window": WINDOW, "targets": targets, "arms": {}, "ratio": []}
@@ -136,9 +144,13 @@ def density_section(out: Path) -> dict:
             gold[VARIANT_LABELS.get(job.reward, job.reward)][job.seed] = float(job.metrics["eval/policy/gold_reward"])
     variants = {label: stat(values) for label, values in gold.items()}
     base = gold.get(VARIANT_LABELS["sentence"], {})
-    return {"variants": variants, "ordering": sorted(variants, key=lambda v: -variants[v]["mean"]),
+    ordering = sorted(variants, key=lambda v: -variants[v]["mean"])
+    return {"variants": variants, "ordering": ordering,
             "paired_vs_sentence": {label: d for label, values in gold.items()
-                                   if label != VARIANT_LABELS["sentence"] and (d := paired(values, base))}}
+                                   if label != VARIANT_LABELS["sentence"] and (d := paired(values, base))},
+            # each variant against the one just below it: an ordering is only as firm as its steps
+            "paired_vs_next": {upper: d for upper, lower in zip(ordering, ordering[1:])
+                               if (d := paired(gold[upper], gold[lower]))}}
 
 
 def build_summary(out: Path) -> dict:

@@ -22,9 +22,13 @@ def mean_se(s: Optional[dict]) -> str:
 
 
 def paired_cells(d: Optional[dict]) -> str:
+    """mean ± s.e. | each seed's difference (seed: value), and the seeds left out | p."""
     if not d:
         return "– | – | –"
-    return f"{mean_se(d)} | {', '.join(num(x) for x in d['diffs'])} | {num(d['p'])}"
+    per_seed = ", ".join(f"{seed}: {num(x)}" for seed, x in zip(d["seeds"], d["diffs"]))
+    if d.get("missing"):
+        per_seed += f" (seeds {', '.join(str(s) for s in d['missing'])} missing on one side)"
+    return f"{mean_se(d)} | {per_seed} | {num(d['p'])}"
 
 
 def final_table(final: dict) -> list[str]:
@@ -68,11 +72,29 @@ def efficiency_table(eff: dict) -> list[str]:
 
 
 def density_table(density: dict) -> list[str]:
-    lines = ["| variant | gold | minus PPO (sentence), paired | per seed | p |", "|---|---|---|---|---|"]
+    lines = ["| variant | gold | minus PPO (sentence), paired | per seed | p | minus the next variant down, paired "
+             "| per seed | p |", "|---|---|---|---|---|---|---|---|"]
     for label in density["ordering"]:
         lines.append(f"| {label} | {mean_se(density['variants'][label])} | "
-                     f"{paired_cells(density['paired_vs_sentence'].get(label))} |")
+                     f"{paired_cells(density['paired_vs_sentence'].get(label))} | "
+                     f"{paired_cells(density.get('paired_vs_next', {}).get(label))} |")
     return lines
+
+
+def protocol_line(protocol: dict) -> str:
+    """The settings each step ran with (its own record; the file's top level holds the latest call's)."""
+    def setting(step: str, key: str):
+        values = {str(e[key]) for e in protocol.get("steps", []) if e["step"] == step and key in e}
+        return ", ".join(sorted(values)) if values else str(protocol.get(key, "?"))
+
+    first = int(setting("final", "first_seed")) if setting("final", "first_seed").isdigit() else 0
+    seeds = setting("final", "seeds")
+    seed_range = f"seeds {first}-{first + int(seeds) - 1}" if seeds.isdigit() else f"{seeds} seeds"
+    more = (f"; {protocol['more_seeds']} more seeds added, RTO - PPO not being significant on validation prompts"
+            if protocol.get("more_seeds") else "")
+    return (f"Protocol: {setting('tune', 'trials')} Optuna trials per arm on validation prompts (seed 0), then each "
+            f"arm's best config over {seed_range} on test prompts{more}; frontier beta values "
+            f"{setting('frontier', 'betas')}; wall time {num(protocol.get('seconds'))} s.")
 
 
 def render(summary: dict) -> str:
@@ -80,9 +102,7 @@ def render(summary: dict) -> str:
     eff = summary["efficiency"]
     parts = [
         "# Does RTO beat PPO? The verdict", "",
-        f"Protocol: {protocol['trials']} Optuna trials per arm on validation prompts (seed 0), then each arm's "
-        f"best config over seeds on test prompts; frontier beta values {protocol['betas']}; "
-        f"wall time {num(protocol.get('seconds'))} s.", "",
+        protocol_line(protocol), "",
         "## Final table (test prompts, mean ± s.e. over seeds)", "", *final_table(summary["final"]), "",
         "![final](final.png)", "",
         "## At equal KL (test prompts; gold interpolated along each arm's beta sweep)", "",
