@@ -126,6 +126,19 @@ def test_held_out_prompts_are_never_trained_on(assets, tmp_path):
     assert not held & {json.dumps(p) for p in trained}
 
 
+def test_a_prompt_held_out_as_text_is_held_out_as_messages_too(assets, tmp_path):
+    """String prompts (the pairs) and message lists (SFT rows from `messages`) for the same questions:
+    a held-out question is removed from both, whichever form it has (the chat template makes the two
+    forms one model input)."""
+    cfg = real_cfg(assets, "jsonl", f"data.sft_path={assets['ultrafeedback']}", output_dir=tmp_path)
+    data = load_data(cfg.data, load_tokenizer(cfg.model))
+    held = set(data.val_prompts) | set(data.test_prompts)
+    assert held and all(isinstance(p, str) for p in held)
+    sft_questions = [r["prompt"][-1]["content"] for r in data.sft_rows]
+    # 24 questions, 5 (0.2) held out as test prompts and 2 (0.1 of the 19 left) for validation
+    assert len(sft_questions) == 24 - 5 - 2 and not held & set(sft_questions)
+
+
 def test_real_data_needs_a_pretrained_model(assets, tmp_path):
     cfg = compose_config("data=jsonl", f"data.path={assets['plain']}", output_dir=tmp_path)
     with pytest.raises(ValueError, match="set model.pretrained"):

@@ -164,5 +164,8 @@ def chat_prompt(tokenizer, prompt: Prompt, use_template: bool = True) -> str:
 
 
 def prompt_key(prompt: Prompt) -> str:
-    """A hashable key of a prompt (string or messages), to de-duplicate and hold prompts out."""
-    return prompt if isinstance(prompt, str) else "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in prompt)
+    """A hashable key of a prompt, to de-duplicate and hold prompts out. A string is keyed as the one
+    user turn it becomes under the chat template, so the same question held out in one form (say test
+    prompts as text) is held out in the other (SFT rows from `messages`) too."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in messages)
