@@ -91,6 +91,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "reward_model.critic_init": _one_of(("rm", "policy")),
     "data.truncate_prompts": _one_of(("left", "drop")),
     "data.on_invalid": _one_of(("raise", "skip")),
+    "data.truncate_responses": BOOL,
     "model.num_layers": COUNT,
     "model.num_heads": COUNT,
     "data.max_prompt_tokens": COUNT,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -124,6 +125,28 @@ def test_held_out_prompts_are_never_trained_on(assets, tmp_path):
     held = val | test
     trained = [r["prompt"] for r in data.sft_rows + data.train_pairs + data.val_pairs] + data.train_prompts
     assert not held & {json.dumps(p) for p in trained}
+
+
+def test_long_responses_are_refused_unless_truncate_responses_cuts_them(assets, tmp_path, caplog):
+    from rto.data.validate import InvalidDataError
+
+    cfg = real_cfg(assets, "jsonl", "data.max_response_tokens=4", output_dir=tmp_path)
+    tok = load_tokenizer(cfg.model)
+    with pytest.raises(InvalidDataError, match="over data.max_response_tokens=4"):
+        load_data(cfg.data, tok)
+    cfg = real_cfg(assets, "jsonl", "data.max_response_tokens=4", "data.truncate_responses=true", output_dir=tmp_path)
+    with caplog.at_level(logging.WARNING):
+        data = load_data(cfg.data, tok)
+    assert len(data.train_pairs) + len(data.val_pairs) == 24 - 5 - 2  # every pair kept but the held-out ones
+    assert re.search(r"preference pairs \(train\): \d+ of \d+ responses exceed data.max_response_tokens=4 "
+                     r"and are cut there", caplog.text)
+    batch = SFTCollator(data.encoder)(data.sft_rows[:4])
+    assert batch["response_ids"].shape[1] == 4  # cut at the limit, EOS and all
+    for preset in ("ultrafeedback", "hh_rlhf"):
+        assert compose_config(f"data={preset}", output_dir=tmp_path).data.truncate_responses is True
+    assert compose_config("data=jsonl", output_dir=tmp_path).data.truncate_responses is False
+    with pytest.raises(ConfigError, match="data.truncate_responses"):
+        validate(real_cfg(assets, "jsonl", "data.truncate_responses=maybe", output_dir=tmp_path))
 
 
 def test_a_prompt_held_out_as_text_is_held_out_as_messages_too(assets, tmp_path):

@@ -68,6 +68,7 @@ def load_data(data_cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]
     # every source's rows are validated here, before any training
     # (real sources apply `data.truncate_prompts` to long prompts themselves)
     bundle = validate_bundle(SOURCES[source](data_cfg, tokenizer), data_cfg.get("on_invalid", "raise"),
-                             check_prompt_length="truncate_prompts" not in data_cfg)
+                             check_prompt_length="truncate_prompts" not in data_cfg,
+                             truncate_responses=bool(data_cfg.get("truncate_responses", False)))
     check_set_sizes(bundle, data_cfg)  # an empty set stops here, not after training on nothing
     return bundle

@@ -2,7 +2,9 @@
 
 A row is rejected for a missing field, a field that is not text, an empty (or blank) text, a
 preference pair whose chosen and rejected responses are the same, or a text longer than the
-run's token limits (which the collators would otherwise cut silently). `data.on_invalid=raise`
+run's token limits (which the collators would otherwise cut silently), but where the source cuts
+them on purpose: prompts under `data.truncate_prompts`, responses under `data.truncate_responses`
+(both counted and logged). `data.on_invalid=raise`
 stops with the row numbers and reasons; `skip` drops the rows and logs how many, and why.
 """
 
@@ -98,8 +100,8 @@ def text_problem(field: str, value: Any) -> Optional[str]:
 
 
 def length_problem(field: str, value: str, encoder: Optional[Encoder], tokenized: Optional[dict] = None,
-                   check_prompt_length: bool = True) -> Optional[str]:
-    if encoder is None:
+                   check_prompt_length: bool = True, check_response_length: bool = True) -> Optional[str]:
+    if encoder is None or (field != "prompt" and not check_response_length):
         return None
     if field == "prompt":
         if not check_prompt_length or not isinstance(value, str):
@@ -112,7 +114,7 @@ def length_problem(field: str, value: str, encoder: Optional[Encoder], tokenized
 
 
 def row_problems(row: Any, kind: str, encoder: Optional[Encoder] = None, tokenized: Optional[dict] = None,
-                 check_prompt_length: bool = True) -> list[str]:
+                 check_prompt_length: bool = True, check_response_length: bool = True) -> list[str]:
     """Why `row` (an `sft` or `pair` row) cannot be used; empty if it can."""
     if not isinstance(row, Mapping):
         return [f"row is a {type(row).__name__}, expected a mapping with fields {', '.join(FIELDS[kind])}"]
@@ -122,7 +124,7 @@ def row_problems(row: Any, kind: str, encoder: Optional[Encoder] = None, tokeniz
             problems.append(f"missing field {field!r}")
             continue
         problem = text_problem(field, row[field]) or \
-            length_problem(field, row[field], encoder, tokenized, check_prompt_length)
+            length_problem(field, row[field], encoder, tokenized, check_prompt_length, check_response_length)
         if problem:
             problems.append(problem)
     if kind == "pair" and not problems and row["chosen"].strip() == row["rejected"].strip():
@@ -139,10 +141,12 @@ def prompt_problems(prompt: Any, encoder: Optional[Encoder] = None, tokenized: O
 
 
 def validate_rows(rows: list, kind: str, encoder: Optional[Encoder] = None, on_invalid: str = "raise",
-                  name: str = "rows", check_prompt_length: bool = True) -> list:
+                  name: str = "rows", check_prompt_length: bool = True, truncate_responses: bool = False) -> list:
     """The rows that pass; raise InvalidDataError (`on_invalid=raise`) or drop the rest (`skip`).
 
     `kind`: `sft`, `pair` or `prompt`. Row numbers in messages are 0-based positions in `rows`.
+    `truncate_responses`: a response over `max_response_tokens` is no error; the encoder cuts it there
+    (without its EOS), and how many were cut is logged.
     """
     tokenized = None
     if encoder is not None:
@@ -151,8 +155,10 @@ def validate_rows(rows: list, kind: str, encoder: Optional[Encoder] = None, on_i
         tokenized = tokenize_all(encoder, texts)
     check: Callable[[Any], list[str]] = \
         (lambda r: prompt_problems(r, encoder, tokenized, check_prompt_length)) if kind == "prompt" \
-        else (lambda r: row_problems(r, kind, encoder, tokenized, check_prompt_length))
+        else (lambda r: row_problems(r, kind, encoder, tokenized, check_prompt_length, not truncate_responses))
     bad = [(i, problems) for i, row in enumerate(rows) if (problems := check(row))]
+    if truncate_responses and encoder is not None and kind != "prompt":
+        log_cut_responses(rows, kind, encoder, tokenized, name)
     if not bad:
         return list(rows)
     reasons = Counter(re.sub(r"\d+", "N", p) for _, problems in bad for p in problems)
@@ -171,11 +177,22 @@ def validate_rows(rows: list, kind: str, encoder: Optional[Encoder] = None, on_i
         f"to drop them (row numbers are 0-based):\n  {listed}{more}")
 
 
-def validate_bundle(bundle, on_invalid: str = "raise", check_prompt_length: bool = True):
+def log_cut_responses(rows: list, kind: str, encoder: Encoder, tokenized: Optional[dict], name: str) -> None:
+    fields = [f for f in FIELDS[kind] if f in RESPONSE_FIELDS]
+    texts = [r[f] for r in rows if isinstance(r, Mapping) for f in fields if isinstance(r.get(f), str)]
+    cut = sum(response_tokens(encoder, text, tokenized) > encoder.max_response_tokens for text in texts)
+    if cut:
+        log.warning("%s: %d of %d responses exceed data.max_response_tokens=%d and are cut there (without "
+                    "their EOS; data.truncate_responses=true)", name, cut, len(texts), encoder.max_response_tokens)
+
+
+def validate_bundle(bundle, on_invalid: str = "raise", check_prompt_length: bool = True,
+                    truncate_responses: bool = False):
     """Validate every row set of a DataBundle in place (SFT rows, preference pairs, prompts).
-    `check_prompt_length=False` where the source already truncated or dropped long prompts."""
+    `check_prompt_length=False` where the source already truncated or dropped long prompts;
+    `truncate_responses`: long responses are cut and counted, not rejected."""
     check = partial(validate_rows, encoder=bundle.encoder, on_invalid=on_invalid,
-                                         check_prompt_length=check_prompt_length)
+                    check_prompt_length=check_prompt_length, truncate_responses=truncate_responses)
     bundle.sft_rows = check(bundle.sft_rows, "sft", name="sft rows")
     bundle.train_pairs = check(bundle.train_pairs, "pair", name="preference pairs (train)")
     bundle.val_pairs = check(bundle.val_pairs, "pair", name="preference pairs (val)") \
