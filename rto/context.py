@@ -20,6 +20,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
 from rto.artifacts import config_hash
 from rto.cache import may_run_several_processes
 from rto.data import DataBundle, load_data
+from rto.data.validate import validate_pairs_for
 from rto.data.preference_formats import chat_prompt
 from rto.models.factory import policy_tokenizer
 from rto.models.placement import off_step
@@ -84,6 +85,8 @@ class RunContext:
         # the reward model may have its own tokenizer (reward_model=pretrained): its own encoder too
         self.rm_tokenizer = reward_tokenizer(cfg.reward_model, self.data.tokenizer)
         self.rm_encoder = dataclasses.replace(self.data.encoder, tokenizer=self.rm_tokenizer)
+        if self.rm_tokenizer is not self.data.tokenizer:  # the pairs' lengths in the reward model's tokens
+            validate_pairs_for(self.data, self.rm_encoder, cfg.data, "the reward model's tokenizer")
         # where Semi-RTO's segments end (delimiter tokens of this tokenizer, or fixed windows); checked
         # here, before any training
         self.segments = segments_for(cfg.reward, self.data.tokenizer)

@@ -149,6 +149,28 @@ def test_long_responses_are_refused_unless_truncate_responses_cuts_them(assets, 
         validate(real_cfg(assets, "jsonl", "data.truncate_responses=maybe", output_dir=tmp_path))
 
 
+def test_pairs_are_checked_in_the_reward_models_own_tokens(assets, tmp_path, caplog):
+    """A reward model with another tokenizer (byte-level: every byte a token) reads the pairs in its own
+    tokens: a response within the policy's limit but over it in the RM's tokens is refused, or cut and
+    counted, instead of cut silently by its collator."""
+    from rto.context import RunContext
+    from rto.data.validate import InvalidDataError
+    from tests.real_assets import save_tiny_gguf
+
+    gguf = save_tiny_gguf(tmp_path / "gguf", tokenizer=True)
+    rm = ("reward_model=pretrained", f"reward_model.path={gguf}", "reward_model.gguf_file=tiny.gguf",
+          "reward_model.critic_init=policy", "data.max_response_tokens=12", "logger=csv")
+    # every response fits 12 tokens of the policy's (word-level) tokenizer
+    assert RunContext(real_cfg(assets, "jsonl", "reward_model=same", *rm[4:], output_dir=tmp_path / "a"))
+    with pytest.raises(InvalidDataError, match=r"preference pairs \(train, the reward model's tokenizer\)"):
+        RunContext(real_cfg(assets, "jsonl", *rm, output_dir=tmp_path / "b"))
+    with caplog.at_level(logging.WARNING):
+        ctx = RunContext(real_cfg(assets, "jsonl", *rm, "data.truncate_responses=true", output_dir=tmp_path / "c"))
+    assert re.search(r"preference pairs \(train, the reward model's tokenizer\): \d+ of \d+ responses exceed "
+                     r"data.max_response_tokens=12", caplog.text)
+    assert len(ctx.data.train_pairs) + len(ctx.data.val_pairs) == 24 - 5 - 2
+
+
 def test_a_prompt_held_out_as_text_is_held_out_as_messages_too(assets, tmp_path):
     """String prompts (the pairs) and message lists (SFT rows from `messages`) for the same questions:
     a held-out question is removed from both, whichever form it has (the chat template makes the two

@@ -203,6 +203,25 @@ def validate_bundle(bundle, on_invalid: str = "raise", check_prompt_length: bool
     return bundle
 
 
+def validate_pairs_for(bundle, encoder: Encoder, data_cfg, whose: str) -> None:
+    """The preference pairs again, in another tokenizer's tokens (a reward model with its own): its
+    collator applies the same limits, so a response longer in its tokens would be cut there silently.
+    Long responses are refused, or cut and counted (`data.truncate_responses`); prompts over the limit
+    are counted (the collator keeps their last tokens, as `data.truncate_prompts=left` does)."""
+    options = dict(encoder=encoder, on_invalid=data_cfg.get("on_invalid", "raise"),
+                   check_prompt_length="truncate_prompts" not in data_cfg,
+                   truncate_responses=bool(data_cfg.get("truncate_responses", False)))
+    bundle.train_pairs = validate_rows(bundle.train_pairs, "pair", name=f"preference pairs (train, {whose})", **options)
+    if bundle.val_pairs:
+        bundle.val_pairs = validate_rows(bundle.val_pairs, "pair", name=f"preference pairs (val, {whose})", **options)
+    if "truncate_prompts" in data_cfg:
+        rows = bundle.train_pairs + bundle.val_pairs
+        long = sum(encoder.prompt_length(r["prompt"]) > encoder.max_prompt_tokens for r in rows)
+        if long:
+            log.warning("preference pairs (%s): %d of %d prompts exceed data.max_prompt_tokens=%d in its tokens "
+                        "and are truncated from the left", whose, long, len(rows), encoder.max_prompt_tokens)
+
+
 def check_set_sizes(bundle, data_cfg) -> None:
     """Stop before training when a set of the bundle is empty (or below its minimum), naming the set
     and the `data.*` keys that size it: training on nothing would finish and print a table as if all
