@@ -138,3 +138,19 @@ def test_prompt_validator_never_crashes_and_rejects_non_text(prompt):
     problems = prompt_problems(prompt, ENCODER)
     if not isinstance(prompt, str) or not prompt.strip():
         assert problems
+
+
+def test_a_prompts_length_is_counted_as_the_model_sees_it_under_the_chat_template():
+    """The template's tokens count: a prompt whose text fits but whose templated form does not is
+    refused (where a source applies no `data.truncate_prompts` of its own), and a message list is counted
+    too."""
+    from tests.real_assets import build_tokenizer as chat_tokenizer
+
+    tok = chat_tokenizer(chat_template=True)
+    prompt = "what color is the sky ?"
+    encoder = Encoder(tok, max_prompt_tokens=8, max_response_tokens=8, append_eos=True, chat_template=True)
+    assert len(tok(prompt, add_special_tokens=False)["input_ids"]) + 1 <= 8 < encoder.prompt_length(prompt)
+    for value in (prompt, [{"role": "user", "content": prompt}]):
+        assert prompt_problems(value, encoder) == [f"prompt has {encoder.prompt_length(prompt)} tokens, "
+                                                   "over data.max_prompt_tokens=8"]
+    assert prompt_problems(prompt, Encoder(tok, 8, 8, append_eos=True, chat_template=False)) == []

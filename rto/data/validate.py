@@ -104,9 +104,12 @@ def length_problem(field: str, value: str, encoder: Optional[Encoder], tokenized
     if encoder is None or (field != "prompt" and not check_response_length):
         return None
     if field == "prompt":
-        if not check_prompt_length or not isinstance(value, str):
+        if not check_prompt_length:
             return None  # the source applied its own `data.truncate_prompts` policy to these
-        n, limit, key = prompt_tokens(encoder, value, tokenized), encoder.max_prompt_tokens, "data.max_prompt_tokens"
+        # as the model sees it: under a chat template (or for a message list) the encoder's own count
+        n = prompt_tokens(encoder, value, tokenized) if isinstance(value, str) and not encoder.chat_template \
+            else encoder.prompt_length(value)
+        limit, key = encoder.max_prompt_tokens, "data.max_prompt_tokens"
     else:
         n, limit = response_tokens(encoder, value, tokenized), encoder.max_response_tokens
         key = "data.max_response_tokens"
