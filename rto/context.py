@@ -21,6 +21,7 @@ from rto.artifacts import config_hash
 from rto.cache import may_run_several_processes
 from rto.data import DataBundle, load_data
 from rto.data.validate import validate_pairs_for
+from rto.preflight import check_context_length
 from rto.data.preference_formats import chat_prompt
 from rto.models.factory import policy_tokenizer
 from rto.models.placement import off_step
@@ -79,6 +80,7 @@ class RunContext:
         self.ckpt_dir = self.out / "checkpoints"
         tokenizer = policy_tokenizer(cfg.model)  # a pretrained model brings its tokenizer; None otherwise
         self.data: DataBundle = load_data(cfg.data, tokenizer)
+        check_context_length(cfg)  # prompt + response within the models' positions
         if tokenizer is not None:
             check_same_tokenizer(tokenizer, self.data.tokenizer, f"model.pretrained={cfg.model.pretrained}",
                                  f"data={cfg.data.name}")

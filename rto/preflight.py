@@ -1,17 +1,20 @@
-"""Before any training: does this machine have what the config asks for, and do the folders it
-names exist? A GPU trainer on a machine without one, a logger whose package is not installed, or a
-checkpoint or judge folder that is not there, would otherwise fail minutes (or a whole training run)
-later, deep inside Lightning or at evaluation time."""
+"""Before any training: does this machine have what the config asks for, do the folders it names
+exist, and do the run's sequences fit its models' context? A GPU trainer on a machine without one, a
+logger whose package is not installed, a checkpoint or judge folder that is not there, or a prompt
+plus response longer than a model's positions (an index error with learned positions, silent
+degradation with rotary ones) would otherwise fail minutes (or a whole training run) later, deep
+inside Lightning or at evaluation time."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rto.errors import MachineError, MissingStageError, ModelError
+from rto.errors import ConfigError, MachineError, MissingStageError, ModelError
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 CHECKPOINT_STAGES = ("sft", "rm", "dpo", "ppo")
@@ -63,7 +66,60 @@ def check_folders(cfg: DictConfig) -> None:
                          f"(e.g. another run's checkpoints/rm) or eval.judge=null")
 
 
+# where model configs keep their context length (Llama and most others; GPT-2; some remote-code models)
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def longest_sequence(cfg: DictConfig) -> tuple[int, str]:
+    """The longest prompt + response the run forms, and how it is made up (for the message)."""
+    prompt = int(cfg.data.max_prompt_tokens)
+    responses = {key: OmegaConf.select(cfg, key, default=None)
+                 for key in ("data.max_response_tokens", "ppo.max_new_tokens", "eval.max_new_tokens")}
+    key, response = max(((k, int(v)) for k, v in responses.items() if v is not None), key=lambda kv: kv[1])
+    return prompt + response, f"data.max_prompt_tokens={prompt} + {key}={response}"
+
+
+def context_length(model_cfg: DictConfig, source: Optional[str]) -> Optional[tuple[int, str]]:
+    """(positions, the config field) of a pretrained model's config, or of a from-scratch preset; None where
+    the config cannot be read here (the model's loading then reports why, with its own message)."""
+    if not source:
+        n = model_cfg.get("max_position_embeddings")
+        return (int(n), "model.max_position_embeddings") if n else None
+    from transformers import AutoConfig
+
+    from rto.models.factory import pretrained_kwargs
+
+    try:
+        config = AutoConfig.from_pretrained(source, **pretrained_kwargs(model_cfg))
+    except Exception:  # a missing folder or hub id is the loader's error to report
+        return None
+    for field in CONTEXT_FIELDS:
+        if isinstance(getattr(config, field, None), int):
+            return getattr(config, field), f"its config's {field}"
+    return None
+
+
+def check_context_length(cfg: DictConfig) -> None:
+    """Prompt + response must fit the policy's positions, and the reward model's when it is another model
+    (before any stage trains: `RunContext` calls it once the data has loaded)."""
+    if OmegaConf.select(cfg, "data.max_prompt_tokens", default=None) is None:
+        return
+    need, made_of = longest_sequence(cfg)
+    models = [("model", cfg.model, cfg.model.get("pretrained"))]
+    rm_cfg = cfg.get("reward_model")
+    if rm_cfg is not None and rm_cfg.get("source") == "pretrained":
+        models.append(("reward_model", rm_cfg, rm_cfg.get("path")))
+    for key, model_cfg, source in models:
+        found = context_length(model_cfg, source)
+        if found and need > found[0]:
+            name = f"{key}.{'pretrained' if key == 'model' else 'path'}={source}" if source else f"model={cfg.model.get('name')}"
+            raise ConfigError(f"{made_of} = {need} tokens, over the {found[0]} positions of {name} ({found[1]}): "
+                              f"lower data.max_prompt_tokens or the response length")
+
+
 def preflight(cfg: DictConfig) -> None:
     check_accelerator(cfg)
     check_loggers(cfg)
     check_folders(cfg)
+    # check_context_length runs once the data is loaded (rto.context): a source's own refusal (real data
+    # on a from-scratch model) says more than a length would

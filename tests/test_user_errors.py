@@ -194,3 +194,19 @@ def test_report_on_a_folder_without_runs_is_one_short_message(tmp_path, make, na
                             text=True, timeout=120)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and named in result.stderr and str(folder) in result.stderr
+
+
+def test_prompt_plus_response_over_a_models_positions_stops_before_training(assets, tmp_path):
+    """The tiny Llama has 128 positions: 120 prompt tokens + 12 response tokens do not fit (with learned
+    positions the first forward would die on an index error; with rotary ones it would run past the
+    trained context unnoticed). A from-scratch preset's positions count the same way."""
+    data = assets["root"] / "long.jsonl"
+    data.write_text("\n".join(rows()) + "\n")
+    overrides = [o for o in real_data(assets, data) if not o.startswith("data.max_prompt_tokens")]
+    err = assert_user_error(cli(tmp_path, *overrides, "data.max_prompt_tokens=120"),
+                            "data.max_prompt_tokens=120 + data.max_response_tokens=12 = 132 tokens",
+                            "128 positions", "max_position_embeddings")
+    assert "lower data.max_prompt_tokens" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert_user_error(cli(tmp_path / "scratch", "model.max_position_embeddings=24"),
+                      "= 32 tokens, over the 24 positions of model=")
