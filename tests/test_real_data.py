@@ -117,6 +117,29 @@ def test_long_prompts_truncated_or_dropped_and_counted(assets, tmp_path, caplog,
     assert f"24 of 24 prompts exceed data.max_prompt_tokens=8 and are {action}" in caplog.text
 
 
+def test_a_long_prompt_loses_its_earliest_text_and_keeps_its_frame(assets):
+    """BOS, the chat template's turn headers and its generation prompt survive truncation; whole
+    earliest turns go first (a system message stays), then the start of the earliest turn left."""
+    tok = load_tokenizer(OmegaConf.create({"pretrained": str(assets["model"])}))
+    words = lambda ids: tok.convert_ids_to_tokens(ids)  # noqa: E731
+    frame = ["<s>", "<|im_start|>", "user", ":"], ["<|im_end|>", "<|im_start|>", "assistant", ":"]
+    question = "what color is the sky ? please"
+    full = Encoder(tok, 64, 8, append_eos=True, chat_template=True).prompt(question)
+    assert words(full) == [*frame[0], "what", "color", "is", "the", "sky", "?", "please", *frame[1]]
+    short = Encoder(tok, len(full) - 3, 8, append_eos=True, chat_template=True)
+    assert words(short.prompt(question)) == [*frame[0], "the", "sky", "?", "please", *frame[1]]
+    assert short.prompt(question) is short.prompt(question)  # shortened once, then reused
+    talk = [{"role": "system", "content": "the"}, {"role": "user", "content": "what color is the sea ?"},
+            {"role": "assistant", "content": "the sea is blue ."}, {"role": "user", "content": question}]
+    kept = Encoder(tok, 20, 8, append_eos=True, chat_template=True).prompt(talk)
+    assert words(kept) == ["<s>", "<|im_start|>", "system", ":", "the", "<|im_end|>", "<|im_start|>", "user", ":",
+                           "what", "color", "is", "the", "sky", "?", "please", *frame[1]]
+    # without a template: BOS and the last tokens
+    assert words(Encoder(tok, 5, 8, append_eos=True).prompt(question)) == ["<s>", "the", "sky", "?", "please"]
+    # a frame that fills the limit alone: the last tokens, as before
+    assert Encoder(tok, 8, 8, append_eos=True, chat_template=True).prompt(question) == full[-8:]
+
+
 def test_held_out_prompts_are_never_trained_on(assets, tmp_path):
     cfg = real_cfg(assets, "ultrafeedback", output_dir=tmp_path)
     data = load_data(cfg.data, load_tokenizer(cfg.model))

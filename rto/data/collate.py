@@ -1,18 +1,20 @@
 """Rows of text -> `prompt (left-padded) + response (right-padded)` tensors.
 
 Every stage uses this one layout: `prompt_ids/prompt_mask [B, P]`, `response_ids/response_mask [B, R]`.
-Prompts longer than `max_prompt_tokens` keep their last tokens (the instruction's end is what
-the model answers); responses longer than `max_response_tokens` are cut.
+Prompts longer than `max_prompt_tokens` lose their earliest text (the instruction's end is what the
+model answers), but keep their frame: BOS, and under a chat template the turns' headers and the
+generation prompt (whole earliest turns go first, then the start of the earliest turn left);
+responses longer than `max_response_tokens` are cut.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rto.data.preference_formats import Prompt, chat_prompt
+from rto.data.preference_formats import Prompt, chat_prompt, prompt_key
 
 
 def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -53,6 +55,9 @@ class Encoder:
 
     # real data: a message-list prompt (or a string, as one user turn) goes through the chat template
     chat_template: bool = False
+    # shortened prompts, by prompt_key: a long prompt is shortened once, not at every batch (init=False:
+    # an encoder copied for another tokenizer starts its own)
+    _shortened: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def full_prompt(self, prompt: Prompt) -> list[int]:
         """Every token of the prompt, BOS first (once: a chat template may already write it)."""
@@ -66,7 +71,40 @@ class Encoder:
         return len(self.full_prompt(prompt))
 
     def prompt(self, prompt: Prompt) -> list[int]:
-        return self.full_prompt(prompt)[-self.max_prompt_tokens:]
+        ids = self.full_prompt(prompt)
+        if len(ids) <= self.max_prompt_tokens:
+            return ids
+        key = prompt_key(prompt)
+        if key not in self._shortened:
+            self._shortened[key] = self.shortened(prompt, ids)
+        return self._shortened[key]
+
+    def shortened(self, prompt: Prompt, ids: list[int]) -> list[int]:
+        """A prompt over `max_prompt_tokens`, its earliest text cut, its frame kept."""
+        bos = self.tokenizer.bos_token_id
+        templated = self.chat_template and getattr(self.tokenizer, "chat_template", None)
+        if isinstance(prompt, str) and not templated:  # plain text: BOS, then the text's last tokens
+            head = [bos] if bos is not None and ids[:1] == [bos] else []
+            return head + ids[len(ids) - (self.max_prompt_tokens - len(head)):]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        first = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+        while len(messages) - first > 1 and len(self.full_prompt(messages)) > self.max_prompt_tokens:
+            del messages[first]  # whole earliest turns first, the last one stays
+        if first < len(messages):
+            content = _ids(self.tokenizer, messages[first]["content"])
+
+            def keeping(k: int) -> list[dict]:  # the earliest turn's last k content tokens
+                tail = self.tokenizer.decode(content[len(content) - k:]) if k else ""
+                return messages[:first] + [{**messages[first], "content": tail}] + messages[first + 1:]
+
+            low, high = 0, len(content)  # binary search: the most content tokens that fit
+            while low < high:
+                mid = (low + high + 1) // 2
+                low, high = (mid, high) if len(self.full_prompt(keeping(mid))) <= self.max_prompt_tokens else (low, mid - 1)
+            if low > 0:
+                return self.full_prompt(keeping(low))
+        # the frame alone fills the limit (a long system prompt, a tiny limit): the last tokens, as a last resort
+        return ids[-self.max_prompt_tokens:]
 
     def response(self, text: str) -> list[int]:
         ids = _ids(self.tokenizer, text)
