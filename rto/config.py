@@ -92,6 +92,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.truncate_prompts": _one_of(("left", "drop")),
     "data.on_invalid": _one_of(("raise", "skip")),
     "data.truncate_responses": BOOL,
+    "data.test_format": _one_of(("pairs", "prompts")),
     "model.num_layers": COUNT,
     "model.num_heads": COUNT,
     "data.max_prompt_tokens": COUNT,

@@ -170,6 +170,8 @@ def test_long_responses_are_refused_unless_truncate_responses_cuts_them(assets, 
     assert compose_config("data=jsonl", output_dir=tmp_path).data.truncate_responses is False
     with pytest.raises(ConfigError, match="data.truncate_responses"):
         validate(real_cfg(assets, "jsonl", "data.truncate_responses=maybe", output_dir=tmp_path))
+    with pytest.raises(ConfigError, match="data.test_format"):  # a typo would read the test file as pairs
+        validate(real_cfg(assets, "jsonl", "data.test_format=prompt", output_dir=tmp_path))
 
 
 def test_pairs_are_checked_in_the_reward_models_own_tokens(assets, tmp_path, caplog):
