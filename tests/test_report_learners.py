@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rto.report.jobs import load_jobs
-from rto.report.multirun import efficiency_table, summarize, write_multirun_report
+from rto.report.multirun import efficiency_table, markdown_table, summarize, write_multirun_report
 
 
 def write_job(folder: Path, algo: str, reward: str, seed: int, gold: float, val: list[tuple[int, float]],
@@ -67,3 +67,31 @@ def test_report_file_holds_both_tables(runs, tmp_path):
     assert "GRPO (token)" in text and "SimPO" in text and "val gold at 25% of responses" in text
     algos = {job["algo"] for job in json.loads((out / "summary.json").read_text())["jobs"]}
     assert algos == {"grpo", "ppo"}
+
+
+def test_jobs_that_differ_beyond_the_seed_get_rows_of_their_own(tmp_path, caplog):
+    """Two learning rates x two seeds: two rows, never one row averaging both rates (or a job of one rate
+    replacing the other's at the same seed); the SFT row does not split on an RL setting, but the DPO row
+    splits on dpo.beta; the same settings and seed twice is named in a warning."""
+    for lr, offset in ((1e-4, 0.0), (1e-3, 10.0)):
+        for seed in (0, 1):
+            folder = tmp_path / f"lr{lr}_s{seed}"
+            write_job(folder, "ppo", "token", seed, offset + seed, [(0, 0.0), (100, 1.0)])
+            cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+            cfg.ppo = {"actor_optimizer": {"lr": lr}}
+            cfg.dpo.beta = 0.1 if lr == 1e-4 else 0.3
+            OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    rows = summarize(load_jobs(tmp_path))
+    rto = {r["settings"]: r for r in rows if r["policy"] == "RTO (token)"}
+    assert set(rto) == {"dpo.beta=0.1, ppo.actor_optimizer.lr=0.0001", "dpo.beta=0.3, ppo.actor_optimizer.lr=0.001"}
+    assert rto["dpo.beta=0.3, ppo.actor_optimizer.lr=0.001"]["gold_reward"] == pytest.approx(10.5)
+    assert all(len(r["seeds"]) == 2 for r in rows)
+    assert [r["settings"] for r in rows if r["policy"] == "SFT"] == [""]
+    assert sorted(r["settings"] for r in rows if r["policy"] == "DPO") == ["dpo.beta=0.1", "dpo.beta=0.3"]
+    assert "| settings |" in markdown_table(rows) and "| settings |" in efficiency_table(load_jobs(tmp_path))
+    # a job of the same settings and seed again
+    import shutil
+    shutil.copytree(tmp_path / "lr0.001_s0", tmp_path / "zz_again")
+    with caplog.at_level("WARNING"):
+        again = summarize(load_jobs(tmp_path))
+    assert len(again) == len(rows) and "the same settings and seed 0" in caplog.text

@@ -6,7 +6,9 @@ Reads each job's `.hydra/config.yaml` (reward, beta, model, seed), `metrics.json
 and `csv/metrics.csv` (one row per PPO iteration), and writes
 - `report.md`: final gold reward, KL, win rate and RM score, mean ± standard error over seeds, per
   learner and reward type, beta and model (with the SFT and DPO-family policies of the same jobs as
-  references), and the sample efficiency: validation gold reward against the sampled responses;
+  references), and the sample efficiency: validation gold reward against the sampled responses.
+  Jobs that differ in any other setting (a swept learning rate, `dpo.beta`, the prompt set, ...) get
+  rows of their own, the settings named: seeds are only averaged over jobs that differ in the seed;
 - `gold_vs_steps.png`: rollout gold reward against PPO iterations, one line per group;
 - `frontier.png`: final gold reward against KL to the reference, one point per beta (the frontier);
 - `summary.json`: the numbers behind the table;
@@ -27,6 +29,7 @@ import numpy as np
 
 from rto.report.jobs import Job, load_jobs
 from rto.report.jobs import VAL_X
+from rto.report.settings import setting_labels
 from rto.report.stats import mean_se
 
 log = logging.getLogger(__name__)
@@ -54,26 +57,38 @@ def reference_label(job: Job, ref: str) -> str:
     return DPO_LABELS.get(str(job.get("dpo.loss", "sigmoid")), "DPO") if ref == "dpo" else ref.upper()
 
 
+def row_label(job: Job, kind: str) -> str:
+    return policy_label(job) if kind == "policy" else reference_label(job, kind)
+
+
 def summarize(jobs: list[Job]) -> list[dict]:
-    """One row per (policy, beta, model): the RL policy per learner and reward type, then SFT and the
-    DPO family as references."""
+    """One row per (policy, beta, model, other settings): the RL policy per learner and reward type,
+    then SFT and the DPO family as references."""
+    settings = setting_labels(jobs, row_label)
     groups: dict[tuple, dict[int, dict[str, float]]] = defaultdict(dict)
-    for job in jobs:
-        if "eval/policy/kl" in job.metrics:  # a job that ran RL (`eval.policies` may leave it out)
-            groups[(policy_label(job), "policy", job.beta, job.model)][job.seed] = job.metrics
-        for ref in ("sft", "dpo"):  # the jobs that evaluated them; one value per seed
-            if f"eval/{ref}/kl" in job.metrics:
-                groups[(reference_label(job, ref), ref, job.beta, job.model)].setdefault(job.seed, job.metrics)
+    folders: dict[tuple, Path] = {}
+    for i, job in enumerate(jobs):
+        for kind in ("policy", "sft", "dpo"):
+            if f"eval/{kind}/kl" not in job.metrics:  # not evaluated (`eval.policies`), or no RL
+                continue
+            key = (row_label(job, kind), kind, job.beta, job.model, settings[i, kind])
+            if job.seed in groups[key]:
+                if kind == "policy":  # the same settings and seed twice (a job run again): the first is kept
+                    log.warning("%s and %s: the same settings and seed %d; the report keeps the first",
+                                folders[key + (job.seed,)], job.folder, job.seed)
+                continue
+            groups[key][job.seed] = job.metrics
+            folders[key + (job.seed,)] = job.folder
     rows = []
-    for (label, prefix, beta, model), by_seed in groups.items():
-        row = {"policy": label, "beta": beta, "model": model, "seeds": sorted(by_seed)}
+    for (label, prefix, beta, model, setting), by_seed in groups.items():
+        row = {"policy": label, "beta": beta, "model": model, "settings": setting, "seeds": sorted(by_seed)}
         for key in COLUMNS:
             values = [m[f"eval/{prefix}/{key}"] for m in by_seed.values() if f"eval/{prefix}/{key}" in m]
             if values:
                 row[key], row[f"{key}_se"] = mean_se(values)
         rows.append(row)
     order = {"SFT": 0, **{label: 1 for label in DPO_LABELS.values()}}
-    return sorted(rows, key=lambda r: (r["model"], r["beta"], order.get(r["policy"], 2), r["policy"]))
+    return sorted(rows, key=lambda r: (r["model"], r["beta"], order.get(r["policy"], 2), r["policy"], r["settings"]))
 
 
 def _fmt(value: Optional[float], se: Optional[float]) -> str:
@@ -83,11 +98,15 @@ def _fmt(value: Optional[float], se: Optional[float]) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| policy | beta | model | seeds | " + " | ".join(COLUMNS.values()) + " |",
-             "|---" * (4 + len(COLUMNS)) + "|"]
+    with_settings = any(r.get("settings") for r in rows)  # a column only where jobs differ beyond the seed
+    extra = ["settings"] if with_settings else []
+    lines = ["| " + " | ".join(["policy", "beta", "model", *extra, "seeds", *COLUMNS.values()]) + " |",
+             "|---" * (4 + len(extra) + len(COLUMNS)) + "|"]
     for r in rows:
         cells = [_fmt(r.get(k), r.get(f"{k}_se")) for k in COLUMNS]
-        lines.append(f"| {r['policy']} | {r['beta']:g} | {r['model']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+        named = [r.get("settings") or "–"] if with_settings else []
+        lines.append("| " + " | ".join([r["policy"], f"{r['beta']:g}", r["model"], *named, str(len(r["seeds"])),
+                                         *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -96,17 +115,19 @@ def plot_curves(jobs: list[Job], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    settings = setting_labels(jobs, row_label)
     by_group: dict[tuple, list[dict[int, float]]] = defaultdict(list)
-    for job in jobs:
+    for i, job in enumerate(jobs):
         if job.curve:
-            by_group[(policy_label(job), job.beta, job.model)].append(job.curve)
+            by_group[(policy_label(job), job.beta, job.model, settings[i, "policy"])].append(job.curve)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for (label, beta, model), curves in sorted(by_group.items()):
+    for (label, beta, model, setting), curves in sorted(by_group.items()):
         steps = sorted(set().union(*curves))
         stats = [mean_se([c[s] for c in curves if s in c]) for s in steps]
         mean = np.array([m for m, _ in stats])
         se = np.nan_to_num(np.array([e for _, e in stats]))
-        line, = ax.plot(steps, mean, label=f"{label} beta={beta:g} {model} (n={len(curves)})")
+        line, = ax.plot(steps, mean, label=f"{label} beta={beta:g} {model}{' ' + setting if setting else ''} "
+                                           f"(n={len(curves)})")
         ax.fill_between(steps, mean - se, mean + se, color=line.get_color(), alpha=0.2)
     ax.set(xlabel="PPO iteration", ylabel="gold reward of the rollout", title="Gold reward during RL (mean ± s.e. over seeds)")
     ax.grid(alpha=0.3)
@@ -150,20 +171,24 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
 def efficiency_table(jobs: list[Job]) -> str:
     """Validation gold reward (mean ± s.e. over seeds) after a share of the sampled-response budget:
     learners that sample the same responses per iteration compare at equal RL data."""
+    settings = setting_labels(jobs, row_label)
     by_group: dict[tuple, list[list[dict]]] = defaultdict(list)
-    for job in jobs:
+    for i, job in enumerate(jobs):
         if job.val_curve and "val/gold_reward" in job.val_curve[-1]:
-            by_group[(policy_label(job), job.beta, job.model)].append(job.val_curve)
+            by_group[(policy_label(job), job.beta, job.model, settings[i, "policy"])].append(job.val_curve)
     if not by_group:
         return ""
-    lines = ["| policy | beta | model | " + " | ".join(f"val gold at {f:.0%} of responses" for f in BUDGET_FRACTIONS)
-             + " |", "|---" * (3 + len(BUDGET_FRACTIONS)) + "|"]
-    for (label, beta, model), curves in sorted(by_group.items()):
+    with_settings = any(setting for _, _, _, setting in by_group)
+    lines = ["| policy | beta | model | " + ("settings | " if with_settings else "")
+             + " | ".join(f"val gold at {f:.0%} of responses" for f in BUDGET_FRACTIONS) + " |",
+             "|---" * (3 + with_settings + len(BUDGET_FRACTIONS)) + "|"]
+    for (label, beta, model, setting), curves in sorted(by_group.items()):
         cells = []
         for fraction in BUDGET_FRACTIONS:  # the last point at or before that share of each run's budget
             values = [[p for p in c if p[VAL_X] <= fraction * c[-1][VAL_X]][-1]["val/gold_reward"] for c in curves]
             cells.append(_fmt(*mean_se(values)))
-        lines.append(f"| {label} | {beta:g} | {model} | " + " | ".join(cells) + " |")
+        named = f"{setting or '–'} | " if with_settings else ""
+        lines.append(f"| {label} | {beta:g} | {model} | {named}" + " | ".join(cells) + " |")
     budget = sorted({c[-1][VAL_X] for curves in by_group.values() for c in curves})
     return ("Sample efficiency: validation gold reward after a share of the sampled responses (budget "
             f"{', '.join(f'{b:g}' for b in budget)} responses).\n\n" + "\n".join(lines))

@@ -1,0 +1,64 @@
+"""What tells a job's row apart beyond its label, beta and model: the settings a sweep varied.
+
+A multirun over `ppo.actor_optimizer.lr=1e-4,1e-3 seed=0,1,2` holds six jobs of one label, beta and
+model; averaging them over seeds would mix the two learning rates (and let one job of a seed replace
+another). Here every job gets, per row kind, the settings that differ among the jobs of its label,
+beta and model (the seed and run bookkeeping aside), written `key=value, ...`: rows are grouped by it,
+so seeds are averaged only over jobs that differ in nothing else. Reference rows (SFT, the DPO
+family) only look at the settings their models and evaluation depend on: a swept RL learning rate does
+not split the SFT row.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable
+
+from omegaconf import OmegaConf
+
+# keys that differ between jobs of one comparison without changing what a row measures
+BOOKKEEPING = ("seed", "task_name", "experiment_name", "stage", "threads", "compile", "cpu_prepack",
+               "print_config", "cache", "optimized_metric", "resume", "on_nonfinite", "logger", "paths", "hydra",
+               "launcher", "eval.policies", "eval.n_samples_saved", "eval.batch_size", "eval.micro_batch_size")
+# what each reference row's model and evaluation depend on (its stage's config keys, the reward model
+# that scores it, the trainer's precision, the evaluation); the RL row depends on every setting
+SHARED_INPUTS = ("model", "data", "trainer", "deterministic", "eval", "sft", "pairs", "rm", "reward_model")
+INPUTS = {"sft": SHARED_INPUTS, "dpo": (*SHARED_INPUTS, "dpo")}
+KINDS = ("policy", "sft", "dpo")
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def flat_settings(cfg) -> dict[str, str]:
+    """`a.b.c -> value` (as text) of a job's config, interpolations unresolved (`${seed}` is the same
+    text in every job), bookkeeping left out."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        elif not _under(prefix, BOOKKEEPING):
+            out[prefix] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def setting_labels(jobs: list, label_of: Callable[[Any, str], str]) -> dict[tuple[int, str], str]:
+    """(job index, row kind) -> the settings that set this job apart from the others of its label, beta
+    and model (`""` where none do). `label_of(job, kind)` names the row of each kind."""
+    flats = [flat_settings(job.cfg) for job in jobs]
+    labels: dict[tuple[int, str], str] = {}
+    for kind in KINDS:
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            groups[(label_of(job, kind), job.beta, job.model)].append(i)
+        for members in groups.values():
+            keys = {key for i in members for key in flats[i] if kind == "policy" or _under(key, INPUTS[kind])}
+            varied = sorted(key for key in keys if len({flats[i].get(key) for i in members}) > 1)
+            for i in members:
+                labels[i, kind] = ", ".join(f"{key}={flats[i].get(key, '–')}" for key in varied)
+    return labels
