@@ -71,7 +71,8 @@ class Protocol:
         self.record: dict = {"steps": [], "best": {}}
         if (out / "protocol.json").is_file():  # a later step of the same protocol: keep what is recorded
             earlier = json.loads((out / "protocol.json").read_text())
-            self.record.update({k: earlier[k] for k in ("steps", "best", "more_seeds") if k in earlier})
+            self.record.update({k: earlier[k] for k in ("steps", "best", "more_seeds", "more_seeds_rule")
+                                if k in earlier})
 
     def multirun(self, step: str, arm: str, args: list[str]) -> Path:
         folder = self.out / step / arm
@@ -142,6 +143,7 @@ class Protocol:
             # decided afresh: the report reads final-more/ only when this run of the step added it
             self.record.pop("more_seeds", None)
             self.record.pop("more_seeds_rule", None)
+            self.record["steps"] = [e for e in self.record["steps"] if e["step"] != "final-more"]
             for arm in ARMS:
                 self.final(arm, self.best(arm), FIRST_SEED, self.seeds)
             if self.more_seeds and not self.dry_run and self.gap_is_close():

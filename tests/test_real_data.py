@@ -134,6 +134,20 @@ def test_a_long_prompt_loses_its_earliest_text_and_keeps_its_frame(assets):
     kept = Encoder(tok, 20, 8, append_eos=True, chat_template=True).prompt(talk)
     assert words(kept) == ["<s>", "<|im_start|>", "system", ":", "the", "<|im_end|>", "<|im_start|>", "user", ":",
                            "what", "color", "is", "the", "sky", "?", "please", *frame[1]]
+    # a template that refuses a conversation opening on an answer: the exchange goes whole
+    strict = load_tokenizer(OmegaConf.create({"pretrained": str(assets["model"])}))
+    loop = "{% for m in messages %}"
+    strict.chat_template = strict.chat_template.replace(loop, loop + "{% if (m['role'] == 'user') != (loop.index0 % 2 "
+                                                        "== 0) %}{{ raise_exception('roles must alternate') }}{% endif %}")
+    with pytest.raises(Exception, match="roles must alternate"):  # the template does refuse
+        Encoder(strict, 64, 8, chat_template=True).prompt(talk[2:])
+    two = talk[1:]  # user, assistant, user at 15 tokens: the first exchange goes as one, the last turn as written
+    last = Encoder(strict, 64, 8, chat_template=True).prompt(two[2:])
+    assert len(last) == 15 and Encoder(strict, 15, 8, chat_template=True).prompt(two) == last
+    # the cache is keyed by what the model sees: without a template a string and its one-turn list differ
+    plain = Encoder(tok, 6, 8, append_eos=True)
+    as_list = plain.prompt([{"role": "user", "content": question}])
+    assert plain.prompt(question) == Encoder(tok, 6, 8, append_eos=True).prompt(question) != as_list
     # without a template: BOS and the last tokens
     assert words(Encoder(tok, 5, 8, append_eos=True).prompt(question)) == ["<s>", "the", "sky", "?", "please"]
     # a frame that fills the limit alone: the last tokens, as before

@@ -97,3 +97,26 @@ def test_evaluation_draws_follow_the_run_seed_unless_pinned(tmp_path):
     assert compose_config("seed=3", output_dir=tmp_path).eval.seed == 3
     assert compose_config("seed=4", output_dir=tmp_path).eval.seed == 4
     assert compose_config("seed=3", "eval.seed=1234", output_dir=tmp_path).eval.seed == 1234
+
+
+def test_records_of_earlier_calls_stay_true(tmp_path):
+    """The more-seeds decision survives a later step; a final step run again drops the earlier extra
+    seeds' records (and their seconds); a record from before first_seed existed reads as seeds from 0."""
+    from rto.report.verdict_markdown import protocol_line
+
+    out = tmp_path / "v"
+    out.mkdir()
+    old_final = {"step": "final", "arm": "ppo", "command": "", "seconds": 5.0, "seeds": 3}
+    earlier = {"steps": [old_final, {"step": "final-more", "arm": "ppo", "command": "", "seconds": 7.0}],
+               "best": {"ppo": {}, "rto": {}, "dpo": {}}, "more_seeds": 2, "more_seeds_rule": {"paired": None},
+               "trials": 6, "seeds": 3, "betas": [0.1], "seconds": 12.0}
+    (out / "protocol.json").write_text(json.dumps(earlier))
+    assert "seeds 0-2" in protocol_line(earlier)
+    main(["--dry-run", "--out", str(out), "--steps", "frontier"])
+    record = json.loads((out / "protocol.json").read_text())
+    assert record["more_seeds"] == 2 and record["more_seeds_rule"] == {"paired": None}
+    assert record["first_seed"] == 1 and "seeds 0-2" in protocol_line(record)  # the final step's own record
+    main(["--dry-run", "--out", str(out), "--steps", "final"])
+    record = json.loads((out / "protocol.json").read_text())
+    assert "final-more" not in {e["step"] for e in record["steps"]} and "more_seeds" not in record
+    assert "seeds 1-3" in protocol_line(record)

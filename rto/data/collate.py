@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rto.data.preference_formats import Prompt, chat_prompt, prompt_key
+from rto.data.preference_formats import Prompt, chat_prompt
 
 
 def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -74,7 +74,7 @@ class Encoder:
         ids = self.full_prompt(prompt)
         if len(ids) <= self.max_prompt_tokens:
             return ids
-        key = prompt_key(prompt)
+        key = tuple(ids)  # what the model would see: a string and its one-turn list differ without a template
         if key not in self._shortened:
             self._shortened[key] = self.shortened(prompt, ids)
         return self._shortened[key]
@@ -89,7 +89,12 @@ class Encoder:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
         first = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
         while len(messages) - first > 1 and len(self.full_prompt(messages)) > self.max_prompt_tokens:
-            del messages[first]  # whole earliest turns first, the last one stays
+            del messages[first]  # whole earliest turns first, the last one stays;
+            while len(messages) - first > 1 and messages[first]["role"] != "user":
+                del messages[first]  # an exchange goes whole: templates may refuse to open on an answer
+        kept = self.full_prompt(messages)
+        if len(kept) <= self.max_prompt_tokens:
+            return kept  # dropping turns was enough: the rest goes as written (no re-decoded text)
         if first < len(messages):
             content = _ids(self.tokenizer, messages[first]["content"])
 

@@ -36,7 +36,7 @@ def _table(cfg: DictConfig, path: str, split: Optional[str]):
 
 
 def _apply_prompt_limit(rows: list, prompt_of, encoder: Encoder, policy: str, what: str) -> list:
-    """Count prompts over `max_prompt_tokens`; keep them (the encoder keeps their last tokens) or drop them."""
+    """Count prompts over `max_prompt_tokens`; keep them (the encoder cuts their earliest text) or drop them."""
     if policy not in ("left", "drop"):
         raise ConfigError(f"data.truncate_prompts must be left or drop, got {policy!r}")
     too_long = [encoder.prompt_length(prompt_of(row)) > encoder.max_prompt_tokens for row in rows]

@@ -210,7 +210,7 @@ def validate_pairs_for(bundle, encoder: Encoder, data_cfg, whose: str) -> None:
     """The preference pairs again, in another tokenizer's tokens (a reward model with its own): its
     collator applies the same limits, so a response longer in its tokens would be cut there silently.
     Long responses are refused, or cut and counted (`data.truncate_responses`); prompts over the limit
-    are counted (the collator keeps their last tokens, as `data.truncate_prompts=left` does)."""
+    are counted (the encoder cuts their earliest text, as under `data.truncate_prompts=left`)."""
     options = dict(encoder=encoder, on_invalid=data_cfg.get("on_invalid", "raise"),
                    check_prompt_length="truncate_prompts" not in data_cfg,
                    truncate_responses=bool(data_cfg.get("truncate_responses", False)))

@@ -146,13 +146,13 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
     series: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         if "kl" in r and "gold_reward" in r and r["policy"] != "SFT":
-            series[(r["policy"], r["model"])].append(r)
-    for (policy, model), points in sorted(series.items()):
+            series[(r["policy"], r["model"], r.get("settings", ""))].append(r)
+    for (policy, model, setting), points in sorted(series.items()):
         points.sort(key=lambda r: r["beta"])
         ax.errorbar([p["kl"] for p in points], [p["gold_reward"] for p in points],
                     xerr=np.nan_to_num([p.get("kl_se", 0) for p in points]),
                     yerr=np.nan_to_num([p.get("gold_reward_se", 0) for p in points]),
-                    marker="o", capsize=3, label=f"{policy} {model}")
+                    marker="o", capsize=3, label=f"{policy} {model}{' ' + setting if setting else ''}")
         for p in points:
             ax.annotate(f"β={p['beta']:g}", (p["kl"], p["gold_reward"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")

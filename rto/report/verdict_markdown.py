@@ -87,7 +87,9 @@ def protocol_line(protocol: dict) -> str:
         values = {str(e[key]) for e in protocol.get("steps", []) if e["step"] == step and key in e}
         return ", ".join(sorted(values)) if values else str(protocol.get(key, "?"))
 
-    first = int(setting("final", "first_seed")) if setting("final", "first_seed").isdigit() else 0
+    # a record without first_seed predates it: those final steps ran seeds from 0
+    finals = [e for e in protocol.get("steps", []) if e["step"] == "final"]
+    first = int(finals[-1].get("first_seed", 0)) if finals else 0
     seeds = setting("final", "seeds")
     seed_range = f"seeds {first}-{first + int(seeds) - 1}" if seeds.isdigit() else f"{seeds} seeds"
     more = (f"; {protocol['more_seeds']} more seeds added, RTO - PPO not being significant on validation prompts"
