@@ -159,7 +159,7 @@ def load_policy(path: str | Path, model_cfg: DictConfig | None = None, trainable
     network never hangs); a path that holds no model is an error saying so.
     """
     folder = Path(path)
-    kwargs = {}
+    kwargs = {"dtype": "auto"}  # without a config: the dtype it was saved in (transformers 4.x would load float32)
     if model_cfg is not None:
         kwargs["dtype"] = DTYPES[model_cfg.dtype]
         kwargs["trust_remote_code"] = bool(model_cfg.get("trust_remote_code", False))

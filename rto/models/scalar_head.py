@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import transformers
 from safetensors.torch import load_file, save_file
 from peft import PeftModel
 from torch import Tensor, nn
@@ -30,11 +29,6 @@ class ScalarHead(nn.Linear):
     def forward(self, hidden: Tensor) -> Tensor:
         with torch.autocast(hidden.device.type, enabled=False):
             return super().forward(hidden.to(self.weight.dtype))
-
-
-def read_back_dtype(saved: torch.dtype) -> torch.dtype:
-    """The dtype `from_pretrained` without a `dtype` gives a folder saved in `saved`."""
-    return saved if int(transformers.__version__.split(".")[0]) >= 5 else torch.get_default_dtype()
 
 
 class ScalarHeadModel(nn.Module):
@@ -108,9 +102,9 @@ class ScalarHeadModel(nn.Module):
     def sharing_backbone(self) -> Optional["ScalarHeadModel"]:
         """A copy whose backbone parameters are this model's own objects (a LoRA critic on the frozen
         reward model: one set of backbone weights for both) and whose head is its own, trainable.
-        None where the copy would differ from this model saved and read back (`from_pretrained`: the
-        LoRA merged; the saved dtype with transformers 5, the default dtype before)."""
-        if isinstance(self.backbone, PeftModel) or any(p.dtype != read_back_dtype(p.dtype) for p in self.parameters()):
+        None where the copy would differ from this model saved and read back (`from_pretrained`, which
+        reads the saved dtype: the LoRA merged)."""
+        if isinstance(self.backbone, PeftModel):
             return None
         model = copy.deepcopy(self, {id(p): p for p in self.backbone.parameters()})
         model.head.requires_grad_(True)
@@ -138,6 +132,7 @@ class ScalarHeadModel(nn.Module):
                              f"folder, e.g. a run's checkpoints/rm)")
         from rto.models.factory import local_model_kwargs
 
-        model = cls(AutoModel.from_pretrained(str(folder), **{**local_model_kwargs(folder), **kwargs}))
+        # dtype "auto": the dtype it was saved in (transformers 5's default; 4.x would load float32)
+        model = cls(AutoModel.from_pretrained(str(folder), **{"dtype": "auto", **local_model_kwargs(folder), **kwargs}))
         model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         return model
