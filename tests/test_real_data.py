@@ -192,6 +192,7 @@ def test_pairs_are_checked_in_the_reward_models_own_tokens(assets, tmp_path, cap
     """A reward model with another tokenizer (byte-level: every byte a token) reads the pairs in its own
     tokens: a response within the policy's limit but over it in the RM's tokens is refused, or cut and
     counted, instead of cut silently by its collator."""
+    pytest.importorskip("gguf", reason="the byte-level tokenizer comes from a GGUF file (the gguf extra)")
     from rto.context import RunContext
     from rto.data.validate import InvalidDataError
     from tests.real_assets import save_tiny_gguf
