@@ -87,8 +87,7 @@ class RunContext:
         # the reward model may have its own tokenizer (reward_model=pretrained): its own encoder too
         self.rm_tokenizer = reward_tokenizer(cfg.reward_model, self.data.tokenizer)
         self.rm_encoder = dataclasses.replace(self.data.encoder, tokenizer=self.rm_tokenizer)
-        if self.rm_tokenizer is not self.data.tokenizer:  # the pairs' lengths in the reward model's tokens
-            validate_pairs_for(self.data, self.rm_encoder, cfg.data, "the reward model's tokenizer")
+        self.check_reward_model_pairs()
         # where Semi-RTO's segments end (delimiter tokens of this tokenizer, or fixed windows); checked
         # here, before any training
         self.segments = segments_for(cfg.reward, self.data.tokenizer)
@@ -96,6 +95,12 @@ class RunContext:
         self.loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
         self.metrics: dict[str, float] = {}
         self.last_trainer: Optional[L.Trainer] = None
+
+    def check_reward_model_pairs(self) -> None:
+        """The preference pairs in a separate reward model's tokens (its collator applies the same limits):
+        at load, and again when the pairs stage has sampled them."""
+        if self.rm_tokenizer is not self.data.tokenizer:
+            validate_pairs_for(self.data, self.rm_encoder, self.cfg.data, "the reward model's tokenizer")
 
     # ---- trainers and ranks -----------------------------------------------------------------
     def trainer(self, **overrides) -> L.Trainer:

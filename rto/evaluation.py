@@ -1,8 +1,8 @@
 """Evaluation of every policy on held-out prompts: same prompts and sampling settings for each.
 
 Each policy draws from its own random stream, seeded from `eval.seed` (the run's seed by default) and
-the policy's name (so a run is reproducible): with one shared stream a policy close to SFT would copy SFT's draws token for
-token and tie, pulling its win rate toward 0.5. The win-rate baseline is a separate draw of the SFT
+the policy's name (so a run is reproducible): with one shared stream a policy close to SFT would copy
+SFT's draws token for token and tie, pulling its win rate toward 0.5. The win-rate baseline is a separate draw of the SFT
 policy (stream "sft/baseline"), so the SFT row is a null check: about 0.5, with ties at their
 natural rate.
 

@@ -105,14 +105,14 @@ def check_context_length(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "data.max_prompt_tokens", default=None) is None:
         return
     need, made_of = longest_sequence(cfg)
-    models = [("model", cfg.model, cfg.model.get("pretrained"))]
+    models = [("model.pretrained", cfg.model, cfg.model.get("pretrained"))]
     rm_cfg = cfg.get("reward_model")
     if rm_cfg is not None and rm_cfg.get("source") == "pretrained":
-        models.append(("reward_model", rm_cfg, rm_cfg.get("path")))
+        models.append(("reward_model.path", rm_cfg, rm_cfg.get("path")))
     for key, model_cfg, source in models:
         found = context_length(model_cfg, source)
         if found and need > found[0]:
-            name = f"{key}.{'pretrained' if key == 'model' else 'path'}={source}" if source else f"model={cfg.model.get('name')}"
+            name = f"{key}={source}" if source else f"model={cfg.model.get('name')}"
             raise ConfigError(f"{made_of} = {need} tokens, over the {found[0]} positions of {name} ({found[1]}): "
                               f"lower data.max_prompt_tokens or the response length")
 

@@ -55,7 +55,7 @@ class Encoder:
 
     # real data: a message-list prompt (or a string, as one user turn) goes through the chat template
     chat_template: bool = False
-    # shortened prompts, by prompt_key: a long prompt is shortened once, not at every batch (init=False:
+    # shortened prompts, by their full ids: a long prompt is shortened once, not at every batch (init=False:
     # an encoder copied for another tokenizer starts its own)
     _shortened: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 

@@ -26,6 +26,7 @@ from rto.data.bundle import DataBundle, split_pairs
 from rto.data.collate import Encoder
 from rto.data.preference_formats import FORMATS, Prompt, convert_rows, prompt_key, prompt_row, sft_row
 from rto.data.tables import load_table
+from rto.data.validate import apply_prompt_limit
 from rto.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -33,19 +34,6 @@ log = logging.getLogger(__name__)
 
 def _table(cfg: DictConfig, path: str, split: Optional[str]):
     return load_table(path, split or cfg.split, cfg.get("limit"))
-
-
-def _apply_prompt_limit(rows: list, prompt_of, encoder: Encoder, policy: str, what: str) -> list:
-    """Count prompts over `max_prompt_tokens`; keep them (the encoder cuts their earliest text) or drop them."""
-    if policy not in ("left", "drop"):
-        raise ConfigError(f"data.truncate_prompts must be left or drop, got {policy!r}")
-    too_long = [encoder.prompt_length(prompt_of(row)) > encoder.max_prompt_tokens for row in rows]
-    n_long = int(sum(too_long))
-    if n_long:
-        action = "dropped" if policy == "drop" else "truncated from the left"
-        log.warning("%s: %d of %d prompts exceed data.max_prompt_tokens=%d and are %s",
-                    what, n_long, len(rows), encoder.max_prompt_tokens, action)
-    return [row for row, long in zip(rows, too_long) if not long] if policy == "drop" else rows
 
 
 def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]) -> DataBundle:
@@ -69,9 +57,9 @@ def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenize
                             f"{cfg.prompts_path} [{cfg.prompts_split or cfg.split}]", on_invalid))
 
     policy = cfg.truncate_prompts
-    pairs = _apply_prompt_limit(pairs, lambda r: r["prompt"], encoder, policy, "preference pairs")
-    sft_rows = _apply_prompt_limit(sft_rows, lambda r: r["prompt"], encoder, policy, "SFT rows")
-    prompts = _apply_prompt_limit(_unique(prompts), lambda p: p, encoder, policy, "RL prompts")
+    pairs = apply_prompt_limit(pairs, lambda r: r["prompt"], encoder, policy, "preference pairs")
+    sft_rows = apply_prompt_limit(sft_rows, lambda r: r["prompt"], encoder, policy, "SFT rows")
+    prompts = apply_prompt_limit(_unique(prompts), lambda p: p, encoder, policy, "RL prompts")
 
     if cfg.test_path or cfg.test_split:
         test_table = _table(cfg, cfg.test_path or cfg.path, cfg.test_split)
@@ -79,7 +67,7 @@ def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenize
             test = convert_rows(test_table, partial(prompt_row, prompt_column=column), "test prompts", on_invalid)
         else:
             test = [r["prompt"] for r in convert_rows(test_table, convert, "test pairs", on_invalid)]
-        test = _apply_prompt_limit(_unique(test), lambda p: p, encoder, policy, "test prompts")
+        test = apply_prompt_limit(_unique(test), lambda p: p, encoder, policy, "test prompts")
     else:
         test = _hold_out(prompts, cfg.test_prompt_fraction, cfg.seed)
     test_keys = {prompt_key(p) for p in test}

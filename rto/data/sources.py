@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from rto.data.bundle import DataBundle, split_pairs
 from rto.data.collate import Encoder
 from rto.data.preference_data import load_preference_data
-from rto.data.validate import check_set_sizes, validate_bundle
+from rto.data.validate import check_set_sizes, validate_bundle, validation_options
 from rto.errors import ConfigError
 from rto.tasks.embedded import EmbeddedTask, build_tokenizer, gold_rewards, gold_token_rewards, optimal_rewards
 from rto.tasks.sentiment.source import load_sentiment
@@ -67,8 +67,6 @@ def load_data(data_cfg: DictConfig, tokenizer: Optional[PreTrainedTokenizerBase]
         raise ConfigError(f"data.source={source!r} is not a known source ({', '.join(SOURCES)})")
     # every source's rows are validated here, before any training
     # (real sources apply `data.truncate_prompts` to long prompts themselves)
-    bundle = validate_bundle(SOURCES[source](data_cfg, tokenizer), data_cfg.get("on_invalid", "raise"),
-                             check_prompt_length="truncate_prompts" not in data_cfg,
-                             truncate_responses=bool(data_cfg.get("truncate_responses", False)))
+    bundle = validate_bundle(SOURCES[source](data_cfg, tokenizer), **validation_options(data_cfg))
     check_set_sizes(bundle, data_cfg)  # an empty set stops here, not after training on nothing
     return bundle

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from rto.data.collate import Encoder
-from rto.errors import DataError
+from rto.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -206,23 +206,40 @@ def validate_bundle(bundle, on_invalid: str = "raise", check_prompt_length: bool
     return bundle
 
 
+def apply_prompt_limit(rows: list, prompt_of, encoder: Encoder, policy: str, what: str) -> list:
+    """Count prompts over `max_prompt_tokens`; keep them (the encoder cuts their earliest text) or drop them."""
+    if policy not in ("left", "drop"):
+        raise ConfigError(f"data.truncate_prompts must be left or drop, got {policy!r}")
+    too_long = [encoder.prompt_length(prompt_of(row)) > encoder.max_prompt_tokens for row in rows]
+    n_long = int(sum(too_long))
+    if n_long:
+        action = "dropped" if policy == "drop" else "truncated from the left"
+        log.warning("%s: %d of %d prompts exceed data.max_prompt_tokens=%d and are %s",
+                    what, n_long, len(rows), encoder.max_prompt_tokens, action)
+    return [row for row, long in zip(rows, too_long) if not long] if policy == "drop" else rows
+
+
+def validation_options(data_cfg) -> dict:
+    """How a data config's rows are validated: `on_invalid`, prompt lengths checked unless the source
+    applies its own `data.truncate_prompts`, long responses cut under `data.truncate_responses`."""
+    return {"on_invalid": data_cfg.get("on_invalid", "raise"), "check_prompt_length": "truncate_prompts" not in data_cfg,
+            "truncate_responses": bool(data_cfg.get("truncate_responses", False))}
+
+
 def validate_pairs_for(bundle, encoder: Encoder, data_cfg, whose: str) -> None:
     """The preference pairs again, in another tokenizer's tokens (a reward model with its own): its
     collator applies the same limits, so a response longer in its tokens would be cut there silently.
     Long responses are refused, or cut and counted (`data.truncate_responses`); prompts over the limit
     are counted (the encoder cuts their earliest text, as under `data.truncate_prompts=left`)."""
-    options = dict(encoder=encoder, on_invalid=data_cfg.get("on_invalid", "raise"),
-                   check_prompt_length="truncate_prompts" not in data_cfg,
-                   truncate_responses=bool(data_cfg.get("truncate_responses", False)))
-    bundle.train_pairs = validate_rows(bundle.train_pairs, "pair", name=f"preference pairs (train, {whose})", **options)
+    options = validation_options(data_cfg)
+    bundle.train_pairs = validate_rows(bundle.train_pairs, "pair", encoder, name=f"preference pairs (train, {whose})",
+                                       **options)
     if bundle.val_pairs:
-        bundle.val_pairs = validate_rows(bundle.val_pairs, "pair", name=f"preference pairs (val, {whose})", **options)
-    if "truncate_prompts" in data_cfg:
-        rows = bundle.train_pairs + bundle.val_pairs
-        long = sum(encoder.prompt_length(r["prompt"]) > encoder.max_prompt_tokens for r in rows)
-        if long:
-            log.warning("preference pairs (%s): %d of %d prompts exceed data.max_prompt_tokens=%d in its tokens "
-                        "and are truncated from the left", whose, long, len(rows), encoder.max_prompt_tokens)
+        bundle.val_pairs = validate_rows(bundle.val_pairs, "pair", encoder, name=f"preference pairs (val, {whose})",
+                                         **options)
+    if not options["check_prompt_length"]:  # counted only: the encoder keeps them, whatever the policy
+        apply_prompt_limit(bundle.train_pairs + bundle.val_pairs, lambda r: r["prompt"], encoder, "left",
+                           f"preference pairs ({whose})")
 
 
 def check_set_sizes(bundle, data_cfg) -> None:

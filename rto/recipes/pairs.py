@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rto.data.bundle import split_pairs
-from rto.data.validate import EmptySetError, validate_pairs_for
+from rto.data.validate import EmptySetError
 from rto.recipes.base import StageRecipe
 from rto.tasks.sentiment.labels import bradley_terry_labels
 from rto.tasks.sentiment.sampling import sample_response_pairs
@@ -65,7 +65,6 @@ class PairsRecipe(StageRecipe):
             raise EmptySetError("the pairs stage made no pair (every prompt's two samples were identical): "
                                 "raise pairs.temperature or pairs.n_prompts")
         ctx.data.train_pairs, ctx.data.val_pairs = split_pairs(pairs.rows, ctx.cfg.data.val_fraction, ctx.cfg.seed)
-        if ctx.rm_tokenizer is not ctx.data.tokenizer:  # sampled in the policy's tokens: now in the RM's
-            validate_pairs_for(ctx.data, ctx.rm_encoder, ctx.cfg.data, "the reward model's tokenizer")
+        ctx.check_reward_model_pairs()  # sampled in the policy's tokens: now in a separate RM's
         for key in ("n_pairs", "realised_agreement", "expected_agreement", "ended_share"):
             ctx.metrics[f"pairs/{key}"] = float(pairs.labels[key])
