@@ -73,6 +73,9 @@ def stage_peak(metrics: MutableMapping[str, float], stage: str, device: torch.de
     `memory/<stage>_peak_*_gib`. Nothing is recorded for a block that raises."""
     cuda = device.type == "cuda"
     if cuda:
+        # CUDA's allocator exists only once CUDA is initialised: before the run's first CUDA work (its
+        # first stage) a reset refuses the device ("Invalid device argument")
+        torch.cuda.init()
         torch.cuda.reset_peak_memory_stats(device)
     sampler = RssSampler().start()
     try:

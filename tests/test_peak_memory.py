@@ -58,8 +58,10 @@ def test_an_unreadable_rss_gives_no_figure_and_the_stage_goes_on(monkeypatch):
 
 def test_on_a_gpu_the_runs_own_device_is_reset_and_read(monkeypatch):
     """The run's device (cuda:1 here), not the current one: before any `fit` sets it, the current
-    device is cuda:0 whichever GPU the run was given."""
+    device is cuda:0 whichever GPU the run was given. CUDA is initialised first: before a process's
+    first CUDA work torch refuses to reset a device's peak ("Invalid device argument", seen on an H100)."""
     calls = []
+    monkeypatch.setattr(torch.cuda, "init", lambda: calls.append(("init", None)))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: calls.append(("allocated", device)) or GIB)
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: calls.append(("reserved", device)) or 2 * GIB)
@@ -67,7 +69,7 @@ def test_on_a_gpu_the_runs_own_device_is_reset_and_read(monkeypatch):
     metrics = {}
     with stage_peak(metrics, "ppo", gpu):
         pass
-    assert calls == [("reset", gpu), ("allocated", gpu), ("reserved", gpu)]
+    assert calls == [("init", None), ("reset", gpu), ("allocated", gpu), ("reserved", gpu)]
     assert metrics["memory/ppo_peak_cuda_gib"] == 1.0 and metrics["memory/ppo_peak_cuda_reserved_gib"] == 2.0
 
 
