@@ -68,6 +68,12 @@ def rl_batch_problems(cfg: DictConfig) -> list[str]:
     return []
 
 
+def fsdp_strategy(strategy) -> bool:
+    """`trainer.strategy` names FSDP (a string, or a node whose `_target_` is an FSDP strategy)."""
+    name = strategy if isinstance(strategy, str) or strategy is None else strategy.get("_target_", "")
+    return "fsdp" in str(name or "").lower()
+
+
 def trainer_flag_problems(cfg: DictConfig) -> list[str]:
     """`sft/rm/dpo.micro_batch_size` split a batch, so at most its size. A split stage optimises
     manually (one backward per micro-batch, one step per batch), as the RL stage always does: Lightning
@@ -102,7 +108,14 @@ def trainer_flag_problems(cfg: DictConfig) -> list[str]:
         manual.append("the RL stage")
     if "ppo" in trained and deepspeed:
         problems.append(f"trainer.strategy={strategy} takes one optimizer, but PPO trains two (actor and critic): "
-                        "run stage=sft, rm or dpo with it and PPO with trainer=ddp or fsdp")
+                        "run stage=sft, rm or dpo with it and PPO with trainer=ddp")
+    if manual and fsdp_strategy(strategy):
+        # a manual stage's backward passes run inside its training step, itself inside the FSDP root's
+        # forward, where FSDP refuses them (its root unit holds the trainable embeddings and heads)
+        problems.append(f"trainer=fsdp cannot train {', '.join(manual)}: its backward passes would run inside "
+                        "FSDP's forward, which FSDP refuses. Train SFT, RM and DPO under it without micro-batches "
+                        "(stage=sft, then stage=rm, then stage=dpo), then the rest with trainer=gpu or ddp in the "
+                        "same run folder (hydra.run.dir)")
     accumulate = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=None)
     for flag, value, used in (("gradient_clip_val", clip, clip not in (None, 0)),
                               ("accumulate_grad_batches", accumulate, accumulate not in (None, 1))):

@@ -14,11 +14,13 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
 
 from rto.artifacts import config_hash
 from rto.cache import may_run_several_processes
+from rto.config_stages import fsdp_strategy
 from rto.data import DataBundle, load_data
 from rto.data.validate import validate_pairs_for
 from rto.preflight import check_context_length
@@ -33,6 +35,7 @@ from rto.models.reward import reward_tokenizer
 from rto.models.scalar_head import ScalarHeadModel
 from rto.models.speed import fast_stage
 from rto.resume import fit_resumable, keep_previous_logs
+from rto.stages.fsdp import unwrap_fsdp
 from rto.rl.segments import segments_for
 
 
@@ -65,9 +68,7 @@ def weights_prepacked(cfg: DictConfig, *models, trainable: bool):
 
 
 def uses_fsdp(trainer_cfg: DictConfig) -> bool:
-    strategy = trainer_cfg.get("strategy")
-    name = strategy if isinstance(strategy, str) else OmegaConf.select(trainer_cfg, "strategy._target_", default="")
-    return "fsdp" in str(name).lower()
+    return fsdp_strategy(trainer_cfg.get("strategy"))
 
 
 class RunContext:
@@ -163,6 +164,21 @@ class RunContext:
                           folder=self.resume_dir(recipe.name), cfg_hash=self.config_hash(recipe.config_keys),
                           every_n_steps=recipe.resume_every or resume.every_n_steps, enabled=resume.enabled,
                           callbacks=callbacks)
+        self.unwrap_models()
+
+    def validate(self, module, loader) -> list[dict]:
+        """`trainer.validate` on a fresh trainer, the module's models plain again after it."""
+        try:
+            return self.trainer().validate(module, loader, verbose=False)
+        finally:
+            self.unwrap_models()
+
+    def unwrap_models(self) -> None:
+        """Under FSDP the last trainer wrapped its module's models in place (for `fit` and `validate`
+        alike): every later stage, checkpoint and evaluation reads them plain (`rto.stages.fsdp`)."""
+        strategy = None if self.last_trainer is None else self.last_trainer.strategy
+        if strategy is not None and isinstance(strategy.model, FSDP):
+            strategy.model = unwrap_fsdp(strategy.model)  # once: the trainer holds the plain module now
 
     @contextlib.contextmanager
     def off_step(self, *models) -> Iterator[torch.device]:

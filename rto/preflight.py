@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rto.config_stages import fsdp_strategy
 from rto.errors import ConfigError, MachineError, MissingStageError, ModelError
 
 GPU_ACCELERATORS = ("gpu", "cuda")
@@ -42,6 +43,30 @@ def check_accelerator(cfg: DictConfig) -> None:
     if isinstance(devices, int) and devices > found:
         raise MachineError(f"trainer.devices={devices}, but this machine has {found} GPU(s); "
                            f"set trainer.devices<={found} (or trainer.devices=auto)")
+
+
+def check_fsdp_shards(cfg: DictConfig) -> None:
+    """`trainer=fsdp` must shard over several devices: on one (or with `sharding_strategy=NO_SHARD`)
+    it shards nothing, and torch's FSDP cannot gather tied weights (SmolLM2's embeddings and head)
+    there when a stage ends (`rto.stages.fsdp`)."""
+    trainer = cfg.get("trainer") or {}
+    strategy = trainer.get("strategy")
+    if not fsdp_strategy(strategy):
+        return
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, (list, ListConfig)) or (isinstance(devices, str) and "," in devices):
+        count = len([d for d in (devices if not isinstance(devices, str) else devices.split(",")) if str(d).strip()])
+    elif devices in ("auto", -1, "-1"):
+        gpu = str(trainer.get("accelerator", "auto")) in GPU_ACCELERATORS + ("auto",)
+        count = torch.cuda.device_count() if gpu and torch.cuda.is_available() else 1
+    else:
+        count = int(devices)
+    count *= int(trainer.get("num_nodes", 1) or 1)
+    no_shard = "NO_SHARD" in str(OmegaConf.select(trainer, "strategy.sharding_strategy", default="") or "")
+    if count == 1 or no_shard:
+        where = "sharding_strategy=NO_SHARD" if no_shard else "one device"
+        raise ConfigError(f"trainer=fsdp with {where} shards nothing: use trainer=gpu on one GPU, trainer=ddp to "
+                          "replicate, or trainer=fsdp on 2 or more devices (trainer.devices)")
 
 
 def check_loggers(cfg: DictConfig) -> None:
@@ -119,6 +144,7 @@ def check_context_length(cfg: DictConfig) -> None:
 
 def preflight(cfg: DictConfig) -> None:
     check_accelerator(cfg)
+    check_fsdp_shards(cfg)
     check_loggers(cfg)
     check_folders(cfg)
     # check_context_length runs once the data is loaded (rto.context): a source's own refusal (real data

@@ -51,6 +51,6 @@ class RewardModelRecipe(StageRecipe):
         if not ctx.data.val_pairs:
             return
         val = ctx.loader(ctx.data.val_pairs, PairCollator(ctx.rm_encoder), ctx.cfg.rm.batch_size, shuffle=False)
-        result = ctx.trainer().validate(self.module(ctx, model), val, verbose=False)
+        result = ctx.validate(self.module(ctx, model), val)
         ctx.metrics["rm/val_accuracy"] = float(result[0]["rm/val_accuracy"])
         log.info("reward model held-out preference accuracy: %.3f", ctx.metrics["rm/val_accuracy"])
