@@ -98,7 +98,8 @@ def worker(out: Path, result_path: Path, overrides: list[str]) -> None:
     if torch.cuda.is_available():
         result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["device"] = torch.cuda.get_device_name()
-    result_path.write_text(json.dumps(result, indent=1))
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # Lightning re-runs this command for its other ranks
+        result_path.write_text(json.dumps(result, indent=1))
 
 
 def run_step(out: Path, index: int, overrides: list[str], seconds: int) -> dict:

@@ -4,6 +4,8 @@ batches, and the trainer flags a stage's optimisation cannot take."""
 
 from __future__ import annotations
 
+import importlib
+
 from omegaconf import DictConfig, OmegaConf
 
 from rto.algos.rewards import reward_variant
@@ -69,9 +71,21 @@ def rl_batch_problems(cfg: DictConfig) -> list[str]:
 
 
 def fsdp_strategy(strategy) -> bool:
-    """`trainer.strategy` names FSDP (a string, or a node whose `_target_` is an FSDP strategy)."""
-    name = strategy if isinstance(strategy, str) or strategy is None else strategy.get("_target_", "")
-    return "fsdp" in str(name or "").lower()
+    """`trainer.strategy` names FSDP: a string of Lightning's registry ("fsdp", "fsdp_cpu_offload"), or
+    a node whose `_target_` is Lightning's `FSDPStrategy` or a subclass of it."""
+    if strategy is None:
+        return False
+    if isinstance(strategy, str):
+        return "fsdp" in strategy.lower()
+    target = str(strategy.get("_target_", "") or "")
+    module, _, name = target.rpartition(".")
+    try:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        found = getattr(importlib.import_module(module), name)
+        return isinstance(found, type) and issubclass(found, FSDPStrategy)
+    except (ImportError, AttributeError, ValueError):  # not importable here: judge by its name
+        return "fsdp" in target.lower()
 
 
 def trainer_flag_problems(cfg: DictConfig) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -35,7 +36,7 @@ from rto.models.reward import reward_tokenizer
 from rto.models.scalar_head import ScalarHeadModel
 from rto.models.speed import fast_stage
 from rto.resume import fit_resumable, keep_previous_logs
-from rto.stages.fsdp import unwrap_fsdp
+from rto.stages.fsdp import buffer_dtypes, unwrap_fsdp
 from rto.rl.segments import segments_for
 
 
@@ -159,26 +160,34 @@ class RunContext:
         `loaders()` gives `(train, val)` once the stage's trainer exists: training rows are dealt to its ranks."""
         resume = self.cfg.resume
         module.on_nonfinite = self.cfg.on_nonfinite
+        dtypes = buffer_dtypes(module)
         with stage_speedups(self.cfg, module):
             fit_resumable(partial(self.trainer, **trainer_overrides), module, loaders,
                           folder=self.resume_dir(recipe.name), cfg_hash=self.config_hash(recipe.config_keys),
                           every_n_steps=recipe.resume_every or resume.every_n_steps, enabled=resume.enabled,
                           callbacks=callbacks)
-        self.unwrap_models()
+        self.unwrap_models(dtypes)
 
     def validate(self, module, loader) -> list[dict]:
-        """`trainer.validate` on a fresh trainer, the module's models plain again after it."""
-        try:
-            return self.trainer().validate(module, loader, verbose=False)
-        finally:
-            self.unwrap_models()
+        """`trainer.validate` on a fresh trainer, the module's models plain again after it (on success:
+        after a failure the other ranks may not join the gathers, and the failure is what to report)."""
+        dtypes = buffer_dtypes(module)
+        result = self.trainer().validate(module, loader, verbose=False)
+        self.unwrap_models(dtypes)
+        return result
 
-    def unwrap_models(self) -> None:
+    def unwrap_models(self, dtypes: dict) -> None:
         """Under FSDP the last trainer wrapped its module's models in place (for `fit` and `validate`
-        alike): every later stage, checkpoint and evaluation reads them plain (`rto.stages.fsdp`)."""
+        alike): every later stage, checkpoint and evaluation reads them plain (`rto.stages.fsdp`), and
+        the device memory of the sharded weights and their optimizer state goes back (Lightning's FSDP
+        teardown keeps the optimizers on the device)."""
         strategy = None if self.last_trainer is None else self.last_trainer.strategy
         if strategy is not None and isinstance(strategy.model, FSDP):
-            strategy.model = unwrap_fsdp(strategy.model)  # once: the trainer holds the plain module now
+            strategy.model = unwrap_fsdp(strategy.model, dtypes)  # once: the trainer holds the plain module now
+            strategy.optimizers = []
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     @contextlib.contextmanager
     def off_step(self, *models) -> Iterator[torch.device]:

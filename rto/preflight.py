@@ -46,25 +46,32 @@ def check_accelerator(cfg: DictConfig) -> None:
 
 
 def check_fsdp_shards(cfg: DictConfig) -> None:
-    """`trainer=fsdp` must shard over several devices: on one (or with `sharding_strategy=NO_SHARD`)
-    it shards nothing, and torch's FSDP cannot gather tied weights (SmolLM2's embeddings and head)
-    there when a stage ends (`rto.stages.fsdp`)."""
+    """`trainer=fsdp` must shard over several devices: on one per sharding group (one device, or
+    `sharding_strategy=NO_SHARD`, or a HYBRID strategy with one device per node) it shards nothing,
+    and torch's FSDP cannot gather tied weights (SmolLM2's embeddings and head) there when a stage
+    ends. And it must keep the original parameters on the modules (`use_orig_params`), which
+    `rto.stages.fsdp` reads to unwrap the models after each stage."""
     trainer = cfg.get("trainer") or {}
     strategy = trainer.get("strategy")
     if not fsdp_strategy(strategy):
         return
+    if not isinstance(strategy, str) and not strategy.get("use_orig_params", False):
+        raise ConfigError("trainer=fsdp needs trainer.strategy.use_orig_params=true: the stages' models are "
+                          "read back from their original parameters after each stage")
     devices = trainer.get("devices", "auto")
     if isinstance(devices, (list, ListConfig)) or (isinstance(devices, str) and "," in devices):
-        count = len([d for d in (devices if not isinstance(devices, str) else devices.split(",")) if str(d).strip()])
+        per_node = len([d for d in (devices if not isinstance(devices, str) else devices.split(",")) if str(d).strip()])
     elif devices in ("auto", -1, "-1"):
         gpu = str(trainer.get("accelerator", "auto")) in GPU_ACCELERATORS + ("auto",)
-        count = torch.cuda.device_count() if gpu and torch.cuda.is_available() else 1
+        per_node = torch.cuda.device_count() if gpu and torch.cuda.is_available() else 1
     else:
-        count = int(devices)
-    count *= int(trainer.get("num_nodes", 1) or 1)
-    no_shard = "NO_SHARD" in str(OmegaConf.select(trainer, "strategy.sharding_strategy", default="") or "")
-    if count == 1 or no_shard:
-        where = "sharding_strategy=NO_SHARD" if no_shard else "one device"
+        per_node = int(devices)
+    sharding = str(OmegaConf.select(trainer, "strategy.sharding_strategy", default="") or "").upper()
+    # HYBRID strategies shard within a node and replicate across nodes
+    group = per_node if "HYBRID" in sharding else per_node * int(trainer.get("num_nodes", 1) or 1)
+    if group == 1 or "NO_SHARD" in sharding:
+        where = ("sharding_strategy=NO_SHARD" if "NO_SHARD" in sharding else
+                 "one device per node under a HYBRID sharding_strategy" if "HYBRID" in sharding else "one device")
         raise ConfigError(f"trainer=fsdp with {where} shards nothing: use trainer=gpu on one GPU, trainer=ddp to "
                           "replicate, or trainer=fsdp on 2 or more devices (trainer.devices)")
 

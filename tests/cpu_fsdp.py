@@ -1,7 +1,9 @@
 """Lightning's FSDP strategy on the CPU, for tests: `trainer=fsdp` with `trainer.accelerator=cpu` and
 `trainer.strategy._target_=tests.cpu_fsdp.CPUFSDPStrategy` (gloo). Lightning refuses its own
 `FSDPStrategy` without a GPU, and hands FSDP the root device's index (None on the CPU, which FSDP
-refuses); torch's FSDP itself runs on the CPU when given the CPU device. Everything else is Lightning's."""
+refuses); torch's FSDP itself runs on the CPU when given the CPU device. The wrapping is Lightning's
+call with that one argument changed, less its activation-checkpointing and torchmetrics set-up (neither
+used by these runs); everything else is Lightning's strategy."""
 
 from __future__ import annotations
 

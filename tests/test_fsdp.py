@@ -4,15 +4,16 @@ refuses a CPU by itself), and what it may not train.
 - `unwrap_fsdp` (`rto.stages.fsdp`): two processes shard a module as Lightning's FSDP strategy does (one
   unit per Llama block, `use_orig_params`, FULL_SHARD: rank 1 holds empty views of some tensors), take
   an optimizer step, then unwrap: every rank must end with the weights FSDP's own full state dict gives,
-  tied weights still tied, frozen ones still frozen, the same outputs, and a module that can be copied
-  (the reward model is built from a deep copy of the SFT model) and written under the unwrapped names.
+  tied weights still tied, frozen ones still frozen, the same outputs, buffers in their own dtype again
+  (bf16 mixed precision casts them), and a module that can be copied (the reward model is built from a
+  deep copy of the SFT model) and written under the unwrapped names.
 - The real CLI: SFT, RM and DPO under FSDP on 2 ranks with batch B against one process with batch 2B
   (every step sees the same rows, `RunContext.training_loader`): the same tensor names in every
   checkpoint, weights within 1e-4 (measured: 2e-6 to 6e-6; the RM head's bias aside, see below); then the RL
   stage and evaluation in the same run folder under `trainer=cpu`, from those checkpoints.
 - Refused before training: the RL stage and micro-batched stages (manual optimisation: their backward
-  passes would run inside FSDP's root forward), and FSDP over one device or NO_SHARD (it shards nothing,
-  and torch's FSDP cannot gather tied weights there).
+  passes would run inside FSDP's root forward), FSDP with one device per sharding group (it shards
+  nothing, and torch's FSDP cannot gather tied weights there), and `use_orig_params=false`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.distributed.fsdp import FullStateDictConfig, ShardingStrategy, StateDictType
+from torch.distributed.fsdp import FullStateDictConfig, MixedPrecision, ShardingStrategy, StateDictType
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -39,7 +40,7 @@ from rto.config import validate
 from rto.errors import ConfigError
 from rto.main import train
 from rto.preflight import preflight
-from rto.stages.fsdp import unwrap_fsdp
+from rto.stages.fsdp import buffer_dtypes, unwrap_fsdp
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,13 +70,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def one_rank(rank: int, world: int, port: int, results: dict) -> None:
+def one_rank(rank: int, world: int, port: int, bf16: bool, results: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     stage = Stage()
+    dtypes = buffer_dtypes(stage)
+    # bf16: what Lightning's FSDP precision plugin asks for under bf16-mixed (buffers cast too)
+    mixed = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16,
+                           buffer_dtype=torch.bfloat16) if bf16 else None
     root = FSDP(stage, auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}), use_orig_params=True,
-                sharding_strategy=ShardingStrategy.FULL_SHARD, device_id=torch.device("cpu"))
+                sharding_strategy=ShardingStrategy.FULL_SHARD, device_id=torch.device("cpu"), mixed_precision=mixed)
     ids = torch.randint(0, 40, (2, 6))
     optimizer = torch.optim.SGD([p for p in root.parameters() if p.requires_grad], lr=0.1)
     root(ids).square().mean().backward()
@@ -85,7 +90,8 @@ def one_rank(rank: int, world: int, port: int, results: dict) -> None:
         expected = {k: v.clone() for k, v in root.state_dict().items()}
     with torch.no_grad():
         expected_out = root(ids)
-    plain = unwrap_fsdp(root)
+    wrapped_buffers = {str(b.dtype) for b in stage.buffers()}
+    plain = unwrap_fsdp(root, dtypes)
     with torch.no_grad():
         out = plain(ids)
     results[rank] = {
@@ -99,16 +105,19 @@ def one_rank(rank: int, world: int, port: int, results: dict) -> None:
         "trainable": [p.requires_grad for p in plain.policy.parameters()],
         "devices": {str(p.device) for p in plain.parameters()} | {str(b.device) for b in plain.buffers()},
         "copied": copy.deepcopy(plain).policy.lm_head.weight.shape,
+        "wrapped_buffers": wrapped_buffers,
+        "buffers": {name: str(b.dtype) for name, b in plain.named_buffers()},
+        "expected_buffers": {name: str(dtype) for name, dtype in dtypes.items()},
     }
     dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def ranks():
+@pytest.fixture(scope="module", params=["fp32", "bf16"])
+def ranks(request):
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(one_rank, args=(2, free_port(), results), nprocs=2)
-        return dict(results)
+        mp.spawn(one_rank, args=(2, free_port(), request.param == "bf16", results), nprocs=2)
+        return {**results, "bf16": request.param == "bf16"}
 
 
 def test_fsdp_sharded_the_weights(ranks):
@@ -122,10 +131,13 @@ def test_every_rank_ends_with_plain_modules_and_the_full_trained_weights(ranks, 
     assert got["state_dict"].keys() == got["expected"].keys()  # the unwrapped names: no FSDP prefix
     for name, value in got["expected"].items():
         torch.testing.assert_close(got["state_dict"][name], value, rtol=0, atol=0, msg=name)
-    assert got["out_error"] <= 1e-6
+    assert got["out_error"] <= (5e-2 if ranks["bf16"] else 1e-6)  # FSDP's forward in bf16, the plain one in fp32
     assert got["tied"] and not any(got["frozen"]) and all(got["trainable"])
     assert got["devices"] == {"cpu"}
     assert got["copied"] == (40, 16)
+    # the rotary tables: bf16 while wrapped under mixed precision, their own dtype (fp32) again after
+    assert got["wrapped_buffers"] == ({"torch.bfloat16"} if ranks["bf16"] else {"torch.float32"})
+    assert got["buffers"] == got["expected_buffers"] and set(got["buffers"].values()) == {"torch.float32"}
 
 
 # ---- the real CLI -------------------------------------------------------------------------------------
@@ -186,12 +198,26 @@ def test_fsdp_refuses_stages_that_optimise_manually(tmp_path, overrides, what):
 @pytest.mark.parametrize("overrides, where", [
     (("trainer.devices=1",), "one device"),
     (("trainer.devices=[0]",), "one device"),
+    (("trainer.devices=auto",), "one device"),  # on a CPU: one process
     (("trainer.devices=2", "trainer.strategy.sharding_strategy=NO_SHARD"), "sharding_strategy=NO_SHARD"),
+    (("trainer.devices=1", "trainer.num_nodes=2", "trainer.strategy.sharding_strategy=HYBRID_SHARD"),
+     "one device per node under a HYBRID"),
 ])
 def test_fsdp_refuses_to_shard_over_nothing(tmp_path, overrides, where):
-    with pytest.raises(ConfigError, match=f"trainer=fsdp with {where} shards nothing"):
+    with pytest.raises(ConfigError, match=f"trainer=fsdp with {where}"):
         preflight(compose_config(*CPU_FSDP, "stage=sft", *overrides, output_dir=tmp_path))
-    preflight(compose_config(*CPU_FSDP, "stage=sft", "trainer.devices=2", output_dir=tmp_path))  # 2 shards: fine
+
+
+@pytest.mark.parametrize("overrides", [("trainer.devices=2",), ("trainer.devices='0,1'",),
+                                       ("trainer.devices=1", "trainer.num_nodes=2")])
+def test_fsdp_over_two_shards_passes_preflight(tmp_path, overrides):
+    preflight(compose_config(*CPU_FSDP, "stage=sft", *overrides, output_dir=tmp_path))
+
+
+def test_fsdp_needs_the_original_parameters(tmp_path):
+    with pytest.raises(ConfigError, match="needs trainer.strategy.use_orig_params=true"):
+        preflight(compose_config(*CPU_FSDP, "stage=sft", "trainer.devices=2", "trainer.strategy.use_orig_params=false",
+                                 output_dir=tmp_path))
 
 
 def test_fsdp_accepts_the_stages_it_trains(tmp_path):
