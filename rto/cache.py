@@ -44,13 +44,15 @@ def may_run_several_processes(trainer_cfg) -> bool:
     return not (devices in (1, "1") and nodes in (1, "1", None))
 # what each stage starts from (their keys enter its key) and the config sections that shape it
 UPSTREAM = {"sft": (), "pairs": ("sft",), "rm": ("sft",), "dpo": ("sft",)}
-OWN_SECTIONS = {"sft": ("data", "model", "sft", "seed"), "pairs": ("pairs",), "rm": ("rm",), "dpo": ("dpo",)}
-# keys that never change the weights: where to find a checkpoint, and what the trainer prints
-IGNORED = {"checkpoint"}
+OWN_SECTIONS = {"sft": ("data", "model", "sft", "seed"), "pairs": ("pairs",), "rm": ("rm", "reward_model"),
+                "dpo": ("dpo",)}
+# keys that never change the weights: where to find a checkpoint, and what the trainer prints; and
+# `reward_model.critic_init`, which only shapes the RL stage's critic
+IGNORED = {"checkpoint", "critic_init"}
 TRAINER_COSMETIC = {"enable_progress_bar", "enable_model_summary", "enable_checkpointing",
                     "log_every_n_steps", "default_root_dir", "logger"}
 # the code a stage's result depends on; an edit there gives new keys instead of stale weights
-CODE_DIRS = ("algos", "data", "models", "recipes", "stages", "tasks")
+CODE_DIRS = ("algos", "data", "models", "recipes", "rl", "stages", "tasks")  # rl: the sampler pairs use
 CODE_FILES = ("context.py", "pipeline.py")
 MANIFEST = "manifest.json"
 

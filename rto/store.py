@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 import lightning as L
 
 from rto.artifacts import publish_folder, verify_manifest, write_manifest
-from rto.cache import StageCache, cacheable, stage_inputs, stage_key
+from rto.cache import StageCache, cacheable, stage_inputs, stage_key, upstream_of
 from rto.context import RunContext
 from rto.errors import MissingStageError
 from rto.models.placement import off_step_device
@@ -39,6 +39,9 @@ class ArtifactStore:
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.cache = StageCache.from_config(ctx.cfg)
+        # stages reused from the run folder although written under another config (a warning says so):
+        # what this job trains on them is not what the config describes, so it is never cached
+        self.stale: set[str] = set()
 
     def load_or_train(self, recipe, inputs: dict, may_train: bool):
         """The stage's model: an existing checkpoint if there is one, else a cache hit, else trained
@@ -72,7 +75,9 @@ class ArtifactStore:
             if not path.is_dir():
                 return None
         # a folder this run wrote must have its manifest; one given as `<stage>.checkpoint` may not
-        self.verify(recipe, path, require=not configured)
+        manifest = self.verify(recipe, path, require=not configured)
+        if manifest is not None and manifest.get("config_hash") not in (None, self.ctx.config_hash(recipe.config_keys)):
+            self.stale.add(recipe.name)
         return path
 
     def saved_path(self, stage: str) -> Path:
@@ -83,8 +88,12 @@ class ArtifactStore:
             raise MissingStageError(f"{stage} must be saved before it is reused")
         return path
 
-    def verify(self, recipe, path: Path, require: bool = True) -> None:
-        verify_manifest(path, recipe.name, self.ctx.config_hash(recipe.config_keys), require=require)
+    def verify(self, recipe, path: Path, require: bool = True) -> Optional[dict]:
+        return verify_manifest(path, recipe.name, self.ctx.config_hash(recipe.config_keys), require=require)
+
+    def built_on_stale(self, stage: str) -> bool:
+        """Whether `stage` starts, directly or not, from a stage reused under another config."""
+        return any(up in self.stale or self.built_on_stale(up) for up in upstream_of(self.cfg, stage))
 
     # ---- train and publish ------------------------------------------------------------------
     def train_and_publish(self, recipe, inputs: dict):
@@ -122,6 +131,10 @@ class ArtifactStore:
         job with the same key waits, then hits). Without a cache (or for an uncacheable stage) an entry
         that never hits and publishes nothing."""
         key = stage_key(self.cfg, recipe.name) if self.cache and cacheable(self.cfg, recipe.name) else None
+        if key is not None and self.built_on_stale(recipe.name):
+            log.warning("%s: not looked up in or published to the stage cache: it starts from a stage this run "
+                        "folder holds under another config (see the warning above)", recipe.name)
+            key = None
         if key is None:
             yield CacheEntry(self, recipe.name, None)
             return

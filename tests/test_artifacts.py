@@ -123,3 +123,16 @@ def test_no_model_preset_trusts_remote_code(tmp_path):
     assert len(presets) >= 3
     for preset in presets:
         assert compose_config(f"model={preset}", output_dir=tmp_path).model.trust_remote_code is False, preset
+
+
+def test_a_stage_trained_on_a_stage_reused_under_another_config_is_not_cached(tmp_path):
+    """A run folder's SFT written under another config is reused with a warning; the reward model this
+    job then trains on it is not what the config's cache key describes, so it is not published there
+    (else every later job with this config would get it from the cache, without a warning)."""
+    same, changed = tmp_path / "same", tmp_path / "changed"
+    for out, overrides in ((same, ()), (changed, ("sft.optimizer.lr=0.01",))):
+        train(compose_config("stage=sft", output_dir=out))
+        train(compose_config("stage=rm", *overrides, output_dir=out))
+    assert list((same / "cache" / "rm").glob("*/manifest.json"))  # the control: published
+    assert not list((changed / "cache" / "rm").glob("*/manifest.json"))
+    assert (changed / "checkpoints" / "rm" / "manifest.json").is_file()  # trained and kept in the run folder

@@ -37,6 +37,11 @@ def test_keys_change_with_what_determines_the_stage(tmp_path):
         assert all(changed[s] != base[s] for s in changed), overrides  # upstream keys propagate
     cfg = compose_config(output_dir=tmp_path)
     assert stage_key(cfg, "sft", code="a") != stage_key(cfg, "sft", code="b")  # edited training code
+    # the reward model's own backbone: another one is another reward model (not the critic's start)
+    a, b = (keys(tmp_path, "reward_model=pretrained", f"reward_model.path=/models/{name}") for name in "ab")
+    assert a["rm"] != b["rm"] and a["rm"] != base["rm"] and (a["sft"], a["dpo"]) == (base["sft"], base["dpo"])
+    assert keys(tmp_path, "reward_model=pretrained", "reward_model.path=/models/a",
+                "reward_model.critic_init=policy")["rm"] == a["rm"]
 
 
 def test_stages_built_on_a_given_checkpoint_are_not_cached(tmp_path):

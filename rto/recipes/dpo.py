@@ -15,7 +15,7 @@ from rto.stages.dpo import with_reference_logps
 
 class DPORecipe(StageRecipe):
     name = "dpo"
-    config_keys = ("seed", "model", "data", "sft", "dpo")
+    config_keys = ("seed", "model", "data", "sft", "pairs", "dpo")
     seed_offset = 2
 
     def needs(self, cfg):

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 class RewardModelRecipe(StageRecipe):
     name = "rm"
-    config_keys = ("seed", "model", "data", "sft", "rm")
+    config_keys = ("seed", "model", "data", "sft", "pairs", "rm", "reward_model")
     seed_offset = 1
 
     def needs(self, cfg):

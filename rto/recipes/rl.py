@@ -105,7 +105,8 @@ def validation_curve(ctx) -> tuple:
 
 class RLRecipe(StageRecipe):
     name = "ppo"
-    config_keys = ("seed", "model", "data", "sft", "rm", "dpo", "ppo", "reward", "beta", "algo", "kl_ctl")
+    config_keys = ("seed", "model", "data", "sft", "pairs", "rm", "reward_model", "dpo", "ppo", "reward", "beta", "algo",
+                   "kl_ctl")
     seed_offset = 3
     resume_every = 1  # an RL iteration is worth a checkpoint
 
