@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,23 @@ def test_report_holds_the_runs_numbers(sweep):
             assert cell in row, (reward, key, cell, row)
     summary = json.loads((out / "summary.json").read_text())
     assert {tuple(r["seeds"]) for r in summary["rows"]} == {SEEDS}
+    assert summary["unfinished"] == [] and "without results" not in table
+    seeds = f"| {len(SEEDS)} ({', '.join(map(str, SEEDS))}) |"  # which seeds each row averages
+    assert seeds in next(line for line in table.splitlines() if line.startswith(f"| {POLICY_LABELS['token']} |"))
+
+
+def test_a_job_without_results_is_named_in_the_report(sweep, tmp_path):
+    """A failed (or killed, or running) job has a config but no metrics.json: the report says so rather
+    than averaging the others as if the sweep were whole."""
+    folder, jobs = sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(folder, copy, symlinks=True, ignore=shutil.ignore_patterns("cache", "wandb", "checkpoints"))
+    failed = next(p for p in sorted(copy.iterdir()) if (p / "metrics.json").is_file())
+    (failed / "metrics.json").unlink()
+    out = write_report(copy)
+    assert json.loads((out / "summary.json").read_text())["unfinished"] == [str(failed)]
+    assert f"**1 job(s) without results** (failed, killed or still running; not in any table below): {failed.name}" \
+        in (out / "report.md").read_text()
 
 
 def test_wandb_offline_runs_hold_the_logged_keys(sweep):

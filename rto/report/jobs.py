@@ -71,6 +71,12 @@ def read_curves(path: Path) -> tuple[dict[int, float], list[dict[str, float]]]:
     return curve, [val[x] for x in sorted(val)]
 
 
+def unfinished_jobs(folder: Path) -> list[Path]:
+    """The job folders of a multirun folder without `metrics.json`: failed, killed or still running."""
+    return [config.parent.parent for config in sorted(Path(folder).glob("*/.hydra/config.yaml"), key=lambda p: p.parts)
+            if not (config.parent.parent / "metrics.json").is_file()]
+
+
 def load_jobs(folder: Path, required: bool = True) -> list[Job]:
     """Every finished job under a multirun folder (a job without `metrics.json` is skipped, with a warning)."""
     jobs = []

@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from rto.report.jobs import Job, load_jobs
+from rto.report.jobs import Job, load_jobs, unfinished_jobs
 from rto.report.jobs import VAL_X
 from rto.report.settings import setting_labels
 from rto.report.stats import mean_se
@@ -105,8 +105,8 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         cells = [_fmt(r.get(k), r.get(f"{k}_se")) for k in COLUMNS]
         named = [r.get("settings") or "–"] if with_settings else []
-        lines.append("| " + " | ".join([r["policy"], f"{r['beta']:g}", r["model"], *named, str(len(r["seeds"])),
-                                         *cells]) + " |")
+        seeds = f"{len(r['seeds'])} ({', '.join(map(str, r['seeds']))})"  # which: a missing seed shows
+        lines.append("| " + " | ".join([r["policy"], f"{r['beta']:g}", r["model"], *named, seeds, *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -211,18 +211,21 @@ def token_pages(jobs: list[Job], out: Path) -> str:
 
 def write_multirun_report(folder: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    jobs = load_jobs(folder)
+    jobs, unfinished = load_jobs(folder), unfinished_jobs(folder)
     rows = summarize(jobs)
     table, efficiency = markdown_table(rows), efficiency_table(jobs)
+    missing = (f"**{len(unfinished)} job(s) without results** (failed, killed or still running; not in any table "
+               f"below): {', '.join(p.name for p in unfinished)}\n\n") if unfinished else ""
     (out / "report.md").write_text(
-        f"# {folder.name}: {len(jobs)} runs\n\nFinal evaluation on {prompt_sets(jobs)}, mean ± standard error "
-        f"over seeds.\n\n{table}\n\n{efficiency}\n\n![gold reward during RL](gold_vs_steps.png)\n\n"
+        f"# {folder.name}: {len(jobs)} runs\n\n{missing}Final evaluation on {prompt_sets(jobs)}, mean ± standard "
+        f"error over seeds.\n\n{table}\n\n{efficiency}\n\n![gold reward during RL](gold_vs_steps.png)\n\n"
         f"![frontier](frontier.png)\n" + token_pages(jobs, out))
     (out / "summary.json").write_text(json.dumps(
         {"rows": rows, "jobs": [{"folder": str(j.folder), "algo": str(j.get("algo.name", "ppo")), "reward": j.reward,
-                                 "beta": j.beta, "model": j.model, "seed": j.seed} for j in jobs]}, indent=2) + "\n")
+                                 "beta": j.beta, "model": j.model, "seed": j.seed} for j in jobs],
+         "unfinished": [str(p) for p in unfinished]}, indent=2) + "\n")
     plot_curves(jobs, out / "gold_vs_steps.png")
     plot_frontier(rows, out / "frontier.png")
-    print(table + ("\n\n" + efficiency if efficiency else ""))
+    print(missing + table + ("\n\n" + efficiency if efficiency else ""))
     print(f"\nreport written to {out}")
     return out
