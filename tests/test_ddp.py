@@ -16,9 +16,12 @@ tolerances (measured: losses within 1e-6, weights within 1e-5):
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -270,3 +273,37 @@ def test_ddp_grpo_matches_one_process(ddp_run, tmp_path):
     assert max_weight_diff(ddp, single, "ppo") < 1e-5
     grpo, sft = weights(ddp, "ppo"), weights(ddp_run, "sft")
     assert max(float((grpo[k] - sft[k]).abs().max()) for k in grpo) > 1e-4  # GRPO moved far more than that
+
+
+@pytest.mark.slow  # three 2-rank runs, one killed: about two minutes on 2 cores
+def test_ddp_ppo_killed_and_resumed_draws_what_the_uninterrupted_run_draws(ddp_run, tmp_path):
+    """Each rank samples from its own random stream (seed + rank); a resumed run must restore each
+    rank's, not rank 0's for all (Lightning writes rank 0's checkpoint only). Sampling at temperature 1,
+    so the responses depend on the stream; deterministic kernels, one thread, so both runs round alike."""
+    from tests.test_resume import comparable
+
+    args = ["trainer=ddp_cpu", "trainer.devices=2", *from_ddp(ddp_run, "sft", "rm", "dpo"), *batches(1),  # then eval
+            "ppo.temperature=1.0", "ppo.iterations=3", "ppo.val_every=null", "resume.every_n_steps=1",
+            "deterministic=true", "threads=1"]
+    whole = cli(tmp_path / "whole", *args)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "rto.main", *COMMON, *args, f"hydra.run.dir={killed}",
+               f"paths.cache_dir={killed}/cache"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # its own process group: rank 1 is killed with rank 0
+    deadline = time.monotonic() + 600
+    try:
+        while not list((killed / "checkpoints" / "ppo-resume").glob("*.ckpt.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no PPO resume checkpoint in time"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (killed / "checkpoints" / "ppo").exists(), "PPO finished before the kill"
+    cli(killed, *args)
+    a, b = (comparable(json.loads((run / "metrics.json").read_text())) for run in (whole, killed))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
+    assert max_weight_diff(whole, killed, "ppo") <= 1e-7

@@ -95,12 +95,20 @@ class RLModule(NonFiniteGuard, MinibatchUpdate, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         moments = None if self.score_moments is None else vars(self.score_moments)
-        checkpoint["rto_ppo"] = {"generator": self.generator.get_state(), "score_moments": dict(moments or {}),
-                                 "kl_ctl": self.kl_ctl.state_dict()}
+        state = self.generator.get_state()
+        # every rank's stream (each rank calls this hook; only rank 0 writes the file), so that each
+        # resumes its own: with rank 0's alone, every rank would draw rank 0's responses after a resume
+        gathered = self.all_gather(state.to(self.device)) if self.trainer.world_size > 1 else state[None]
+        # each its own copy: a row of the gathered tensor is a view at an offset, which set_state misreads
+        checkpoint["rto_ppo"] = {"generator": state, "generators": [s.cpu().clone() for s in gathered],
+                                 "score_moments": dict(moments or {}), "kl_ctl": self.kl_ctl.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["rto_ppo"]
-        self._generator, self._generator_state = None, state["generator"]
+        streams = state.get("generators")  # absent from checkpoints written before it was kept
+        same_world = streams is not None and len(streams) == self.trainer.world_size
+        self._generator = None
+        self._generator_state = (streams[self.global_rank] if same_world else state["generator"]).clone()
         if self.score_moments is not None:
             vars(self.score_moments).update(state["score_moments"])
         if "kl_ctl" in state:
