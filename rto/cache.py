@@ -80,6 +80,11 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The trainer's settings that change the numbers (precision, devices, strategy, determinism)."""
+    return _strip(OmegaConf.to_container(cfg.trainer, resolve=True), TRAINER_COSMETIC)
+
+
 def stage_inputs(cfg: DictConfig, stage: str, code: Optional[str] = None) -> dict[str, Any]:
     """The resolved config that determines `stage`'s weights (what its key hashes)."""
     resolved = {name: OmegaConf.to_container(cfg[name], resolve=True) if isinstance(cfg[name], DictConfig)
@@ -88,7 +93,7 @@ def stage_inputs(cfg: DictConfig, stage: str, code: Optional[str] = None) -> dic
     for upstream in upstream_of(cfg, stage):
         inputs[f"{upstream}_key"] = stage_key(cfg, upstream, code)
     if not upstream_of(cfg, stage):  # the root stage carries what every stage shares
-        inputs["trainer"] = _strip(OmegaConf.to_container(cfg.trainer, resolve=True), TRAINER_COSMETIC)
+        inputs["trainer"] = trainer_settings(cfg)
         inputs["code"] = code or code_fingerprint()
     return inputs
 

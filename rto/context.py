@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import hashlib
+import json
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -20,7 +22,7 @@ from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
 
 from rto.artifacts import config_hash
-from rto.cache import may_run_several_processes
+from rto.cache import may_run_several_processes, trainer_settings
 from rto.config_stages import fsdp_strategy
 from rto.data import DataBundle, load_data
 from rto.data.validate import validate_pairs_for
@@ -152,6 +154,13 @@ class RunContext:
         """The hash of the config that determines a stage's weights (manifests, resume checkpoints)."""
         return config_hash(self.cfg, config_keys)
 
+    def resume_hash(self, config_keys: tuple[str, ...]) -> str:
+        """A resume checkpoint's config: the stage's and the trainer's numeric settings. A stage killed
+        under one precision, device count or strategy is not resumed under another (its cache key holds
+        the trainer's settings too)."""
+        payload = json.dumps([self.config_hash(config_keys), trainer_settings(self.cfg)], sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
     def resume_dir(self, stage: str) -> Path:
         return self.ckpt_dir / f"{stage}-resume"
 
@@ -163,7 +172,7 @@ class RunContext:
         dtypes = buffer_dtypes(module)
         with stage_speedups(self.cfg, module):
             fit_resumable(partial(self.trainer, **trainer_overrides), module, loaders,
-                          folder=self.resume_dir(recipe.name), cfg_hash=self.config_hash(recipe.config_keys),
+                          folder=self.resume_dir(recipe.name), cfg_hash=self.resume_hash(recipe.config_keys),
                           every_n_steps=recipe.resume_every or resume.every_n_steps, enabled=resume.enabled,
                           callbacks=callbacks)
         self.unwrap_models(dtypes)

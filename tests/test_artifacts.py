@@ -136,3 +136,18 @@ def test_a_stage_trained_on_a_stage_reused_under_another_config_is_not_cached(tm
     assert list((same / "cache" / "rm").glob("*/manifest.json"))  # the control: published
     assert not list((changed / "cache" / "rm").glob("*/manifest.json"))
     assert (changed / "checkpoints" / "rm" / "manifest.json").is_file()  # trained and kept in the run folder
+
+
+def test_a_resume_checkpoint_is_tied_to_the_trainer_settings(tmp_path):
+    """A stage killed in fp32 is not resumed under bf16-mixed (nor another device count or strategy):
+    the stage cache would file the mixed result under the new settings' key. The trainer's display
+    settings do not count."""
+    from rto.context import RunContext
+
+    def resume_hash(*overrides: str) -> str:
+        return RunContext(compose_config(*overrides, output_dir=tmp_path)).resume_hash(("seed", "sft"))
+
+    base = resume_hash()
+    assert resume_hash("trainer.precision=bf16-mixed") != base
+    assert resume_hash("trainer=ddp_cpu") != base
+    assert resume_hash("trainer.enable_progress_bar=true") == base
