@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import hashlib
 import json
 from functools import partial
@@ -17,7 +16,6 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
 
@@ -38,7 +36,7 @@ from rto.models.reward import reward_tokenizer
 from rto.models.scalar_head import ScalarHeadModel
 from rto.models.speed import fast_stage
 from rto.resume import fit_resumable, keep_previous_logs
-from rto.stages.fsdp import buffer_dtypes, unwrap_fsdp
+from rto.stages.fsdp import buffer_dtypes, unwrap_trainer_models
 from rto.rl.segments import segments_for
 
 
@@ -175,28 +173,15 @@ class RunContext:
                           folder=self.resume_dir(recipe.name), cfg_hash=self.resume_hash(recipe.config_keys),
                           every_n_steps=recipe.resume_every or resume.every_n_steps, enabled=resume.enabled,
                           callbacks=callbacks)
-        self.unwrap_models(dtypes)
+        unwrap_trainer_models(self.last_trainer, dtypes)
 
     def validate(self, module, loader) -> list[dict]:
         """`trainer.validate` on a fresh trainer, the module's models plain again after it (on success:
         after a failure the other ranks may not join the gathers, and the failure is what to report)."""
         dtypes = buffer_dtypes(module)
         result = self.trainer().validate(module, loader, verbose=False)
-        self.unwrap_models(dtypes)
+        unwrap_trainer_models(self.last_trainer, dtypes)
         return result
-
-    def unwrap_models(self, dtypes: dict) -> None:
-        """Under FSDP the last trainer wrapped its module's models in place (for `fit` and `validate`
-        alike): every later stage, checkpoint and evaluation reads them plain (`rto.stages.fsdp`), and
-        the device memory of the sharded weights and their optimizer state goes back (Lightning's FSDP
-        teardown keeps the optimizers on the device)."""
-        strategy = None if self.last_trainer is None else self.last_trainer.strategy
-        if strategy is not None and isinstance(strategy.model, FSDP):
-            strategy.model = unwrap_fsdp(strategy.model, dtypes)  # once: the trainer holds the plain module now
-            strategy.optimizers = []
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
 
     @contextlib.contextmanager
     def off_step(self, *models) -> Iterator[torch.device]:

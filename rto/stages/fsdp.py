@@ -17,6 +17,7 @@ full weights. It reads the original parameters FSDP keeps on the modules (`use_o
 
 from __future__ import annotations
 
+import gc
 from typing import Iterator, Optional
 
 import torch
@@ -69,3 +70,17 @@ def unwrap_fsdp(root: FSDP, dtypes: Optional[dict[str, torch.dtype]] = None) -> 
             module = plain.get_submodule(owner)
             module._buffers[attr] = buffer.to(dtypes[name])  # keeps it persistent or not, as registered
     return plain
+
+
+def unwrap_trainer_models(trainer, dtypes: dict[str, torch.dtype]) -> None:
+    """After `trainer.fit` or `trainer.validate`: under FSDP the trainer wrapped its module's models in
+    place; every later stage, checkpoint and evaluation reads them plain, and the device memory of the
+    sharded weights and their optimizer state goes back (Lightning's FSDP teardown keeps the optimizers
+    on the device). Nothing to do under any other strategy."""
+    strategy = None if trainer is None else trainer.strategy
+    if strategy is not None and isinstance(strategy.model, FSDP):
+        strategy.model = unwrap_fsdp(strategy.model, dtypes)  # once: the trainer holds the plain module now
+        strategy.optimizers = []
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
