@@ -24,6 +24,7 @@ from rto.cache import may_run_several_processes, trainer_settings
 from rto.config_stages import fsdp_strategy
 from rto.data import DataBundle, load_data
 from rto.data.validate import validate_pairs_for
+from rto.loggers import build_loggers
 from rto.preflight import check_context_length
 from rto.data.preference_formats import chat_prompt
 from rto.models.factory import policy_tokenizer
@@ -35,7 +36,7 @@ from rto.models.retokenize import RewardScorer, check_same_tokenizer
 from rto.models.reward import reward_tokenizer
 from rto.models.scalar_head import ScalarHeadModel
 from rto.models.speed import fast_stage
-from rto.resume import fit_resumable, keep_previous_logs
+from rto.resume import fit_resumable
 from rto.stages.fsdp import buffer_dtypes, unwrap_trainer_models
 from rto.rl.segments import segments_for
 
@@ -93,8 +94,7 @@ class RunContext:
         # where Semi-RTO's segments end (delimiter tokens of this tokenizer, or fixed windows); checked
         # here, before any training
         self.segments = segments_for(cfg.reward, self.data.tokenizer)
-        keep_previous_logs(self.out)
-        self.loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
+        self.loggers = build_loggers(cfg, self.out)  # a re-run into this folder continues its earlier runs
         self.metrics: dict[str, float] = {}
         self.last_trainer: Optional[L.Trainer] = None
 

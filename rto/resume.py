@@ -144,12 +144,3 @@ def fit_resumable(trainer_factory, module, loaders, *, folder: str | Path,
             "; no checkpoint of this stage was saved before it" + (f" ({skip})" if skip else "")
         raise NonFiniteError(err.name, err.step, err.count, err.total, err.where + where, err.skippable) from err
 
-
-def keep_previous_logs(run_dir: str | Path) -> None:
-    """Lightning's CSVLogger deletes an existing `metrics.csv`; a re-run (resume) keeps it as `metrics.<n>.csv`."""
-    current = Path(run_dir) / "csv" / "metrics.csv"
-    if current.is_file():
-        n = 1
-        while (kept := current.with_name(f"metrics.{n}.csv")).exists():
-            n += 1
-        current.rename(kept)

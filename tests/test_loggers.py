@@ -61,3 +61,32 @@ def test_missing_tracker_is_named_before_training(make_cfg, monkeypatch, tmp_pat
     with pytest.raises(MachineError):  # the entry point checks it before any stage
         train(make_cfg("stage=sft", f"logger={logger}"))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_rerun_into_the_run_folder_continues_its_wandb_run(make_cfg, tmp_path):
+    """A second command into the same folder (a resume, or the job's next stage) logs to the first one's
+    W&B run: one run per job, not a killed partial curve counted as one more seed."""
+    from tests.wandb_records import records
+
+    for stage in ("sft", "rm"):
+        train(make_cfg(f"stage={stage}", "logger=wandb"))
+    folders = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2
+    ids = {f.name.rsplit("-", 1)[1] for f in folders}
+    run_records = [r.run for f in folders for r in records(next(f.glob("*.wandb"))) if r.HasField("run")]
+    assert len(ids) == 1 and {r.run_id for r in run_records} == ids
+
+
+def test_rerun_into_the_run_folder_continues_its_mlflow_run(make_cfg, tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    """A resume (the same command again) reopens the folder's MLflow run; other settings (the next stage)
+    start a new one, since MLflow refuses to change a logged parameter."""
+    for seed in (0, 0, 1):  # three commands, two settings: two runs
+        train(make_cfg("stage=sft", "logger=mlflow", "experiment_name=tracker_test", f"seed={seed}"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    first, second = client.search_runs([client.get_experiment_by_name("tracker_test").experiment_id],
+                                       order_by=["attributes.start_time ASC"])
+    assert first.data.params["seed"] == "0" and second.data.params["seed"] == "1"
+    assert first.info.status == second.info.status == "FINISHED"

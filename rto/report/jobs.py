@@ -50,7 +50,7 @@ class Job:
 
 
 def csv_logs(path: Path) -> list[Path]:
-    """`metrics.csv` and the logs a resumed run kept before it (`metrics.<n>.csv`, `rto.resume`), oldest first."""
+    """`metrics.csv` and the logs a resumed run kept before it (`metrics.<n>.csv`, `rto.loggers`), oldest first."""
     kept = sorted((p for p in path.parent.glob(f"{path.stem}.*{path.suffix}") if p.stem.split(".")[-1].isdigit()),
                   key=lambda p: int(p.stem.split(".")[-1]))
     return [p for p in [*kept, path] if p.is_file()]

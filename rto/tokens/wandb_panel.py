@@ -5,11 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-
-def wandb_run_id(folder: Path) -> Optional[str]:
-    """The id of the run's latest W&B run (folders `<offline-run|run>-<time>-<id>`), None if it has none."""
-    runs = sorted(p for p in (folder / "wandb").glob("*run-*-*") if p.is_dir() and not p.is_symlink())
-    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+from rto.loggers import wandb_run_id
 
 
 def log_to_wandb(run, html_text: str) -> Optional[str]:
