@@ -95,3 +95,13 @@ def test_jobs_that_differ_beyond_the_seed_get_rows_of_their_own(tmp_path, caplog
     with caplog.at_level("WARNING"):
         again = summarize(load_jobs(tmp_path))
     assert len(again) == len(rows) and "the same settings and seed 0" in caplog.text
+
+
+def test_a_seed_run_twice_counts_once_in_the_efficiency_table(runs):
+    """A job of the same settings and seed again (a re-launched job, here with other numbers) does not
+    count as one more seed in the sample-efficiency table: the first job is kept, as in the final table."""
+    write_job(runs / "zz_grpo_token_0_again", "grpo", "token", 0, 99.0,
+              [(0, 0.0), (100, 50.0), (200, 50.0), (300, 50.0), (400, 50.0)])
+    table = efficiency_table(load_jobs(runs))
+    grpo = next(line for line in table.splitlines() if line.startswith("| GRPO (token)"))
+    assert [cell.strip(" |") for cell in grpo.split(" | ")[3:]] == ["2.000 ± 1.000", "3.000 ± 1.000", "4.000 ± 1.000"]

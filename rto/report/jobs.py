@@ -71,23 +71,27 @@ def read_curves(path: Path) -> tuple[dict[int, float], list[dict[str, float]]]:
     return curve, [val[x] for x in sorted(val)]
 
 
+def job_folders(folder: Path) -> list[tuple[Path, bool]]:
+    """Each job folder of a multirun folder (`<job>/.hydra/config.yaml`), in order, and whether it finished
+    (`metrics.json`; a job without it failed, was killed or is still running)."""
+    return [(config.parent.parent, (config.parent.parent / "metrics.json").is_file())
+            for config in sorted(Path(folder).glob("*/.hydra/config.yaml"), key=lambda p: p.parts)]
+
+
 def unfinished_jobs(folder: Path) -> list[Path]:
-    """The job folders of a multirun folder without `metrics.json`: failed, killed or still running."""
-    return [config.parent.parent for config in sorted(Path(folder).glob("*/.hydra/config.yaml"), key=lambda p: p.parts)
-            if not (config.parent.parent / "metrics.json").is_file()]
+    return [job_dir for job_dir, finished in job_folders(folder) if not finished]
 
 
 def load_jobs(folder: Path, required: bool = True) -> list[Job]:
-    """Every finished job under a multirun folder (a job without `metrics.json` is skipped, with a warning)."""
+    """Every finished job under a multirun folder (an unfinished one is skipped, with a warning)."""
     jobs = []
-    for config in sorted(Path(folder).glob("*/.hydra/config.yaml"), key=lambda p: p.parts):
-        job_dir = config.parent.parent
-        if not (job_dir / "metrics.json").is_file():
+    for job_dir, finished in job_folders(folder):
+        if not finished:
             log.warning("skipping %s: no metrics.json (failed or still running)", job_dir)
             continue
         curve, val = read_curves(job_dir / "csv" / "metrics.csv")
-        jobs.append(Job(job_dir, OmegaConf.load(config), json.loads((job_dir / "metrics.json").read_text()),
-                        curve, val))
+        jobs.append(Job(job_dir, OmegaConf.load(job_dir / ".hydra" / "config.yaml"),
+                        json.loads((job_dir / "metrics.json").read_text()), curve, val))
     if not jobs and required:
         raise RunFolderError(f"{folder} holds no finished job (<job>/.hydra/config.yaml and <job>/metrics.json)")
     return jobs

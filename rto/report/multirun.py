@@ -23,7 +23,7 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -110,16 +110,23 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def policy_groups(jobs: list[Job], keep: Callable[[Job], bool]) -> dict[tuple, list[Job]]:
+    """The RL jobs that `keep` accepts by (learner and reward, beta, model, other settings), one job per
+    seed: a seed run twice counts once, its first job (as in `summarize`, which warns)."""
+    settings = setting_labels(jobs, row_label)
+    groups: dict[tuple, dict[int, Job]] = defaultdict(dict)
+    for i, job in enumerate(jobs):
+        if keep(job):
+            groups[(policy_label(job), job.beta, job.model, settings[i, "policy"])].setdefault(job.seed, job)
+    return {key: list(by_seed.values()) for key, by_seed in groups.items()}
+
+
 def plot_curves(jobs: list[Job], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = setting_labels(jobs, row_label)
-    by_group: dict[tuple, list[dict[int, float]]] = defaultdict(list)
-    for i, job in enumerate(jobs):
-        if job.curve:
-            by_group[(policy_label(job), job.beta, job.model, settings[i, "policy"])].append(job.curve)
+    by_group = {key: [job.curve for job in group] for key, group in policy_groups(jobs, lambda j: bool(j.curve)).items()}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for (label, beta, model, setting), curves in sorted(by_group.items()):
         steps = sorted(set().union(*curves))
@@ -171,11 +178,8 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
 def efficiency_table(jobs: list[Job]) -> str:
     """Validation gold reward (mean ± s.e. over seeds) after a share of the sampled-response budget:
     learners that sample the same responses per iteration compare at equal RL data."""
-    settings = setting_labels(jobs, row_label)
-    by_group: dict[tuple, list[list[dict]]] = defaultdict(list)
-    for i, job in enumerate(jobs):
-        if job.val_curve and "val/gold_reward" in job.val_curve[-1]:
-            by_group[(policy_label(job), job.beta, job.model, settings[i, "policy"])].append(job.val_curve)
+    with_val = policy_groups(jobs, lambda j: bool(j.val_curve) and "val/gold_reward" in j.val_curve[-1])
+    by_group = {key: [job.val_curve for job in group] for key, group in with_val.items()}
     if not by_group:
         return ""
     with_settings = any(setting for _, _, _, setting in by_group)
