@@ -12,7 +12,7 @@ lock before training, so a second job waits and then loads instead of training t
 again; an entry is built in a temporary folder and renamed into place, so it is complete or absent.
 
     python -m rto.cache list [--stage sft]      # what is cached, with the config that made it
-    python -m rto.cache clear [--stage dpo]     # delete entries (all stages if no --stage)
+    python -m rto.cache clear [--stage dpo]     # delete entries no job is using (all stages if no --stage)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from rto.artifacts import write_manifest
@@ -36,6 +36,7 @@ from rto.data.bundle import pairs_from_policy
 log = logging.getLogger(__name__)
 
 CACHED_STAGES = ("sft", "pairs", "rm", "dpo")
+LINKS = ".links"  # beside an entry: the run folders that link to it
 
 
 def may_run_several_processes(trainer_cfg) -> bool:
@@ -173,15 +174,57 @@ class StageCache:
                     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
                     yield {**manifest, "path": path, "bytes": size}
 
-    def clear(self, stage: Optional[str] = None) -> int:
-        removed = 0
+    def record_link(self, stage: str, key: str, link: Path) -> None:
+        """A run folder's `checkpoints/<stage>` links to this entry (`<key>.links`, one path a line), so
+        `clear` can hand it its own copy first. Called under the key's lock."""
+        with open(self.root / stage / f"{key}{LINKS}", "a") as f:
+            f.write(f"{Path(link).absolute()}\n")
+
+    def clear(self, stage: Optional[str] = None) -> tuple[int, int, int]:
+        """Delete the entries no job is using: each is locked first (a job holds its key's lock while it
+        looks up, trains or publishes; a held one is left), and a run folder that links to it gets its
+        own copy of the files (hard links where the filesystem allows), so its `stage=eval` re-runs and
+        resumes still find the stage. Lock files stay: deleting one a job waits on would let a third job
+        take a fresh lock on the same key. Returns (removed, left in use, run folders given a copy)."""
+        removed = in_use = copied = 0
         for name in (stage,) if stage else CACHED_STAGES:
             folder = self.root / name
-            if folder.is_dir():
-                removed += sum(1 for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-                shutil.rmtree(folder)
-        return removed
+            keys = {p.name.split(".tmp-")[0].lstrip(".") for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else ()
+            for key in sorted(keys):
+                lock = self.lock(name, key)
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    in_use += 1
+                    continue
+                try:
+                    copied += self._detach_links(name, key)
+                    removed += self.path(name, key).is_dir()
+                    for path in [self.path(name, key), *folder.glob(f".{key}.tmp-*")]:
+                        shutil.rmtree(path, ignore_errors=True)
+                finally:
+                    lock.release()
+        return removed, in_use, copied
 
+    def _detach_links(self, stage: str, key: str) -> int:
+        """Replace each run folder's link to the entry by a copy of it; the number replaced."""
+        record, entry, n = self.root / stage / f"{key}{LINKS}", self.path(stage, key).resolve(), 0
+        for line in (record.read_text().splitlines() if record.is_file() else []):
+            link = Path(line)
+            if not (link.is_symlink() and link.resolve() == entry):  # gone, or re-pointed since
+                continue
+            tmp = link.with_name(f".{link.name}.copy-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                shutil.copytree(entry, tmp, copy_function=os.link)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(entry, tmp)
+            link.unlink()
+            os.replace(tmp, link)
+            n += 1
+        record.unlink(missing_ok=True)
+        return n
 
 def _describe(inputs: dict[str, Any]) -> str:
     """The few inputs a person tells entries apart by."""
@@ -211,7 +254,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     cache = StageCache(args.dir or default_cache_dir())
     if args.command == "clear":
-        print(f"removed {cache.clear(args.stage)} entries from {cache.root}")
+        removed, in_use, copied = cache.clear(args.stage)
+        print(f"removed {removed} entries from {cache.root}"
+              + (f"; {copied} run folder(s) that linked to them now hold their own copy" if copied else "")
+              + (f"; {in_use} left: a running job holds them (run clear again when it is done)" if in_use else ""))
         return
     rows = list(cache.entries(args.stage))
     print(f"{len(rows)} entries in {cache.root}")

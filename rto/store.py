@@ -146,6 +146,7 @@ class ArtifactStore:
                 log.info("%s: cache hit %s (%s)", recipe.name, key, hit)
                 self.verify(recipe, hit)
                 self.link(recipe.name, hit)
+                self.cache.record_link(recipe.name, key, self.ctx.ckpt_dir / recipe.name)
                 entry.hit = hit
             else:
                 log.info("%s: cache miss %s", recipe.name, key)

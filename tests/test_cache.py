@@ -115,3 +115,43 @@ def test_cache_is_off_when_the_trainer_may_start_several_processes(tmp_path):
     assert StageCache.from_config(compose_config("trainer=ddp_cpu", output_dir=tmp_path)) is None
     assert StageCache.from_config(compose_config("trainer=ddp", output_dir=tmp_path)) is None
     assert StageCache.from_config(compose_config("trainer=cpu", output_dir=tmp_path)) is not None
+
+
+def test_clear_leaves_entries_in_use_and_gives_linked_run_folders_their_own_copy(tmp_path):
+    """A job that hit the cache links its run folder to the entry: clearing the cache hands that folder a
+    copy first (a re-run there still finds its stage). An entry whose lock a job holds is left."""
+    import subprocess
+    import sys
+
+    from rto.main import train
+
+    cache_dir = tmp_path / "cache"
+
+    def job(stage: str, run: str) -> None:
+        cfg = compose_config(f"stage={stage}", output_dir=tmp_path / run)
+        cfg.paths.cache_dir = str(cache_dir)  # one cache for both run folders
+        train(cfg)
+
+    for run in ("a", "b"):  # b hits the entry a published
+        job("sft", run)
+    linked = tmp_path / "b" / "checkpoints" / "sft"
+    assert linked.is_symlink()
+    weights = (linked / "model.safetensors").read_bytes()
+    cache = StageCache(cache_dir)
+    (sft_key,) = [e["key"] for e in cache.entries("sft")]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    cache.publish("dpo", "busy", src, {"stage": "dpo"})
+
+    def clear() -> str:
+        return subprocess.run([sys.executable, "-m", "rto.cache", "clear", "--dir", str(cache_dir)], check=True,
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+
+    with cache.lock("dpo", "busy"):  # a job is using this entry
+        out = clear()
+    assert "removed 1 entries" in out and "1 run folder(s)" in out and "1 left" in out
+    assert not linked.is_symlink() and (linked / "model.safetensors").read_bytes() == weights
+    assert cache.lookup("sft", sft_key) is None and cache.lookup("dpo", "busy") is not None
+    assert "removed 1 entries" in clear() and list(cache.entries()) == []
+    job("rm", "b")  # finds its SFT in its own folder
