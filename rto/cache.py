@@ -47,9 +47,9 @@ def may_run_several_processes(trainer_cfg) -> bool:
 UPSTREAM = {"sft": (), "pairs": ("sft",), "rm": ("sft",), "dpo": ("sft",)}
 OWN_SECTIONS = {"sft": ("data", "model", "sft", "seed"), "pairs": ("pairs",), "rm": ("rm", "reward_model"),
                 "dpo": ("dpo",)}
-# keys that never change the weights: where to find a checkpoint, and what the trainer prints; and
-# `reward_model.critic_init`, which only shapes the RL stage's critic
-IGNORED = {"checkpoint", "critic_init"}
+# keys that never change the weights: where to find a checkpoint; `reward_model.critic_init`, which only
+# shapes the RL stage's critic; and a model preset's `hardware` line, a description for people
+IGNORED = {"checkpoint", "critic_init", "hardware"}
 TRAINER_COSMETIC = {"enable_progress_bar", "enable_model_summary", "enable_checkpointing",
                     "log_every_n_steps", "default_root_dir", "logger"}
 # the code a stage's result depends on; an edit there gives new keys instead of stale weights

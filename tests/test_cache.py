@@ -22,7 +22,8 @@ def test_ppo_only_keys_share_every_upstream_stage(tmp_path):
     for overrides in (["reward=sentence"], ["ppo.iterations=7", "reward.dpo_scale=0.3"], ["sft.checkpoint=/x"],
                       ["logger=none"], ["trainer.enable_progress_bar=true"], ["print_config=true"], ["threads=1"],
                       # kernels' float rounding only (README, "Stage cache")
-                      ["compile=true"], ["cpu_prepack.enabled=false"]):
+                      ["compile=true"], ["cpu_prepack.enabled=false"],
+                      ["+model.hardware=any description"]):
         assert keys(tmp_path, "reward=token", "beta=0.1", *overrides) == base, overrides
 
 
