@@ -69,16 +69,13 @@ def weights_prepacked(cfg: DictConfig, *models, trainable: bool):
                                  dtype=dtype)
 
 
-def uses_fsdp(trainer_cfg: DictConfig) -> bool:
-    return fsdp_strategy(trainer_cfg.get("strategy"))
-
-
 class RunContext:
     """One job: its run folder, data, loggers, trainers and metrics."""
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        share_frozen_weights(not uses_fsdp(cfg.trainer))  # FSDP flattens each block's weights on its own
+        # FSDP flattens each block's weights on its own: frozen copies may not share them
+        share_frozen_weights(not fsdp_strategy(cfg.trainer.get("strategy")))
         self.out = Path(cfg.paths.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         tokenizer = policy_tokenizer(cfg.model)  # a pretrained model brings its tokenizer; None otherwise

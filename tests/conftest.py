@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -23,6 +26,17 @@ def compose_config(*overrides: str, output_dir: Path, debug: str | None = "tiny"
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.cache_dir = str(Path(output_dir) / "cache")  # tests train their stages, not a stale cache's
     return cfg
+
+
+def run_entry_point(out: Path, *overrides: str, env: dict[str, str] | None = None) -> Path:
+    """`python -m rto.main <overrides>` in a subprocess (as a user types it; the way to get several
+    ranks), into run folder `out` with its own cache; fails the test with the tail of its stderr."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "rto.main", *overrides, f"hydra.run.dir={out}",
+                             f"paths.cache_dir={out}/cache"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import run_entry_point
 from tests.csv_log import logged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +45,7 @@ def batches(per_rank: int) -> list[str]:
 
 
 def cli(out: Path, *overrides: str, env: dict[str, str] | None = None) -> Path:
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "rto.main", *COMMON, *overrides, f"hydra.run.dir={out}",
-                             f"paths.cache_dir={out}/cache"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return out
+    return run_entry_point(out, *COMMON, *overrides, env=env)
 
 
 def weights(out: Path, stage: str) -> dict[str, torch.Tensor]:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import copy
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -41,9 +39,8 @@ from rto.errors import ConfigError
 from rto.main import train
 from rto.preflight import preflight
 from rto.stages.fsdp import buffer_dtypes, unwrap_fsdp
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_entry_point
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU_FSDP = ("trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=32-true",
             "trainer.strategy._target_=tests.cpu_fsdp.CPUFSDPStrategy", "+trainer.strategy.process_group_backend=gloo")
 # a quarter held out (the RM report validates under FSDP too), the rest a multiple of the global batch
@@ -142,11 +139,7 @@ def test_every_rank_ends_with_plain_modules_and_the_full_trained_weights(ranks, 
 
 # ---- the real CLI -------------------------------------------------------------------------------------
 def cli(out: Path, *overrides: str) -> None:
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "rto.main", *COMMON, *overrides, f"hydra.run.dir={out}",
-                             f"paths.cache_dir={out}/cache"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_entry_point(out, *COMMON, *overrides)
 
 
 def checkpoint_tensors(out: Path, stage: str) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from peft import TaskType
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM
 
-from rto.context import uses_fsdp
+from rto.context import RunContext
 from rto.main import train
 from rto.models import factory, pretrained_cache
 from rto.models.critic import save_critic
@@ -120,10 +120,12 @@ def test_lora_models_share_the_base_and_full_models_own_theirs(gguf_model, tmp_p
     assert not {p.data_ptr() for p in _base_weights(own).values()} & {p.data_ptr() for p in _base_weights(sft).values()}
 
 
-def test_fsdp_turns_sharing_off(tmp_path):
-    assert uses_fsdp(compose_config("trainer=fsdp", output_dir=tmp_path).trainer)
-    assert not uses_fsdp(compose_config("trainer=ddp", output_dir=tmp_path).trainer)
-    assert not uses_fsdp(compose_config(output_dir=tmp_path).trainer)
+@pytest.mark.parametrize("trainer, shares", [("fsdp", False), ("ddp", True), ("cpu", True)])
+def test_fsdp_turns_sharing_off(tmp_path, trainer, shares):
+    """A job's context decides, from its trainer, whether frozen copies share their template's weights."""
+    pretrained_cache.share_frozen_weights(not shares)
+    RunContext(compose_config(f"trainer={trainer}", output_dir=tmp_path))
+    assert pretrained_cache.shares_frozen_weights() is shares
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
