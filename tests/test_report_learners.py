@@ -105,3 +105,24 @@ def test_a_seed_run_twice_counts_once_in_the_efficiency_table(runs):
     table = efficiency_table(load_jobs(runs))
     grpo = next(line for line in table.splitlines() if line.startswith("| GRPO (token)"))
     assert [cell.strip(" |") for cell in grpo.split(" | ")[3:]] == ["2.000 ± 1.000", "3.000 ± 1.000", "4.000 ± 1.000"]
+
+
+def test_dpo_family_jobs_beside_rl_jobs_split_no_row(tmp_path):
+    """`experiment=algo_x_reward` and `experiment=dpo_family` into one folder (as the README runs them):
+    the DPO-family jobs have no RL row, so their settings do not split the RL rows, and `dpo.beta: ${beta}`
+    (the RL jobs) is the same setting as `dpo.beta: 0.1` (the family's) at beta 0.1."""
+    for seed in (0, 1):
+        write_job(tmp_path / f"ppo_token_{seed}", "ppo", "token", seed, 1.0 + seed, [(0, 0.0), (100, 1.0)])
+        for loss in ("ipo", "sigmoid"):  # the family's jobs, DPO itself among them
+            write_job(tmp_path / f"{loss}_{seed}", "ppo", "token", seed, 0.0, [], dpo_loss=loss)
+            metrics = json.loads((tmp_path / f"{loss}_{seed}" / "metrics.json").read_text())
+            metrics = {k: v for k, v in metrics.items() if not k.startswith("eval/policy/")}  # no RL stage
+            (tmp_path / f"{loss}_{seed}" / "metrics.json").write_text(json.dumps(metrics))
+        for name, beta in ((f"ppo_token_{seed}", "${beta}"), (f"ipo_{seed}", 0.1), (f"sigmoid_{seed}", 0.1)):
+            cfg = OmegaConf.load(tmp_path / name / ".hydra" / "config.yaml")
+            cfg.dpo.beta = beta
+            OmegaConf.save(cfg, tmp_path / name / ".hydra" / "config.yaml")
+    rows = {row["policy"]: row for row in summarize(load_jobs(tmp_path))}
+    assert set(rows) == {"SFT", "DPO", "IPO", "RTO (token)"}
+    assert all(row["settings"] == "" and len(row["seeds"]) == 2 for row in rows.values())
+    assert "| settings |" not in efficiency_table(load_jobs(tmp_path))

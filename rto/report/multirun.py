@@ -57,8 +57,11 @@ def reference_label(job: Job, ref: str) -> str:
     return DPO_LABELS.get(str(job.get("dpo.loss", "sigmoid")), "DPO") if ref == "dpo" else ref.upper()
 
 
-def row_label(job: Job, kind: str) -> str:
-    return policy_label(job) if kind == "policy" else reference_label(job, kind)
+def row_label(job: Job, kind: str) -> Optional[str]:
+    """The job's row of `kind`; None where it has none (no RL stage, or that policy not evaluated)."""
+    if kind == "policy":
+        return policy_label(job) if job.curve or job.val_curve or "eval/policy/kl" in job.metrics else None
+    return reference_label(job, kind) if f"eval/{kind}/kl" in job.metrics else None
 
 
 def summarize(jobs: list[Job]) -> list[dict]:

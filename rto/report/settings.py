@@ -12,7 +12,7 @@ not split the SFT row.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from omegaconf import OmegaConf
 
@@ -31,34 +31,47 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def flat_settings(cfg) -> dict[str, str]:
-    """`a.b.c -> value` (as text) of a job's config, interpolations unresolved (`${seed}` is the same
-    text in every job), bookkeeping left out."""
-    out: dict[str, str] = {}
+def flat_settings(cfg) -> dict[str, tuple[str, str]]:
+    """`a.b.c -> (text, value)` of a job's config, bookkeeping left out: the text as written (`${seed}` is
+    the same text in every job) and the resolved value (`dpo.beta: ${beta}` and `dpo.beta: 0.1` are the
+    same value at beta 0.1). A setting differs between jobs only where both do."""
+    out: dict[str, tuple[str, str]] = {}
 
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, dict) and node:
             for key, value in node.items():
                 walk(value, f"{prefix}.{key}" if prefix else str(key))
         elif not _under(prefix, BOOKKEEPING):
-            out[prefix] = str(node)
+            out[prefix] = (str(node), _resolved(cfg, prefix, node))
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
     return out
 
 
-def setting_labels(jobs: list, label_of: Callable[[Any, str], str]) -> dict[tuple[int, str], str]:
+def _resolved(cfg, key: str, raw: Any) -> str:
+    if not (isinstance(raw, str) and "${" in raw):
+        return str(raw)
+    try:
+        return str(OmegaConf.select(cfg, key, throw_on_resolution_failure=True))
+    except Exception:  # a resolver only the running job had (hydra:, now:): its text stands for it
+        return str(raw)
+
+
+def setting_labels(jobs: list, label_of: Callable[[Any, str], Optional[str]]) -> dict[tuple[int, str], str]:
     """(job index, row kind) -> the settings that set this job apart from the others of its label, beta
-    and model (`""` where none do). `label_of(job, kind)` names the row of each kind."""
+    and model (`""` where none do). `label_of(job, kind)` names the row of each kind, None where the job
+    has no such row (a DPO-family job has no RL row: its settings must not split the RL rows)."""
     flats = [flat_settings(job.cfg) for job in jobs]
     labels: dict[tuple[int, str], str] = {}
     for kind in KINDS:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
-            groups[(label_of(job, kind), job.beta, job.model)].append(i)
+            if (label := label_of(job, kind)) is not None:
+                groups[(label, job.beta, job.model)].append(i)
         for members in groups.values():
             keys = {key for i in members for key in flats[i] if kind == "policy" or _under(key, INPUTS[kind])}
-            varied = sorted(key for key in keys if len({flats[i].get(key) for i in members}) > 1)
+            varied = sorted(key for key in keys if all(len({flats[i].get(key, ("–", "–"))[side] for i in members}) > 1
+                                                       for side in (0, 1)))
             for i in members:
-                labels[i, kind] = ", ".join(f"{key}={flats[i].get(key, '–')}" for key in varied)
+                labels[i, kind] = ", ".join(f"{key}={flats[i].get(key, ('–',))[0]}" for key in varied)
     return labels
