@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 COLORS = ["red", "blue", "green", "black", "white", "gray"]
@@ -30,6 +30,18 @@ def build_tokenizer(chat_template: bool, extra_words: tuple[str, ...] = ()) -> P
     if chat_template:
         tok.chat_template = CHAT_TEMPLATE
     return tok
+
+
+def build_byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer as GPT-2, Pythia, Llama 3 and Qwen ship (a space belongs to the word
+    after it: "ĠI"), no chat template: a base model's tokenizer."""
+    core = Tokenizer(models.BPE(unk_token=None))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    corpus = [f"\n\nHuman: {p}\n\nAssistant: {c}" for p, c, _ in _triples(24)] + [" ".join(WORDS)]
+    core.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="</s>")
 
 
 def save_tiny_llama(folder: Path, chat_template: bool = True, extra_words: tuple[str, ...] = (), **shape) -> Path:

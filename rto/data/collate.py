@@ -10,6 +10,7 @@ responses longer than `max_response_tokens` are cut.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -55,6 +56,9 @@ class Encoder:
 
     # real data: a message-list prompt (or a string, as one user turn) goes through the chat template
     chat_template: bool = False
+    # real text: a response after a plain-text prompt (no chat template in effect, e.g. HH's
+    # "...\n\nAssistant:") is running text, tokenized as it follows that prompt (`response_tokens`)
+    join_plain_prompts: bool = False
     # shortened prompts, by their full ids: a long prompt is shortened once, not at every batch (init=False:
     # an encoder copied for another tokenizer starts its own)
     _shortened: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -82,8 +86,7 @@ class Encoder:
     def shortened(self, prompt: Prompt, ids: list[int]) -> list[int]:
         """A prompt over `max_prompt_tokens`, its earliest text cut, its frame kept."""
         bos = self.tokenizer.bos_token_id
-        templated = self.chat_template and getattr(self.tokenizer, "chat_template", None)
-        if isinstance(prompt, str) and not templated:  # plain text: BOS, then the text's last tokens
+        if isinstance(prompt, str) and not self.templated():  # plain text: BOS, then the text's last tokens
             head = [bos] if bos is not None and ids[:1] == [bos] else []
             return head + ids[len(ids) - (self.max_prompt_tokens - len(head)):]
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
@@ -111,8 +114,27 @@ class Encoder:
         # the frame alone fills the limit (a long system prompt, a tiny limit): the last tokens, as a last resort
         return ids[-self.max_prompt_tokens:]
 
-    def response(self, text: str) -> list[int]:
-        ids = _ids(self.tokenizer, text)
+    def templated(self) -> bool:
+        """Prompts go through a chat template (asked for, and the tokenizer has one)."""
+        return bool(self.chat_template and getattr(self.tokenizer, "chat_template", None))
+
+    def response_tokens(self, text: str, prompt: Optional[Prompt] = None) -> list[int]:
+        """A response's tokens as they follow its prompt. After a chat template's generation prompt (a
+        role header, a newline) the response is tokenized on its own. After a plain-text prompt it is
+        running text: "...Assistant:" then " I think", with the space a base model read there in
+        pretraining (HH's transcripts have it), tokenized as part of the whole text and cut at the
+        prompt's tokens, so the boundary is the tokenizer's own (byte-level BPE "ĠI", SentencePiece "▁I").
+        Tokenized apart, the response began "I" (no space), a token a base model rarely sees there."""
+        if not (self.join_plain_prompts and prompt is not None and text) or self.templated():
+            return _ids(self.tokenizer, text)
+        frame = chat_prompt(self.tokenizer, prompt, self.chat_template)
+        if frame and not frame[-1].isspace() and not text[0].isspace():
+            text = " " + text
+        head, whole = _ids(self.tokenizer, frame), _ids(self.tokenizer, frame + text)
+        return whole[len(head):] if whole[:len(head)] == head else _ids(self.tokenizer, text)
+
+    def response(self, text: str, prompt: Optional[Prompt] = None) -> list[int]:
+        ids = self.response_tokens(text, prompt)
         eos = self.tokenizer.eos_token_id
         if self.append_eos and (not ids or ids[-1] != eos):
             ids = ids + [eos]
@@ -134,7 +156,7 @@ class SFTCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = encode_prompts(self.encoder, [r["prompt"] for r in rows])
-        ids, mask = right_pad([self.encoder.response(r["response"]) for r in rows], self.encoder.pad_id)
+        ids, mask = right_pad([self.encoder.response(r["response"], r["prompt"]) for r in rows], self.encoder.pad_id)
         return {**batch, "response_ids": ids, "response_mask": mask}
 
 
@@ -148,7 +170,7 @@ class PairCollator:
         prompts = [r["prompt"] for r in rows] * 2
         responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
         batch = encode_prompts(self.encoder, prompts)
-        ids, mask = right_pad([self.encoder.response(t) for t in responses], self.encoder.pad_id)
+        ids, mask = right_pad([self.encoder.response(t, p) for t, p in zip(responses, prompts)], self.encoder.pad_id)
         batch = {**batch, "response_ids": ids, "response_mask": mask}
         if all("ref_logps" in r for r in rows):  # precomputed by DPO's `precompute_ref`
             batch["ref_logps"] = torch.tensor([r["ref_logps"][0] for r in rows] + [r["ref_logps"][1] for r in rows])

@@ -43,7 +43,7 @@ def load_preference_data(cfg: DictConfig, tokenizer: Optional[PreTrainedTokenize
     if cfg.format not in FORMATS:
         raise ConfigError(f"data.format={cfg.format!r} is not one of {', '.join(FORMATS)}")
     encoder = Encoder(tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens, append_eos=True,
-                      chat_template=cfg.chat_template)
+                      chat_template=cfg.chat_template, join_plain_prompts=True)
     on_invalid, column = cfg.on_invalid, cfg.prompt_column
     convert = FORMATS[cfg.format]
     if cfg.format == "plain":

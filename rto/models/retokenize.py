@@ -59,14 +59,17 @@ class RewardScorer(nn.Module):
         return [self.policy_tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True)
                 for row, m in zip(response_ids.cpu(), response_mask.cpu())]
 
-    def response_ids(self, response_ids: Tensor, response_mask: Tensor) -> list[list[int]]:
-        """The responses in the reward model's ids, each ending with its EOS iff the policy's did."""
+    def response_ids(self, response_ids: Tensor, response_mask: Tensor,
+                     prompts: Optional[list[Prompt]] = None) -> list[list[int]]:
+        """The responses in the reward model's ids (as they follow their prompts, `Encoder.response_tokens`),
+        each ending with its EOS iff the policy's did."""
         ids, mask = response_ids.cpu(), response_mask.bool().cpu()
         last = (mask.long().cumsum(dim=1) == mask.sum(dim=1, keepdim=True)).long().argmax(dim=1)  # last real slot
         ended = (ids.gather(1, last.unsqueeze(1)).squeeze(1) == self.policy_tokenizer.eos_token_id) & mask.any(dim=1)
         tokenizer, limit = self.encoder.tokenizer, self.encoder.max_response_tokens
-        rows = [tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
-                for text, eos in zip(self.response_texts(response_ids, response_mask), ended.tolist())]
+        prompts = list(prompts) if prompts is not None else [None] * len(ids)
+        rows = [self.encoder.response_tokens(text, prompt) + ([tokenizer.eos_token_id] if eos else [])
+                for text, prompt, eos in zip(self.response_texts(response_ids, response_mask), prompts, ended.tolist())]
         self.last_truncated = sum(len(r) > limit for r in rows)
         self.truncated += self.last_truncated
         if self.last_truncated:
@@ -87,7 +90,7 @@ class RewardScorer(nn.Module):
                 raise ValueError("re-tokenizing for the reward model needs the prompts' text")
             device = response_ids.device
             batch = encode_prompts(self.encoder, list(prompt_text))
-            ids, mask = right_pad(self.response_ids(response_ids, response_mask), self.encoder.pad_id)
+            ids, mask = right_pad(self.response_ids(response_ids, response_mask, prompt_text), self.encoder.pad_id)
             prompt_ids, prompt_mask = batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)
             response_ids, response_mask = ids.to(device), mask.to(device)
             prefix_len = common_prefix_length(prompt_ids, prompt_mask, 1) if prefix_len else 0
