@@ -72,7 +72,7 @@ def test_rerun_into_the_run_folder_continues_its_wandb_run(make_cfg, tmp_path):
         train(make_cfg(f"stage={stage}", "logger=wandb"))
     folders = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(folders) == 2
-    ids = {f.name.rsplit("-", 1)[1] for f in folders}
+    ids = {next(f.glob("run-*.wandb")).name[len("run-"):-len(".wandb")] for f in folders}  # a folder may end "-1"
     run_records = [r.run for f in folders for r in records(next(f.glob("*.wandb"))) if r.HasField("run")]
     assert len(ids) == 1 and {r.run_id for r in run_records} == ids
 
@@ -90,3 +90,36 @@ def test_rerun_into_the_run_folder_continues_its_mlflow_run(make_cfg, tmp_path):
                                        order_by=["attributes.start_time ASC"])
     assert first.data.params["seed"] == "0" and second.data.params["seed"] == "1"
     assert first.info.status == second.info.status == "FINISHED"
+
+
+def test_the_latest_wandb_run_of_a_folder_is_read_from_its_own_file(tmp_path):
+    """Ids may hold a '-'; two runs of one id started in the same second get a `-1` folder suffix; an
+    online attempt after an offline one counts by its start time."""
+    from rto.loggers import wandb_run_id
+
+    def run(folder: str, run_id: str) -> None:
+        (tmp_path / "wandb" / folder).mkdir(parents=True)
+        (tmp_path / "wandb" / folder / f"run-{run_id}.wandb").write_bytes(b"")
+
+    assert wandb_run_id(tmp_path) is None
+    run("offline-run-20261128_041925-my-run", "my-run")
+    assert wandb_run_id(tmp_path) == "my-run"
+    run("offline-run-20261128_041925-my-run-1", "my-run")  # the same second, the same id
+    run("offline-run-20261128_041924-abcd1234", "abcd1234")  # earlier
+    assert wandb_run_id(tmp_path) == "my-run"
+    run("run-20261128_050000-x9", "x9")  # online, later
+    assert wandb_run_id(tmp_path) == "x9"
+
+
+def test_a_save_folder_shared_by_several_jobs_starts_a_run_per_job(make_cfg, tmp_path):
+    """A W&B folder outside the run folder holds other jobs' runs: a job does not take their id."""
+    from rto.loggers import continue_earlier_run
+
+    shared = tmp_path / "shared"
+    (shared / "wandb" / "offline-run-20261128_041925-other").mkdir(parents=True)
+    (shared / "wandb" / "offline-run-20261128_041925-other" / "run-other.wandb").write_bytes(b"")
+    own = make_cfg("logger=wandb", output_dir=tmp_path / "job")
+    assert continue_earlier_run(own.logger.wandb, own, tmp_path / "job") == {}
+    own.logger.wandb.save_dir = str(shared)
+    assert continue_earlier_run(own.logger.wandb, own, tmp_path / "job") == {}
+    assert continue_earlier_run(own.logger.wandb, own, shared) == {"id": "other", "resume": "allow"}
