@@ -126,3 +126,22 @@ def test_dpo_family_jobs_beside_rl_jobs_split_no_row(tmp_path):
     assert set(rows) == {"SFT", "DPO", "IPO", "RTO (token)"}
     assert all(row["settings"] == "" and len(row["seeds"]) == 2 for row in rows.values())
     assert "| settings |" not in efficiency_table(load_jobs(tmp_path))
+
+
+def test_a_setting_written_as_an_interpolation_is_labelled_by_its_value(tmp_path):
+    """RL jobs at dpo.beta=${beta} (0.1) beside DPO-family jobs at dpo.beta=0.1 and 0.3 (a DPO frontier
+    in the same folder): two DPO rows, 0.1 (both kinds of job) and 0.3, not three."""
+    for seed in (0, 1):
+        write_job(tmp_path / f"ppo_token_{seed}", "ppo", "token", seed, 1.0, [(0, 0.0), (100, 1.0)])
+        for beta in (0.1, 0.3):
+            name = f"dpo_{beta}_{seed}"
+            write_job(tmp_path / name, "ppo", "token", seed, 0.0, [])
+            metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+            (tmp_path / name / "metrics.json").write_text(json.dumps(
+                {k: v + beta for k, v in metrics.items() if not k.startswith("eval/policy/")}))
+        for name, value in ((f"ppo_token_{seed}", "${beta}"), (f"dpo_0.1_{seed}", 0.1), (f"dpo_0.3_{seed}", 0.3)):
+            cfg = OmegaConf.load(tmp_path / name / ".hydra" / "config.yaml")
+            cfg.dpo.beta = value
+            OmegaConf.save(cfg, tmp_path / name / ".hydra" / "config.yaml")
+    dpo = sorted(r["settings"] for r in summarize(load_jobs(tmp_path)) if r["policy"] == "DPO")
+    assert dpo == ["dpo.beta=0.1", "dpo.beta=0.3"]

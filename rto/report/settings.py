@@ -34,7 +34,7 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 def flat_settings(cfg) -> dict[str, tuple[str, str]]:
     """`a.b.c -> (text, value)` of a job's config, bookkeeping left out: the text as written (`${seed}` is
     the same text in every job) and the resolved value (`dpo.beta: ${beta}` and `dpo.beta: 0.1` are the
-    same value at beta 0.1). A setting differs between jobs only where both do."""
+    same value at beta 0.1); `_shown_values` picks between them."""
     out: dict[str, tuple[str, str]] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -70,8 +70,19 @@ def setting_labels(jobs: list, label_of: Callable[[Any, str], Optional[str]]) ->
                 groups[(label, job.beta, job.model)].append(i)
         for members in groups.values():
             keys = {key for i in members for key in flats[i] if kind == "policy" or _under(key, INPUTS[kind])}
-            varied = sorted(key for key in keys if all(len({flats[i].get(key, ("–", "–"))[side] for i in members}) > 1
-                                                       for side in (0, 1)))
-            for i in members:
-                labels[i, kind] = ", ".join(f"{key}={flats[i].get(key, ('–',))[0]}" for key in varied)
+            shown = {key: _shown_values(key, [flats[i] for i in members]) for key in keys}
+            varied = sorted(key for key, values in shown.items() if len(set(values)) > 1)
+            for n, i in enumerate(members):
+                labels[i, kind] = ", ".join(f"{key}={shown[key][n]}" for key in varied)
     return labels
+
+
+def _shown_values(key: str, flats: list[dict[str, tuple[str, str]]]) -> list[str]:
+    """Each job's value of `key` as the row label shows it: the resolved value (`${beta}` at beta 0.1 and
+    `0.1` are one setting), but the text where one text resolves to several values among the jobs (`${seed}`:
+    the same setting in each job; what it points to has its own key)."""
+    entries = [flat.get(key, ("–", "–")) for flat in flats]
+    values_of: dict[str, set[str]] = defaultdict(set)
+    for text, value in entries:
+        values_of[text].add(value)
+    return [text if len(values_of[text]) > 1 else value for text, value in entries]
