@@ -12,7 +12,7 @@ lock before training, so a second job waits and then loads instead of training t
 again; an entry is built in a temporary folder and renamed into place, so it is complete or absent.
 
     python -m rto.cache list [--stage sft]      # what is cached, with the config that made it
-    python -m rto.cache clear [--stage dpo]     # delete entries no job is using (all stages if no --stage)
+    python -m rto.cache clear [--stage dpo]     # delete entries no job is using (rto/cache_clear.py)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from rto.artifacts import write_manifest
@@ -180,51 +180,6 @@ class StageCache:
         with open(self.root / stage / f"{key}{LINKS}", "a") as f:
             f.write(f"{Path(link).absolute()}\n")
 
-    def clear(self, stage: Optional[str] = None) -> tuple[int, int, int]:
-        """Delete the entries no job is using: each is locked first (a job holds its key's lock while it
-        looks up, trains or publishes; a held one is left), and a run folder that links to it gets its
-        own copy of the files (hard links where the filesystem allows), so its `stage=eval` re-runs and
-        resumes still find the stage. Lock files stay: deleting one a job waits on would let a third job
-        take a fresh lock on the same key. Returns (removed, left in use, run folders given a copy)."""
-        removed = in_use = copied = 0
-        for name in (stage,) if stage else CACHED_STAGES:
-            folder = self.root / name
-            keys = {p.name.split(".tmp-")[0].lstrip(".") for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else ()
-            for key in sorted(keys):
-                lock = self.lock(name, key)
-                try:
-                    lock.acquire(timeout=0)
-                except Timeout:
-                    in_use += 1
-                    continue
-                try:
-                    copied += self._detach_links(name, key)
-                    removed += self.path(name, key).is_dir()
-                    for path in [self.path(name, key), *folder.glob(f".{key}.tmp-*")]:
-                        shutil.rmtree(path, ignore_errors=True)
-                finally:
-                    lock.release()
-        return removed, in_use, copied
-
-    def _detach_links(self, stage: str, key: str) -> int:
-        """Replace each run folder's link to the entry by a copy of it; the number replaced."""
-        record, entry, n = self.root / stage / f"{key}{LINKS}", self.path(stage, key).resolve(), 0
-        for line in (record.read_text().splitlines() if record.is_file() else []):
-            link = Path(line)
-            if not (link.is_symlink() and link.resolve() == entry):  # gone, or re-pointed since
-                continue
-            tmp = link.with_name(f".{link.name}.copy-{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                shutil.copytree(entry, tmp, copy_function=os.link)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(entry, tmp)
-            link.unlink()
-            os.replace(tmp, link)
-            n += 1
-        record.unlink(missing_ok=True)
-        return n
 
 def _describe(inputs: dict[str, Any]) -> str:
     """The few inputs a person tells entries apart by."""
@@ -238,12 +193,13 @@ def _describe(inputs: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def default_cache_dir() -> str:
-    """`paths.cache_dir` of the real config (so the CLI and the runs agree on one default)."""
+def default_paths() -> tuple[str, str]:
+    """`paths.cache_dir` of the real config and the folder its run folders go to, `<paths.root_dir>/outputs`
+    (so the CLI and the runs agree on one default)."""
     from hydra import compose, initialize_config_dir
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
         cfg = compose("config")
-    return str(cfg.paths.cache_dir)
+    return str(cfg.paths.cache_dir), str(Path(cfg.paths.root_dir) / "outputs")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -251,10 +207,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("command", choices=("list", "clear"))
     parser.add_argument("--stage", choices=CACHED_STAGES, help="only this stage (default: all)")
     parser.add_argument("--dir", help="cache folder (default: paths.cache_dir of the config)")
+    parser.add_argument("--runs", action="append", help="clear: a folder of run folders whose links into the "
+                        "cache get a copy first (repeatable; default: <paths.root_dir>/outputs)")
     args = parser.parse_args(argv)
-    cache = StageCache(args.dir or default_cache_dir())
+    cache_dir, outputs = default_paths() if not (args.dir and args.runs) else (None, None)
+    cache = StageCache(args.dir or cache_dir)
     if args.command == "clear":
-        removed, in_use, copied = cache.clear(args.stage)
+        from rto.cache_clear import clear
+
+        removed, in_use, copied = clear(cache, args.stage, [Path(p) for p in args.runs or [outputs]])
         print(f"removed {removed} entries from {cache.root}"
               + (f"; {copied} run folder(s) that linked to them now hold their own copy" if copied else "")
               + (f"; {in_use} left: a running job holds them (run clear again when it is done)" if in_use else ""))

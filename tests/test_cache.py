@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from pathlib import Path
 
@@ -92,10 +93,10 @@ def test_cli_lists_and_clears(tmp_path, capsys):
     cache_main(["list", "--dir", str(tmp_path)])
     listing = capsys.readouterr().out
     assert "2 entries" in listing and "| sft | sftkey |" in listing and "seed=3" in listing
-    cache_main(["clear", "--stage", "dpo", "--dir", str(tmp_path)])
+    cache_main(["clear", "--stage", "dpo", "--dir", str(tmp_path), "--runs", str(tmp_path)])
     assert "removed 1 entries" in capsys.readouterr().out
     assert [e["stage"] for e in cache.entries()] == ["sft"]
-    cache_main(["clear", "--dir", str(tmp_path)])
+    cache_main(["clear", "--dir", str(tmp_path), "--runs", str(tmp_path)])
     assert list(cache.entries()) == []
 
 
@@ -133,10 +134,13 @@ def test_clear_leaves_entries_in_use_and_gives_linked_run_folders_their_own_copy
         cfg.paths.cache_dir = str(cache_dir)  # one cache for both run folders
         train(cfg)
 
-    for run in ("a", "b"):  # b hits the entry a published
+    for run in ("a", "b", "c"):  # b and c hit the entry a published
         job("sft", run)
-    linked = tmp_path / "b" / "checkpoints" / "sft"
-    assert linked.is_symlink()
+    linked, unrecorded = (tmp_path / run / "checkpoints" / "sft" for run in ("b", "c"))
+    assert linked.is_symlink() and unrecorded.is_symlink()
+    cache_dir_sft = cache_dir / "sft"
+    (links_file,) = cache_dir_sft.glob("*.links")
+    links_file.write_text(f"{linked.absolute()}\n")  # c linked before hits were recorded: found by the scan
     weights = (linked / "model.safetensors").read_bytes()
     cache = StageCache(cache_dir)
     (sft_key,) = [e["key"] for e in cache.entries("sft")]
@@ -146,13 +150,15 @@ def test_clear_leaves_entries_in_use_and_gives_linked_run_folders_their_own_copy
     cache.publish("dpo", "busy", src, {"stage": "dpo"})
 
     def clear() -> str:
-        return subprocess.run([sys.executable, "-m", "rto.cache", "clear", "--dir", str(cache_dir)], check=True,
+        return subprocess.run([sys.executable, "-m", "rto.cache", "clear", "--dir", str(cache_dir), "--runs",
+                               str(tmp_path)], check=True,
                               capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
 
     with cache.lock("dpo", "busy"):  # a job is using this entry
         out = clear()
-    assert "removed 1 entries" in out and "1 run folder(s)" in out and "1 left" in out
-    assert not linked.is_symlink() and (linked / "model.safetensors").read_bytes() == weights
+    assert "removed 1 entries" in out and "2 run folder(s)" in out and "1 left" in out
+    for link in (linked, unrecorded):  # now a relative link to the run folder's own copy
+        assert os.readlink(link) == f".sft-copy-{sft_key}" and (link / "model.safetensors").read_bytes() == weights
     assert cache.lookup("sft", sft_key) is None and cache.lookup("dpo", "busy") is not None
     assert "removed 1 entries" in clear() and list(cache.entries()) == []
     job("rm", "b")  # finds its SFT in its own folder
