@@ -124,8 +124,11 @@ def test_lora_models_share_the_base_and_full_models_own_theirs(gguf_model, tmp_p
 def test_fsdp_turns_sharing_off(tmp_path, trainer, shares):
     """A job's context decides, from its trainer, whether frozen copies share their template's weights."""
     pretrained_cache.share_frozen_weights(not shares)
-    RunContext(compose_config(f"trainer={trainer}", output_dir=tmp_path))
-    assert pretrained_cache.shares_frozen_weights() is shares
+    try:
+        RunContext(compose_config(f"trainer={trainer}", output_dir=tmp_path))
+        assert pretrained_cache.shares_frozen_weights() is shares
+    finally:
+        pretrained_cache.share_frozen_weights(True)  # the process's default, for the tests after this one
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
