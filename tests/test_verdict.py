@@ -142,6 +142,17 @@ def test_density_orders_variants_against_the_sentence_reward(verdict):
     assert density["paired_vs_sentence"]["DDPO"]["diffs"] == [1.0, 1.0, 1.0]
 
 
+def test_an_undefined_p_value_is_told_apart_from_a_missing_number(verdict):
+    """DDPO - sentence is +1 in every seed: no spread, so no t-test ("n/a"); the DPO arm at equal KL
+    was not measured ("–")."""
+    markdown = verdict[1]
+    (ddpo,) = [line for line in markdown.splitlines() if line.startswith("| DDPO |")]
+    assert ddpo.endswith("| n/a |")
+    # RTO - PPO at equal KL is +1/3 in every seed at KL 2: float noise must not make it p = 0
+    (at_2,) = [line for line in markdown.splitlines() if line.startswith("| 2.000 |")]
+    assert at_2.endswith("(n/a) | – |")  # ... and DPO, not swept, is not measured
+
+
 def test_every_number_in_the_markdown_is_in_the_summary(verdict):
     summary, markdown = verdict
 

@@ -34,7 +34,7 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Optional[dict]:
         return None
     diffs = np.array([a[s] - b[s] for s in seeds], dtype=float)
     mean, se = mean_se(diffs)
-    if len(diffs) > 1 and se > 0:
+    if len(diffs) > 1 and se > 1e-12 * max(1.0, abs(mean)):  # equal differences: no t-test (float noise aside)
         t = mean / se
         p = float(2 * scipy_stats.t.sf(abs(t), df=len(diffs) - 1))
     else:

@@ -12,7 +12,11 @@ COLUMN_NAMES = {"gold_reward": "gold", "gold_fraction": "gold / optimum", "kl": 
 
 
 def num(x: Optional[float]) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+    """"–": not measured (None); "n/a": measured but undefined (NaN: a p-value of one seed, or of
+    differences without spread)."""
+    if x is None:
+        return "–"
+    return "n/a" if isinstance(x, float) and math.isnan(x) else f"{x:.3f}"
 
 
 def mean_se(s: Optional[dict]) -> str:
