@@ -109,6 +109,13 @@ class ResumeCheckpoint(ModelCheckpoint):
             return
         super().on_train_batch_end(trainer, *args, **kwargs)
 
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        # what was logged up to here goes to disk first: a resume starts after this checkpoint and does
+        # not log those steps again, and Lightning's CSV logger holds up to 100 steps in memory
+        for logger in trainer.loggers:
+            logger.save()
+        super()._save_checkpoint(trainer, filepath)
+
 
 def resume_callback(folder: str | Path, every_n_steps: int) -> ModelCheckpoint:
     """Keep only the newest checkpoint; Lightning deletes the previous one after the new one is saved."""

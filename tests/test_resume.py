@@ -15,6 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rto.report.jobs import read_curves
+
 ROOT = Path(__file__).resolve().parents[1]
 # small but with several resume checkpoints per stage: 12 DPO steps, 6 PPO iterations
 ARGS = ["debug=tiny", "deterministic=true", "threads=1", "logger=csv", "dpo.epochs=3", "ppo.iterations=6",
@@ -63,10 +65,10 @@ def comparable(metrics: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> dict:
+def uninterrupted(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted")
     run_to_end(out)
-    return json.loads((out / "metrics.json").read_text())
+    return out
 
 
 def test_kill_during_dpo_then_ppo_resumes_to_the_same_metrics(uninterrupted, tmp_path):
@@ -79,11 +81,18 @@ def test_kill_during_dpo_then_ppo_resumes_to_the_same_metrics(uninterrupted, tmp
     log = result.stdout + result.stderr
     assert "dpo: loading" in log and "resuming from" in log and "ppo-resume" in log
     resumed = comparable(json.loads((tmp_path / "metrics.json").read_text()))
-    expected = comparable(uninterrupted)
+    expected = comparable(json.loads((uninterrupted / "metrics.json").read_text()))
     assert resumed.keys() == expected.keys()
     for key, value in expected.items():
         assert resumed[key] == pytest.approx(value, abs=TOLERANCE, rel=0), key
     assert not (tmp_path / "checkpoints" / "ppo-resume").exists()
+    # the curves too: each PPO iteration a killed attempt logged before its checkpoint is in the CSV log
+    # it kept (the resumed attempt starts after that iteration and does not log it again)
+    (curve, val), (expected_curve, expected_val) = (read_curves(run / "csv" / "metrics.csv")
+                                                    for run in (tmp_path, uninterrupted))
+    assert sorted(curve) == sorted(expected_curve) and len(val) == len(expected_val)
+    for step, value in expected_curve.items():
+        assert curve[step] == pytest.approx(value, abs=TOLERANCE, rel=0), step
 
 
 def test_kill_during_dpo_with_micro_batches_resumes_to_the_same_weights(tmp_path):
@@ -101,3 +110,19 @@ def test_kill_during_dpo_with_micro_batches_resumes_to_the_same_weights(tmp_path
         assert torch.equal(resumed[name], value), name
     assert comparable(json.loads((killed / "metrics.json").read_text())) == \
         comparable(json.loads((whole / "metrics.json").read_text()))
+
+
+def test_the_logs_are_on_disk_before_each_resume_checkpoint(tmp_path):
+    """Lightning's CSV logger holds up to 100 steps in memory; a run killed after a checkpoint resumes
+    after it and never logs those steps again, so they are written out first (seen: a run killed after
+    its first PPO iteration resumed without that iteration's point in any CSV log)."""
+    from types import SimpleNamespace
+
+    from rto.resume import resume_callback
+
+    calls = []
+    logger = SimpleNamespace(save=lambda: calls.append("logs saved"), after_save_checkpoint=lambda callback: None)
+    trainer = SimpleNamespace(loggers=[logger], global_step=3, is_global_zero=True,
+                              save_checkpoint=lambda path, weights_only: calls.append("checkpoint"))
+    resume_callback(tmp_path, every_n_steps=1)._save_checkpoint(trainer, str(tmp_path / "x.ckpt"))
+    assert calls == ["logs saved", "checkpoint"]
