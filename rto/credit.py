@@ -128,7 +128,7 @@ def credit_on_texts(dpo, reference, prompts: Sequence[str], responses: Sequence[
     for start in range(0, len(prompts), batch_size):
         chunk, texts = list(prompts[start:start + batch_size]), list(responses[start:start + batch_size])
         batch = encode_prompts(encoder, chunk)
-        batch["response_ids"], batch["response_mask"] = right_pad([encoder.response(t, p) for t, p in zip(texts, chunk)],
+        batch["response_ids"], batch["response_mask"] = right_pad(encoder.responses(texts, chunk),
                                                                   encoder.pad_id)
         log_ratios = dpo_log_ratios(dpo, reference, move_data_to_device(batch, device), temperature).cpu()
         x, y = credit_pairs(chunk, batch["response_ids"], batch["response_mask"], log_ratios, encoder.tokenizer,

@@ -93,3 +93,28 @@ def test_a_reward_model_with_a_base_tokenizer_reads_responses_as_running_text(to
     torch.testing.assert_close(scorer.score(**batch, prompt_text=prompts),
                                rm.eval().score(**direct, response_ids=torch.tensor([expected]),
                                                response_mask=torch.ones(1, len(expected), dtype=torch.long)))
+
+
+def test_a_completion_opening_with_punctuation_gets_no_space(tok):
+    encoder = Encoder(tok, 64, 32, join_plain_prompts=True)
+    head = tok("the sky is", add_special_tokens=False)["input_ids"]
+    assert encoder.response_tokens(", blue .", "the sky is") == \
+        tok("the sky is, blue .", add_special_tokens=False)["input_ids"][len(head):]
+
+
+def test_validation_counts_a_response_as_the_collator_tokenizes_it(tok):
+    """The length check counts the joined tokens: "please ..." alone is several pieces (no "please" in
+    this vocabulary), after "Assistant:" it is one "Ġplease"; a limit that fits the joined tokens passes,
+    one token less is refused."""
+    from rto.data.validate import InvalidDataError, validate_rows
+
+    prompt = [{"role": "user", "content": "what color is the sky ?"}]
+    row = {"prompt": prompt, "response": "please the sky is blue ."}
+    probe = Encoder(tok, 64, 64, append_eos=True, chat_template=True, join_plain_prompts=True)
+    joined = len(probe.response(row["response"], prompt))
+    assert joined < len(tok(row["response"], add_special_tokens=False)["input_ids"]) + 1
+    fits = Encoder(tok, 64, joined, append_eos=True, chat_template=True, join_plain_prompts=True)
+    assert validate_rows([row], "sft", fits) == [row]
+    short = Encoder(tok, 64, joined - 1, append_eos=True, chat_template=True, join_plain_prompts=True)
+    with pytest.raises(InvalidDataError, match="over data.max_response_tokens"):
+        validate_rows([row], "sft", short)

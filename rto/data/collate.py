@@ -10,7 +10,7 @@ responses longer than `max_response_tokens` are cut.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -118,31 +118,69 @@ class Encoder:
         """Prompts go through a chat template (asked for, and the tokenizer has one)."""
         return bool(self.chat_template and getattr(self.tokenizer, "chat_template", None))
 
-    def response_tokens(self, text: str, prompt: Optional[Prompt] = None) -> list[int]:
-        """A response's tokens as they follow its prompt. After a chat template's generation prompt (a
-        role header, a newline) the response is tokenized on its own. After a plain-text prompt it is
-        running text: "...Assistant:" then " I think", with the space a base model read there in
-        pretraining (HH's transcripts have it), tokenized as part of the whole text and cut at the
-        prompt's tokens, so the boundary is the tokenizer's own (byte-level BPE "ĠI", SentencePiece "▁I").
-        Tokenized apart, the response began "I" (no space), a token a base model rarely sees there."""
-        if not (self.join_plain_prompts and prompt is not None and text) or self.templated():
-            return _ids(self.tokenizer, text)
-        frame = chat_prompt(self.tokenizer, prompt, self.chat_template)
-        if frame and not frame[-1].isspace() and not text[0].isspace():
-            text = " " + text
-        head, whole = _ids(self.tokenizer, frame), _ids(self.tokenizer, frame + text)
-        return whole[len(head):] if whole[:len(head)] == head else _ids(self.tokenizer, text)
+    def joins(self) -> bool:
+        """Responses follow their prompts as running text: real text, and no chat template in effect."""
+        return self.join_plain_prompts and not self.templated()
 
-    def response(self, text: str, prompt: Optional[Prompt] = None) -> list[int]:
-        ids = self.response_tokens(text, prompt)
+    def frame(self, prompt: Prompt) -> str:
+        """The prompt's text as the model sees it (the chat template's output, or the plain turns)."""
+        return chat_prompt(self.tokenizer, prompt, self.chat_template)
+
+    def responses_tokens(self, texts: Sequence[str], prompts: Sequence[Optional[Prompt]]) -> list[list[int]]:
+        """Responses' tokens as they follow their prompts (three batched tokenizer calls at most). After
+        a chat template's generation prompt (a role header, a newline) a response is tokenized on its
+        own. After a plain-text prompt it is running text: "...Assistant:" then " I think", with the space
+        a base model read there in pretraining (HH's transcripts have it; none before a response that
+        opens with whitespace or closing punctuation), tokenized as part of the whole text and cut at
+        the prompt's tokens, so the boundary is the tokenizer's own (byte-level BPE "ĠI", SentencePiece
+        "▁I"). Tokenized apart, the response began "I", a token a base model rarely sees there."""
+        texts = list(texts)
+        alone = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        if not self.joins():
+            return alone
+        rows = [(i, self.frame(p)) for i, p in enumerate(prompts) if p is not None and texts[i]]
+        if not rows:
+            return alone
+        frames = list(dict.fromkeys(frame for _, frame in rows))
+        heads = dict(zip(frames, self.tokenizer(frames, add_special_tokens=False)["input_ids"]))
+        wholes = self.tokenizer([frame + _joiner(frame, texts[i]) + texts[i] for i, frame in rows],
+                                add_special_tokens=False)["input_ids"]
+        out = list(alone)
+        for (i, frame), whole in zip(rows, wholes):
+            head = heads[frame]
+            if whole[:len(head)] == head:  # else the boundary merged: the response on its own
+                out[i] = whole[len(head):]
+        return out
+
+    def response_tokens(self, text: str, prompt: Optional[Prompt] = None) -> list[int]:
+        return self.responses_tokens([text], [prompt])[0]
+
+    def with_eos(self, ids: list[int]) -> list[int]:
+        """EOS appended (real data), then cut at `max_response_tokens`."""
         eos = self.tokenizer.eos_token_id
         if self.append_eos and (not ids or ids[-1] != eos):
             ids = ids + [eos]
         return ids[:self.max_response_tokens]
 
+    def responses(self, texts: Sequence[str], prompts: Sequence[Optional[Prompt]]) -> list[list[int]]:
+        return [self.with_eos(ids) for ids in self.responses_tokens(texts, prompts)]
+
+    def response(self, text: str, prompt: Optional[Prompt] = None) -> list[int]:
+        return self.responses([text], [prompt])[0]
+
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
+
+
+# a response opening with these follows its prompt without a space ("The movie was" + ", great")
+NO_SPACE_BEFORE = ",.;:!?)]}"
+
+
+def _joiner(frame: str, text: str) -> str:
+    """What goes between a plain-text prompt and its response: one space, unless either side has one
+    already or the response opens with closing punctuation."""
+    return "" if not frame or frame[-1].isspace() or text[0].isspace() or text[0] in NO_SPACE_BEFORE else " "
 
 
 def encode_prompts(encoder: Encoder, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
@@ -156,7 +194,8 @@ class SFTCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = encode_prompts(self.encoder, [r["prompt"] for r in rows])
-        ids, mask = right_pad([self.encoder.response(r["response"], r["prompt"]) for r in rows], self.encoder.pad_id)
+        ids, mask = right_pad(self.encoder.responses([r["response"] for r in rows], [r["prompt"] for r in rows]),
+                              self.encoder.pad_id)
         return {**batch, "response_ids": ids, "response_mask": mask}
 
 
@@ -170,7 +209,7 @@ class PairCollator:
         prompts = [r["prompt"] for r in rows] * 2
         responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
         batch = encode_prompts(self.encoder, prompts)
-        ids, mask = right_pad([self.encoder.response(t, p) for t, p in zip(responses, prompts)], self.encoder.pad_id)
+        ids, mask = right_pad(self.encoder.responses(responses, prompts), self.encoder.pad_id)
         batch = {**batch, "response_ids": ids, "response_mask": mask}
         if all("ref_logps" in r for r in rows):  # precomputed by DPO's `precompute_ref`
             batch["ref_logps"] = torch.tensor([r["ref_logps"][0] for r in rows] + [r["ref_logps"][1] for r in rows])

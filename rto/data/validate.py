@@ -57,10 +57,26 @@ def _ids(encoder: Encoder, text: str, tokenized: Optional[dict] = None) -> list[
     return encoder.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def tokenize_all(encoder: Encoder, texts) -> dict[str, list[int]]:
+def tokenize_all(encoder: Encoder, texts) -> dict:
     """One batched tokenizer call for many rows (per-row calls dominate validation time)."""
     texts = list(dict.fromkeys(t for t in texts if isinstance(t, str)))
     return dict(zip(texts, encoder.tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+
+
+def usable_prompt(row: Any):
+    """The row's prompt if it is a well-formed one (text, or messages with text), else None."""
+    prompt = row.get("prompt") if isinstance(row, Mapping) else None
+    return prompt if prompt is not None and not text_problem("prompt", prompt) else None
+
+
+def tokenize_responses(encoder: Encoder, rows: list, fields: tuple[str, ...]) -> dict:
+    """Responses as they follow their prompts, `(frame, text) -> ids`, batched: where the encoder joins
+    a response to a plain-text prompt (`Encoder.joins`), its count is that of the joined tokens."""
+    pairs = list(dict.fromkeys((encoder.frame(prompt), r[f]) for r in rows if (prompt := usable_prompt(r)) is not None
+                               for f in fields if isinstance(r.get(f), str)))
+    # a frame stands for its prompt: without a template in effect a text prompt is its own frame
+    ids = encoder.responses_tokens([text for _, text in pairs], [frame for frame, _ in pairs])
+    return dict(zip(pairs, ids))
 
 
 def prompt_tokens(encoder: Encoder, text: str, tokenized: Optional[dict] = None) -> int:
@@ -68,9 +84,14 @@ def prompt_tokens(encoder: Encoder, text: str, tokenized: Optional[dict] = None)
     return len(_ids(encoder, text, tokenized)) + (encoder.tokenizer.bos_token_id is not None)
 
 
-def response_tokens(encoder: Encoder, text: str, tokenized: Optional[dict] = None) -> int:
-    """Token count of a response as the collator builds it (appended EOS included), before truncation."""
-    ids = _ids(encoder, text, tokenized)
+def response_tokens(encoder: Encoder, text: str, tokenized: Optional[dict] = None, prompt=None) -> int:
+    """Token count of a response as the collator builds it, after its prompt (`Encoder.responses_tokens`;
+    appended EOS included), before truncation."""
+    if encoder.joins() and prompt is not None:
+        key = (encoder.frame(prompt), text)
+        ids = tokenized[key] if tokenized is not None and key in tokenized else encoder.response_tokens(text, prompt)
+    else:
+        ids = _ids(encoder, text, tokenized)
     eos = encoder.tokenizer.eos_token_id
     return len(ids) + (encoder.append_eos and (not ids or ids[-1] != eos))
 
@@ -100,7 +121,8 @@ def text_problem(field: str, value: Any) -> Optional[str]:
 
 
 def length_problem(field: str, value: str, encoder: Optional[Encoder], tokenized: Optional[dict] = None,
-                   check_prompt_length: bool = True, check_response_length: bool = True) -> Optional[str]:
+                   check_prompt_length: bool = True, check_response_length: bool = True,
+                   prompt=None) -> Optional[str]:
     if encoder is None or (field != "prompt" and not check_response_length):
         return None
     if field == "prompt":
@@ -111,7 +133,7 @@ def length_problem(field: str, value: str, encoder: Optional[Encoder], tokenized
             else encoder.prompt_length(value)
         limit, key = encoder.max_prompt_tokens, "data.max_prompt_tokens"
     else:
-        n, limit = response_tokens(encoder, value, tokenized), encoder.max_response_tokens
+        n, limit = response_tokens(encoder, value, tokenized, prompt), encoder.max_response_tokens
         key = "data.max_response_tokens"
     return f"{field} has {n} tokens, over {key}={limit}" if n > limit else None
 
@@ -126,8 +148,9 @@ def row_problems(row: Any, kind: str, encoder: Optional[Encoder] = None, tokeniz
         if field not in row or row[field] is None:
             problems.append(f"missing field {field!r}")
             continue
+        prompt = usable_prompt(row) if field in RESPONSE_FIELDS else None
         problem = text_problem(field, row[field]) or \
-            length_problem(field, row[field], encoder, tokenized, check_prompt_length, check_response_length)
+            length_problem(field, row[field], encoder, tokenized, check_prompt_length, check_response_length, prompt)
         if problem:
             problems.append(problem)
     if kind == "pair" and not problems and row["chosen"].strip() == row["rejected"].strip():
@@ -156,6 +179,8 @@ def validate_rows(rows: list, kind: str, encoder: Optional[Encoder] = None, on_i
         texts = rows if kind == "prompt" else \
             (r.get(f) for r in rows if isinstance(r, Mapping) for f in FIELDS[kind])
         tokenized = tokenize_all(encoder, texts)
+        if encoder.joins() and kind != "prompt":
+            tokenized.update(tokenize_responses(encoder, rows, tuple(f for f in FIELDS[kind] if f in RESPONSE_FIELDS)))
     check: Callable[[Any], list[str]] = \
         (lambda r: prompt_problems(r, encoder, tokenized, check_prompt_length)) if kind == "prompt" \
         else (lambda r: row_problems(r, kind, encoder, tokenized, check_prompt_length, not truncate_responses))
@@ -182,8 +207,8 @@ def validate_rows(rows: list, kind: str, encoder: Optional[Encoder] = None, on_i
 
 def log_cut_responses(rows: list, kind: str, encoder: Encoder, tokenized: Optional[dict], name: str) -> None:
     fields = [f for f in FIELDS[kind] if f in RESPONSE_FIELDS]
-    texts = [r[f] for r in rows if isinstance(r, Mapping) for f in fields if isinstance(r.get(f), str)]
-    cut = sum(response_tokens(encoder, text, tokenized) > encoder.max_response_tokens for text in texts)
+    texts = [(r[f], usable_prompt(r)) for r in rows if isinstance(r, Mapping) for f in fields if isinstance(r.get(f), str)]
+    cut = sum(response_tokens(encoder, text, tokenized, prompt) > encoder.max_response_tokens for text, prompt in texts)
     if cut:
         log.warning("%s: %d of %d responses exceed data.max_response_tokens=%d and are cut there (without "
                     "their EOS; data.truncate_responses=true)", name, cut, len(texts), encoder.max_response_tokens)

@@ -67,9 +67,9 @@ class RewardScorer(nn.Module):
         last = (mask.long().cumsum(dim=1) == mask.sum(dim=1, keepdim=True)).long().argmax(dim=1)  # last real slot
         ended = (ids.gather(1, last.unsqueeze(1)).squeeze(1) == self.policy_tokenizer.eos_token_id) & mask.any(dim=1)
         tokenizer, limit = self.encoder.tokenizer, self.encoder.max_response_tokens
-        prompts = list(prompts) if prompts is not None else [None] * len(ids)
-        rows = [self.encoder.response_tokens(text, prompt) + ([tokenizer.eos_token_id] if eos else [])
-                for text, prompt, eos in zip(self.response_texts(response_ids, response_mask), prompts, ended.tolist())]
+        texts = self.response_texts(response_ids, response_mask)
+        tokens = self.encoder.responses_tokens(texts, list(prompts) if prompts is not None else [None] * len(texts))
+        rows = [row + ([tokenizer.eos_token_id] if eos else []) for row, eos in zip(tokens, ended.tolist())]
         self.last_truncated = sum(len(r) > limit for r in rows)
         self.truncated += self.last_truncated
         if self.last_truncated:
