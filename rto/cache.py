@@ -210,7 +210,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--runs", action="append", help="clear: a folder of run folders whose links into the "
                         "cache get a copy first (repeatable; default: <paths.root_dir>/outputs)")
     args = parser.parse_args(argv)
-    cache_dir, outputs = default_paths() if not (args.dir and args.runs) else (None, None)
+    # the config is composed only for a default it needs (the cache folder, or clear's run folders)
+    cache_dir, outputs = default_paths() if not args.dir or (args.command == "clear" and not args.runs) \
+        else (None, None)
     cache = StageCache(args.dir or cache_dir)
     if args.command == "clear":
         from rto.cache_clear import clear

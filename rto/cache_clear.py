@@ -65,8 +65,11 @@ def links_under(roots: Iterable[Path], stage: str) -> list[Path]:
 
 def give_own_copy(link: Path, entry: Path, key: str) -> bool:
     """If `link` points at `entry`: copy the entry beside it and re-point the link at the copy."""
-    if not (link.is_symlink() and entry.is_dir() and link.resolve() == entry.resolve()):
-        return False  # gone, or pointing elsewhere since
+    try:
+        if not (link.is_symlink() and entry.is_dir() and link.resolve() == entry.resolve()):
+            return False  # gone, or pointing elsewhere since
+    except (OSError, RuntimeError):  # a link in a loop, or unreadable: not a link to this entry
+        return False
     own = link.with_name(f".{link.name}-copy-{key}")
     shutil.rmtree(own, ignore_errors=True)  # left by an interrupted clear
     try:

@@ -120,7 +120,7 @@ class ArtifactStore:
         recipe.save(self.ctx, model, tmp)
         write_manifest(tmp, recipe.name, self.ctx.config_hash(recipe.config_keys))
         if final.is_symlink():  # a link to a cache entry: this run's own folder replaces it
-            final.unlink()
+            drop_link(final)
         publish_folder(tmp, final)
         shutil.rmtree(self.ctx.resume_dir(recipe.name), ignore_errors=True)  # the finished stage supersedes them
 
@@ -156,8 +156,17 @@ class ArtifactStore:
         """The run folder points at the cached stage, so `stage=...` re-runs in it find it too."""
         self.ctx.ckpt_dir.mkdir(parents=True, exist_ok=True)
         if (self.ctx.ckpt_dir / stage).is_symlink():
-            (self.ctx.ckpt_dir / stage).unlink()
+            drop_link(self.ctx.ckpt_dir / stage)
         (self.ctx.ckpt_dir / stage).symlink_to(cached.resolve(), target_is_directory=True)
+
+
+def drop_link(link: Path) -> None:
+    """Remove a run folder's stage link, and the folder's own copy it points at, if it is one (the copy
+    `rto.cache clear` gave it, `.<stage>-copy-<key>` beside the link): nothing else would ever read it."""
+    target = Path(os.readlink(link))
+    link.unlink()
+    if not target.is_absolute() and target.name.startswith(f".{link.name}-copy-"):
+        shutil.rmtree(link.parent / target, ignore_errors=True)
 
 
 class CacheEntry:

@@ -162,3 +162,26 @@ def test_clear_leaves_entries_in_use_and_gives_linked_run_folders_their_own_copy
     assert cache.lookup("sft", sft_key) is None and cache.lookup("dpo", "busy") is not None
     assert "removed 1 entries" in clear() and list(cache.entries()) == []
     job("rm", "b")  # finds its SFT in its own folder
+
+
+def test_replacing_a_stage_link_drops_the_copy_clear_gave_it_and_never_a_cache_entry(tmp_path):
+    from rto.store import drop_link
+
+    ckpt, entry = tmp_path / "run" / "checkpoints", tmp_path / "cache" / "sft" / "k"
+    (ckpt / ".sft-copy-k").mkdir(parents=True)
+    entry.mkdir(parents=True)
+    (ckpt / "sft").symlink_to(".sft-copy-k", target_is_directory=True)
+    drop_link(ckpt / "sft")
+    assert not (ckpt / "sft").exists() and not (ckpt / ".sft-copy-k").exists()
+    (ckpt / "sft").symlink_to(entry, target_is_directory=True)
+    drop_link(ckpt / "sft")
+    assert not (ckpt / "sft").is_symlink() and entry.is_dir()
+
+
+def test_clear_skips_a_recorded_link_in_a_loop(tmp_path):
+    from rto.cache_clear import give_own_copy
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    (tmp_path / "entry").mkdir()
+    assert give_own_copy(loop, tmp_path / "entry", "k") is False
