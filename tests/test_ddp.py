@@ -101,6 +101,7 @@ COUNTED_DDP = "trainer.strategy={_target_:tests.ddp_hooks.CountingDDPStrategy}"
 COUNTED_STATIC_DDP = "trainer.strategy={_target_:tests.ddp_hooks.CountingDDPStrategy,static_graph:true}"
 
 
+@pytest.mark.slow  # a communication count, not the numbers (those: the micro-batch tests here); ~40 s
 def test_ddp_micro_batches_all_reduce_once_per_batch(tmp_path):
     """A batch split into micro-batches syncs its gradient once, in the last micro-batch's backward
     (`gradient_sync`), not once per micro-batch: as many bucket all-reduces as the unsplit run."""

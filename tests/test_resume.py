@@ -95,6 +95,7 @@ def test_kill_during_dpo_then_ppo_resumes_to_the_same_metrics(uninterrupted, tmp
         assert curve[step] == pytest.approx(value, abs=TOLERANCE, rel=0), step
 
 
+@pytest.mark.slow  # two runs, one killed: ~25 s; the automatic-optimisation resume stays in the default suite
 def test_kill_during_dpo_with_micro_batches_resumes_to_the_same_weights(tmp_path):
     """Under manual optimisation (`dpo.micro_batch_size`) a resume checkpoint counts optimizer steps as
     the automatic one does: a run killed mid-DPO ends with the uninterrupted run's DPO weights and metrics."""
