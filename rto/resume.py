@@ -111,7 +111,9 @@ class ResumeCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         # what was logged up to here goes to disk first: a resume starts after this checkpoint and does
-        # not log those steps again, and Lightning's CSV logger holds up to 100 steps in memory
+        # not log those steps again, and Lightning's CSV logger holds up to 100 steps in memory. The step
+        # being checkpointed hands its `self.log` values to the loggers only after this (Lightning's
+        # order), so a kill before the next checkpoint loses that one point.
         for logger in trainer.loggers:
             logger.save()
         super()._save_checkpoint(trainer, filepath)
