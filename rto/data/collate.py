@@ -135,21 +135,21 @@ class Encoder:
         the prompt's tokens, so the boundary is the tokenizer's own (byte-level BPE "ĠI", SentencePiece
         "▁I"). Tokenized apart, the response began "I", a token a base model rarely sees there."""
         texts = list(texts)
-        alone = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        if not self.joins():
-            return alone
-        rows = [(i, self.frame(p)) for i, p in enumerate(prompts) if p is not None and texts[i]]
-        if not rows:
-            return alone
-        frames = list(dict.fromkeys(frame for _, frame in rows))
-        heads = dict(zip(frames, self.tokenizer(frames, add_special_tokens=False)["input_ids"]))
-        wholes = self.tokenizer([frame + _joiner(frame, texts[i]) + texts[i] for i, frame in rows],
-                                add_special_tokens=False)["input_ids"]
-        out = list(alone)
-        for (i, frame), whole in zip(rows, wholes):
-            head = heads[frame]
-            if whole[:len(head)] == head:  # else the boundary merged: the response on its own
-                out[i] = whole[len(head):]
+        out: list[Optional[list[int]]] = [None] * len(texts)
+        rows = [(i, self.frame(p)) for i, p in enumerate(prompts) if p is not None and texts[i]] if self.joins() else []
+        if rows:
+            frames = list(dict.fromkeys(frame for _, frame in rows))
+            heads = dict(zip(frames, self.tokenizer(frames, add_special_tokens=False)["input_ids"]))
+            wholes = self.tokenizer([frame + _joiner(frame, texts[i]) + texts[i] for i, frame in rows],
+                                    add_special_tokens=False)["input_ids"]
+            for (i, frame), whole in zip(rows, wholes):
+                head = heads[frame]
+                if whole[:len(head)] == head:  # else the boundary merged: the response on its own, below
+                    out[i] = whole[len(head):]
+        alone = [i for i, ids in enumerate(out) if ids is None]  # no prompt to follow, or tokenized apart
+        if alone:
+            for i, ids in zip(alone, self.tokenizer([texts[i] for i in alone], add_special_tokens=False)["input_ids"]):
+                out[i] = ids
         return out
 
     def response_tokens(self, text: str, prompt: Optional[Prompt] = None) -> list[int]:

@@ -176,11 +176,13 @@ def validate_rows(rows: list, kind: str, encoder: Optional[Encoder] = None, on_i
     """
     tokenized = None
     if encoder is not None:
+        # a joined response is counted with its prompt (`tokenize_responses`), not on its own
+        joined = tuple(f for f in FIELDS[kind] if f in RESPONSE_FIELDS) if encoder.joins() and kind != "prompt" else ()
         texts = rows if kind == "prompt" else \
-            (r.get(f) for r in rows if isinstance(r, Mapping) for f in FIELDS[kind])
+            (r.get(f) for r in rows if isinstance(r, Mapping) for f in FIELDS[kind] if f not in joined)
         tokenized = tokenize_all(encoder, texts)
-        if encoder.joins() and kind != "prompt":
-            tokenized.update(tokenize_responses(encoder, rows, tuple(f for f in FIELDS[kind] if f in RESPONSE_FIELDS)))
+        if joined:
+            tokenized.update(tokenize_responses(encoder, rows, joined))
     check: Callable[[Any], list[str]] = \
         (lambda r: prompt_problems(r, encoder, tokenized, check_prompt_length)) if kind == "prompt" \
         else (lambda r: row_problems(r, kind, encoder, tokenized, check_prompt_length, not truncate_responses))
