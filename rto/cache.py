@@ -39,6 +39,12 @@ CACHED_STAGES = ("sft", "pairs", "rm", "dpo")
 LINKS = ".links"  # beside an entry: the run folders that link to it
 
 
+def own_copy_name(stage: str, key: str = "") -> str:
+    """The folder beside a run folder's `checkpoints/<stage>` link that `clear` copies a deleted entry
+    into (without a key: the prefix every such folder has)."""
+    return f".{stage}-copy-{key}"
+
+
 def may_run_several_processes(trainer_cfg) -> bool:
     """True unless the trainer config pins one process (devices and num_nodes both 1)."""
     devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)

@@ -23,7 +23,7 @@ from typing import Iterable, Optional, Sequence
 
 from filelock import Timeout
 
-from rto.cache import CACHED_STAGES, LINKS, StageCache
+from rto.cache import CACHED_STAGES, LINKS, StageCache, own_copy_name
 
 
 def clear(cache: StageCache, stage: Optional[str] = None, runs: Sequence[Path] = ()) -> tuple[int, int, int]:
@@ -70,7 +70,7 @@ def give_own_copy(link: Path, entry: Path, key: str) -> bool:
             return False  # gone, or pointing elsewhere since
     except (OSError, RuntimeError):  # a link in a loop, or unreadable: not a link to this entry
         return False
-    own = link.with_name(f".{link.name}-copy-{key}")
+    own = link.with_name(own_copy_name(link.name, key))
     shutil.rmtree(own, ignore_errors=True)  # left by an interrupted clear
     try:
         shutil.copytree(entry, own, copy_function=os.link)

@@ -2,14 +2,17 @@
 
 A re-run into the same run folder is a resume (or a later stage of the same job), so each tracker
 goes on with the job's earlier run instead of starting a second one that a dashboard would count as
-one more seed: the CSV log of the earlier attempt is kept beside the new one, W&B takes the earlier
-run's id (`resume="allow"`: online it continues that run; offline the new `offline-run-*` folder
-carries the same id, and `wandb sync` uploads the files of one id in order of start time, by its own
-help text; not tried against a server here, and an offline attempt counts its W&B `_step` from 0 again,
-so plot against `trainer/global_step`), MLflow
-reopens the earlier run of the folder's own store when it was logged with the same settings (MLflow
-refuses to change a logged parameter, so a re-run with other overrides, such as the next `stage=`,
-starts a new MLflow run), and TensorBoard appends to the same folder.
+one more seed:
+
+- the CSV log of the earlier attempt is kept beside the new one;
+- W&B takes the earlier run's id (`resume="allow"`): online it continues that run; offline the new
+  `offline-run-*` folder carries the same id, and `wandb sync` uploads the files of one id in order of
+  start time, by its own help text (not tried against a server here; an offline attempt counts its W&B
+  `_step` from 0 again, so plot against `trainer/global_step`);
+- MLflow reopens the earlier run of the folder's own store when it was logged with the same settings
+  (MLflow refuses to change a logged parameter, so a re-run with other overrides, such as the next
+  `stage=`, starts a new MLflow run);
+- TensorBoard appends to the same folder.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 import lightning as L
 
 from rto.artifacts import publish_folder, verify_manifest, write_manifest
-from rto.cache import StageCache, cacheable, stage_inputs, stage_key, upstream_of
+from rto.cache import StageCache, cacheable, own_copy_name, stage_inputs, stage_key, upstream_of
 from rto.context import RunContext
 from rto.errors import MissingStageError
 from rto.models.placement import off_step_device
@@ -165,7 +165,7 @@ def drop_link(link: Path) -> None:
     `rto.cache clear` gave it, `.<stage>-copy-<key>` beside the link): nothing else would ever read it."""
     target = Path(os.readlink(link))
     link.unlink()
-    if not target.is_absolute() and target.name.startswith(f".{link.name}-copy-"):
+    if not target.is_absolute() and target.name.startswith(own_copy_name(link.name)):
         shutil.rmtree(link.parent / target, ignore_errors=True)
 
 
